@@ -1,0 +1,21 @@
+# Two commands on a fresh machine: `make conformance` (the main job) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# A local CPU build; an unpinned torch would pull a multi-GB CUDA build.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: conformance test install
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH_PIN)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+conformance: $(VENV)/.installed
+	$(VENV)/bin/titan-conformance grpo --suite tiny-cpu --steps 20
+
+test: $(VENV)/.installed
+	$(PY) -m pytest tests -n 2 -q

@@ -1,0 +1,47 @@
+import torch
+
+from titan_conformance.compilation import CompileConfig, CompileLedger, apply_regional_compile
+from titan_conformance.model import ModelArgs, Qwen3Model
+
+ARGS = ModelArgs(dim=64, n_heads=2, n_kv_heads=1, head_dim=32, hidden_dim=128, vocab_size=16)
+
+
+def compiled_forward_backward(n_layers: int, ledger: CompileLedger, shapes) -> None:
+    model = Qwen3Model(ARGS.replace(n_layers=n_layers))
+    apply_regional_compile(model, CompileConfig(recompile_limit=8), ledger, role=f"layers{n_layers}")
+    for bsz, seq in shapes:
+        model(torch.randint(0, 16, (bsz, seq))).sum().backward()
+
+
+def test_one_graph_serves_every_layer():
+    """Unique compiled graphs do not grow with depth: 2 and 6 layers compile exactly once each."""
+    with CompileLedger() as ledger:
+        compiled_forward_backward(2, ledger, [(3, 5), (4, 9), (2, 7)])
+        compiled_forward_backward(6, ledger, [(3, 5), (4, 9), (2, 7)])
+    assert ledger.counts() == {"layers2.TransformerBlock": 1, "layers6.TransformerBlock": 1}, ledger.format()
+
+
+def test_ledger_records_recompiles_with_reason_and_limit_hits():
+    """A shape change the dynamic graph cannot serve (batch 1 specializes) is a recompile with its
+    guard failure; past recompile_limit the ledger records the hit."""
+    with CompileLedger() as ledger:
+        model = Qwen3Model(ARGS.replace(n_layers=2))
+        apply_regional_compile(model, CompileConfig(recompile_limit=2, fullgraph=False), ledger, "probe")
+        for bsz, seq in [(3, 5), (1, 7), (2, 1)]:
+            model(torch.randint(0, 16, (bsz, seq)))
+    assert ledger.counts() == {"probe.TransformerBlock": 2}, ledger.format()
+    assert ledger.events[0].reason == "first compilation"
+    assert "x.size()[0]" in ledger.events[1].reason
+    assert ledger.limit_hits == ["probe.TransformerBlock: hit recompile_limit=2"]
+
+
+def test_roles_have_separate_budgets():
+    """Trainer and generator are separate processes in a real deployment; here each role gets its
+    own code object, so one role's compiles never count against another's limit."""
+    with CompileLedger() as ledger:
+        for role in ("a", "b"):
+            model = Qwen3Model(ARGS.replace(n_layers=2))
+            apply_regional_compile(model, CompileConfig(recompile_limit=1), ledger, role)
+            model(torch.randint(0, 16, (3, 5)))
+    assert ledger.counts() == {"a.TransformerBlock": 1, "b.TransformerBlock": 1}
+    assert ledger.limit_hits == []

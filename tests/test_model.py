@@ -1,0 +1,55 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from reference_qwen3 import reference_logits
+from titan_conformance.fixtures import fixture_path
+from titan_conformance.model import Qwen3Model
+from titan_conformance.model.checkpoint import load_checkpoint, read_model_args
+
+TOKENS = [1, 9, 4, 12, 7, 3, 5, 6, 4, 8, 11]
+
+
+@pytest.fixture(scope="module")
+def fixture_model():
+    path = fixture_path("tiny-qwen3")
+    model = Qwen3Model(read_model_args(path))
+    load_checkpoint(model, path)
+    return model, load_file(str(path / "model.safetensors")), json.loads((path / "config.json").read_text())
+
+
+def test_float64_forward_matches_independent_reference(fixture_model):
+    model, tensors, cfg = fixture_model
+    expected = reference_logits(tensors, cfg, TOKENS)
+    got = model.to(torch.float64)(torch.tensor([TOKENS]))[0]
+    model.to(torch.float32)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+
+
+def test_float32_and_bfloat16_forward_close_to_float64_reference(fixture_model):
+    model, tensors, cfg = fixture_model
+    expected = reference_logits(tensors, cfg, TOKENS)
+    got32 = model(torch.tensor([TOKENS]))[0].double()
+    assert (got32 - expected).abs().max() < 1e-4
+    got16 = model.to(torch.bfloat16)(torch.tensor([TOKENS]))[0].double()
+    model.to(torch.float32)
+    assert (got16 - expected).abs().max() < 0.3  # bf16 has 8 mantissa bits
+
+
+def test_reference_catches_wrong_rope_theta(fixture_model):
+    """The comparison above is a real check: a model with another RoPE base fails it."""
+    model, tensors, cfg = fixture_model
+    wrong = Qwen3Model(model.args.replace(rope_theta=10_000.0))
+    wrong.load_state_dict(model.state_dict())
+    diff = (wrong(torch.tensor([TOKENS]))[0].double() - reference_logits(tensors, cfg, TOKENS)).abs().max()
+    assert diff > 1e-3
+
+
+def test_tied_embeddings_use_embedding_as_output(fixture_model):
+    model, _, _ = fixture_model
+    tied = Qwen3Model(model.args.replace(tie_word_embeddings=True))
+    assert tied.lm_head is None and "lm_head.weight" not in dict(tied.named_parameters())
+    tokens = torch.tensor([TOKENS])
+    torch.testing.assert_close(tied(tokens), tied.hidden_states(tokens) @ tied.embed_tokens.weight.T)

@@ -1,0 +1,37 @@
+import pytest
+
+from titan_conformance.errors import ConformanceError
+from titan_conformance.system.profile import bundled_profiles, load_profile
+
+
+def test_default_profile_loads_and_derives_max_num_seqs():
+    profile = load_profile("tiny-cpu")
+    assert "tiny-cpu" in bundled_profiles()
+    assert profile.max_num_seqs == profile.sampling.num_prompts_per_step * profile.sampling.n
+    assert profile.compile.fullgraph and profile.compile.recompile_limit == 8
+
+
+@pytest.mark.parametrize(
+    "toml, fragment",
+    [
+        ("[compile]\nfulgraph = true\n", "Unknown profile key 'compile.fulgraph'"),
+        ("[sampling]\nn = 'eight'\n", "'sampling.n' must be int"),
+        ("[sampling]\nn = true\n", "'sampling.n' must be int"),
+        ("[generator]\nmax_num_seqs = 4\n", "generator.max_num_seqs is invalid"),
+        ("[model]\ndtype = 'float8'\n", "model.dtype is invalid"),
+        ("[compile]\nrecompile_limit = 0\n", "compile.recompile_limit is invalid"),
+        ("sampling = 3\n", "'sampling' must be a table"),
+        ("[sampling\n", "not valid TOML"),
+    ],
+)
+def test_bad_profiles_name_the_key(tmp_path, toml, fragment):
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    with pytest.raises(ConformanceError, match=None) as info:
+        load_profile(str(path))
+    assert fragment in str(info.value)
+
+
+def test_unknown_profile_lists_the_bundled_ones():
+    with pytest.raises(ConformanceError, match="tiny-cpu"):
+        load_profile("no-such-profile")

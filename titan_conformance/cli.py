@@ -1,0 +1,59 @@
+"""`titan-conformance`: run the GRPO system (and, later, the suite) from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from titan_conformance.errors import ConformanceError
+
+
+def _reward_line(label: str, r) -> str:
+    return f"{label} mean_reward={r.total:+.3f} (correctness={r.correctness:+.3f}, format={r.format:+.3f})"
+
+
+def run_grpo(opts: argparse.Namespace) -> int:
+    import dataclasses
+
+    from titan_conformance.system.grpo_system import STARTUP_PHASES, GRPOSystem
+    from titan_conformance.system.profile import load_profile
+
+    profile = load_profile(opts.suite)
+    if opts.seed is not None:
+        profile = dataclasses.replace(profile, seed=opts.seed)
+    print(f"Profile {profile.name}: {profile.description}", flush=True)
+    with GRPOSystem(profile, device=opts.device, model_path=opts.model_path) as system:
+        total = sum(system.startup.values())
+        phases = ", ".join(f"{p}={system.startup[p]:.1f}s" for p in STARTUP_PHASES)
+        print(f"Startup: {total:.1f}s ({phases}) on {system.device.type}", flush=True)
+        print(_reward_line("Pre: ", system.validate()), flush=True)
+        for _ in range(opts.steps):
+            print(system.step().line(), flush=True)
+        print(_reward_line("Post:", system.validate()), flush=True)
+        counts = ", ".join(f"{region}={n}" for region, n in system.ledger.counts().items())
+        print(f"Compilations: {counts or 'none (compile disabled)'}", flush=True)
+        if opts.verbose:
+            print(system.ledger.format())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="titan-conformance", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    grpo = sub.add_parser("grpo", help="build the GRPO system from a profile and train for N steps")
+    grpo.add_argument("--suite", default="tiny-cpu", help="profile name in suites/ or a TOML path")
+    grpo.add_argument("--steps", type=int, default=20)
+    grpo.add_argument("--seed", type=int, default=None, help="overrides the profile's seed")
+    grpo.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    grpo.add_argument("--verbose", action="store_true", help="print the compile ledger")
+    grpo.add_argument("--model-path", default=None, help="HF checkpoint directory overriding the profile's")
+    opts = parser.parse_args(argv)
+    try:
+        return run_grpo(opts)
+    except ConformanceError as e:
+        print(f"titan-conformance: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""The one compile config shared by trainer and generator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CompileConfig:
+    """How each TransformerBlock is compiled (torchtitan's regional compile)."""
+
+    enable: bool = True
+    """Compile each block on its own; False runs the model eagerly."""
+    backend: str = "inductor"
+    """torch.compile backend name ("inductor", "aot_eager", "eager", ...)."""
+    fullgraph: bool = True
+    """Fail on graph breaks instead of splitting the block (torchtitan compiles with fullgraph)."""
+    dynamic: bool | None = True
+    """torch.compile's `dynamic`: True marks batch and sequence dims dynamic up front, None lets
+    Dynamo specialize first and go dynamic on the first shape change (one extra compile)."""
+    recompile_limit: int = 8
+    """Dynamo's per-code-object recompile limit; past it a region falls back to eager (or, under
+    fullgraph, raises). The recompile-budget check holds every region under it."""

@@ -1,0 +1,141 @@
+"""The recompile ledger: every Dynamo compilation of every compiled region, with its reason.
+
+Counting goes through a backend wrapper (Dynamo's `counters["recompiles"]` is not reliable across
+torch versions); the guard failure that triggered each recompile and any recompile-limit hit are
+read from Dynamo's `recompiles` artifact log and its limit warning, which name the function. Each
+compiled region has a function name of its own (see `regional.py`), so records map to regions.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch._logging._internal import log_state
+
+_RECOMPILES_LOGGER = "torch._dynamo.guards.__recompiles"
+_CONVERT_FRAME_LOGGER = "torch._dynamo.convert_frame"
+_RECOMPILING = re.compile(r"Recompiling function (\S+) in ")
+_LIMIT_HIT = re.compile(r"hit config\.(\w+) \((\d+)\)\s+function: '([^']+)'")
+
+
+@dataclass
+class CompileEvent:
+    """One Dynamo compilation of one region."""
+
+    region: str
+    """The compiled region's name, e.g. `trainer.TransformerBlock`."""
+    index: int
+    """0 for the first compilation of the region, 1 for the first recompile, ..."""
+    reason: str
+    """The guard failure(s) that triggered it; "first compilation" for index 0."""
+    inputs: list[str]
+    """Shapes of the graph's tensor inputs (symbolic dims as s0, s1, ...)."""
+    seconds: float
+    """Time spent in the backend (Inductor codegen), excluding Dynamo tracing."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _describe(example_inputs: list[Any]) -> list[str]:
+    out = []
+    for x in example_inputs:  # activations only: parameters and lifted scalars say nothing here
+        if isinstance(x, torch.Tensor) and not isinstance(x, torch.nn.Parameter) and x.dim() >= 2:
+            out.append(f"{str(x.dtype).removeprefix('torch.')}[{', '.join(str(d) for d in x.shape)}]")
+    return out
+
+
+class _LogTap(logging.Filter):
+    """A logger filter (it survives torch._logging re-configuring handlers) that reads each record."""
+
+    def __init__(self, on_record: Callable[[str], None], swallow: bool) -> None:
+        super().__init__()
+        self._on_record, self._swallow = on_record, swallow
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self._on_record(record.getMessage())
+        return not self._swallow
+
+
+@dataclass
+class CompileLedger:
+    """Collects compile events for the regions registered with it."""
+
+    events: list[CompileEvent] = field(default_factory=list)
+    limit_hits: list[str] = field(default_factory=list)
+    _functions: dict[str, str] = field(default_factory=dict)  # Dynamo function name -> region
+    _pending_reason: dict[str, str] = field(default_factory=dict)
+    _backends: dict[tuple[str, str], Callable] = field(default_factory=dict)
+    _taps: list[tuple[logging.Logger, _LogTap, int]] = field(default_factory=list)
+
+    def register(self, function_name: str, region: str) -> None:
+        self._functions[function_name] = region
+
+    def backend(self, region: str, inner: str) -> Callable:
+        """A counting backend for `region` (one object per region: Dynamo guards on backend identity)."""
+        key = (region, inner)
+        if key not in self._backends:
+            inner_backend = torch._dynamo.lookup_backend(inner)
+
+            def counting_backend(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:
+                index = sum(e.region == region for e in self.events)
+                reason = self._pending_reason.pop(region, "first compilation" if index == 0 else "unknown")
+                start = time.perf_counter()
+                compiled = inner_backend(gm, example_inputs)
+                self.events.append(
+                    CompileEvent(region, index, reason, _describe(example_inputs), time.perf_counter() - start)
+                )
+                return compiled
+
+            self._backends[key] = counting_backend
+        return self._backends[key]
+
+    def _on_log(self, message: str) -> None:
+        if m := _RECOMPILING.search(message):
+            if region := self._functions.get(m.group(1)):
+                # "- 0/1: <guard>  # <first user line that used the value> ..." -> "<guard>"
+                reasons = [
+                    ln.strip()[2:].split("  # ")[0]
+                    for ln in message.splitlines()
+                    if ln.strip().startswith("- ")
+                ]
+                self._pending_reason[region] = "; ".join(reasons) or "unknown"
+        elif m := _LIMIT_HIT.search(message):
+            if region := self._functions.get(m.group(3)):
+                self.limit_hits.append(f"{region}: hit {m.group(1)}={m.group(2)}")
+
+    def __enter__(self) -> "CompileLedger":
+        """Starts reading Dynamo's recompile reasons (kept off stderr) and limit warnings."""
+        log_state.enable_artifact("recompiles")
+        for name, swallow in ((_RECOMPILES_LOGGER, True), (_CONVERT_FRAME_LOGGER, False)):
+            logger = logging.getLogger(name)
+            tap = _LogTap(self._on_log, swallow)
+            self._taps.append((logger, tap, logger.level))
+            logger.addFilter(tap)
+        logging.getLogger(_RECOMPILES_LOGGER).setLevel(logging.DEBUG)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for logger, tap, level in self._taps:
+            logger.removeFilter(tap)
+            logger.setLevel(level)
+        self._taps.clear()
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for e in self.events:
+            out[e.region] = out.get(e.region, 0) + 1
+        return out
+
+    def format(self) -> str:
+        lines = [f"{'region':<28} {'#':>3} {'backend s':>9}  inputs / reason"]
+        for e in self.events:
+            lines.append(f"{e.region:<28} {e.index:>3} {e.seconds:>9.2f}  {' '.join(e.inputs)}")
+            lines.append(f"{'':<44}reason: {e.reason}")
+        lines += [f"LIMIT HIT: {h}" for h in self.limit_hits]
+        return "\n".join(lines)

@@ -1,0 +1,3 @@
+from titan_conformance.generator.native import Completion, NativeGenerator
+
+__all__ = ["Completion", "NativeGenerator"]

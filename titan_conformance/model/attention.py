@@ -1,0 +1,72 @@
+"""Pluggable inner attention ops: the only part of the block that differs between roles.
+
+The trainer attends causally over whole (right-padded) sequences; the generator writes keys and
+values into a static, preallocated cache and attends over it. Both take q [B, S, H, D] and
+k, v [B, S, KV, D] after RoPE and return [B, S, H, D], so the TransformerBlock code is shared.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _expand_kv(t: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """[B, KV, L, D] -> [B, KV * n_rep, L, D] for grouped-query attention."""
+    return t if n_rep == 1 else t.repeat_interleave(n_rep, dim=1)
+
+
+class CausalAttention(nn.Module):
+    """Causal SDPA over the given sequences (trainer side)."""
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        n_rep = q.shape[2] // k.shape[2]
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(
+            q, _expand_kv(k, n_rep), _expand_kv(v, n_rep), is_causal=True
+        )
+        return out.transpose(1, 2)
+
+
+class KVCacheAttention(nn.Module):
+    """Attention over a static per-layer KV cache (generator side).
+
+    Keys/values of each token are written at (row, position) before attending, and a query at
+    position p sees cache slots 0..p of its row only, so slots left over from earlier requests or
+    from right-padding are never read. The cache shape never changes, which keeps the decode
+    step shape-static (and capturable as a CUDA graph).
+    """
+
+    def __init__(
+        self,
+        max_batch: int,
+        max_len: int,
+        n_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> None:
+        super().__init__()
+        shape = (max_batch, max_len, n_kv_heads, head_dim)
+        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        bsz = q.shape[0]
+        rows = torch.arange(bsz, device=q.device).unsqueeze(1).expand_as(positions)
+        self.k_cache.index_put_((rows, positions), k)
+        self.v_cache.index_put_((rows, positions), v)
+        n_rep = q.shape[2] // k.shape[2]
+        keys = self.k_cache[:bsz].transpose(1, 2)
+        values = self.v_cache[:bsz].transpose(1, 2)
+        slots = torch.arange(keys.shape[2], device=q.device)
+        visible = (slots.view(1, 1, -1) <= positions.unsqueeze(-1)).unsqueeze(1)  # [B, 1, S, L]
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), _expand_kv(keys, n_rep), _expand_kv(values, n_rep), attn_mask=visible
+        )
+        return out.transpose(1, 2)

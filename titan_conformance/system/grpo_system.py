@@ -1,0 +1,220 @@
+"""The whole GRPO system built from a profile: trainer and generator sharing one compiled model."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from titan_conformance.compilation import CompileLedger, apply_regional_compile
+from titan_conformance.errors import ConformanceError
+from titan_conformance.fixtures import resolve_checkpoint
+from titan_conformance.generator import Completion, NativeGenerator
+from titan_conformance.model import Qwen3Model
+from titan_conformance.model.checkpoint import load_checkpoint, read_model_args
+from titan_conformance.system.profile import Profile
+from titan_conformance.system.timing import timed
+from titan_conformance.task import Reward, SortLettersTask, TaskTokenizer
+from titan_conformance.task.sort_letters import Problem
+from titan_conformance.trainer import GRPOConfig, RolloutBatch, Trainer, group_advantages
+
+STARTUP_PHASES = ("build", "weight_load", "compile", "first_generate")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConformanceError(
+            "--device cuda was asked for, but torch sees no CUDA device (torch "
+            f"{torch.__version__}); run on a GPU runner with a CUDA build of torch, or use --device cpu."
+        )
+    if name not in ("cpu", "cuda"):
+        raise ConformanceError(f"Unknown device {name!r}; use cpu, cuda or auto.")
+    return torch.device(name)
+
+
+@dataclass
+class StepRecord:
+    """What one GRPO step did and measured."""
+
+    step: int
+    loss: float
+    reward: Reward
+    avg_tokens: float
+    logprob_diff: torch.Tensor
+    """Trainer minus generator logprob of every sampled token (1-D, fp32, on CPU)."""
+    times: dict[str, float] = field(default_factory=dict)
+    """Seconds per phase: generate, train, weight_sync."""
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.times.values())
+
+    def line(self) -> str:
+        d = self.logprob_diff
+        return (
+            f"Step {self.step:2d} | Loss: {self.loss:+.4f} | Reward: {self.reward.total:+.3f} "
+            f"(correctness={self.reward.correctness:+.3f}, format={self.reward.format:+.3f}) | "
+            f"Avg tokens: {self.avg_tokens:.0f} | Logprob diff: mean={float(d.mean()):.4e}, "
+            f"max={float(d.abs().max()):.4e} | Time: {self.seconds:.1f}s"
+        )
+
+
+def mean_reward(rewards: list[Reward]) -> Reward:
+    return Reward(
+        sum(r.correctness for r in rewards) / len(rewards), sum(r.format for r in rewards) / len(rewards)
+    )
+
+
+def rollout_batch(
+    completions: list[Completion], advantages: torch.Tensor, pad_id: int, device: torch.device
+) -> RolloutBatch:
+    """Right-pads prompt + completion into one tensor, with the mask and logprobs aligned to
+    targets (entry t scores token t + 1)."""
+    seqs = [c.prompt_ids + c.token_ids for c in completions]
+    width = max(len(s) for s in seqs)
+    tokens = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(seqs), width - 1, dtype=torch.bool)
+    gen_lp = torch.zeros(len(seqs), width - 1)
+    for i, (c, s) in enumerate(zip(completions, seqs)):
+        tokens[i, : len(s)] = torch.tensor(s)
+        start = len(c.prompt_ids) - 1
+        mask[i, start : start + len(c.token_ids)] = True
+        gen_lp[i, start : start + len(c.token_ids)] = torch.tensor(c.logprobs)
+    return RolloutBatch(tokens.to(device), mask.to(device), gen_lp.to(device), advantages.to(device))
+
+
+class GRPOSystem:
+    """Builds and runs the reference GRPO system. Startup phases are timed in `startup`."""
+
+    def __init__(self, profile: Profile, device: str = "cpu", model_path: str | None = None) -> None:
+        self.profile = profile
+        self.device = resolve_device(device)
+        self.dtype = getattr(torch, profile.model.dtype)
+        self.ledger = CompileLedger().__enter__()
+        self.startup: dict[str, float] = {}
+        self.history: list[StepRecord] = []
+        self._rng = random.Random(profile.seed)
+        ckpt = resolve_checkpoint(model_path or profile.model.checkpoint)
+        s = profile.sampling
+        try:
+            with timed(self.startup, "build", self.device):
+                args = read_model_args(ckpt)
+                self.tokenizer = TaskTokenizer.from_file(self._tokenizer_path(ckpt))
+                self.task = SortLettersTask(self.tokenizer)
+                self.trainer = Trainer(
+                    self._new_model(args), profile.grpo, s.temperature, self._reference(args, profile.grpo)
+                )
+                self.generator = NativeGenerator(
+                    args, profile.compile, self.ledger, profile.max_num_seqs,
+                    profile.generator.max_model_len, self.device, self.dtype,
+                )
+            with timed(self.startup, "weight_load", self.device):
+                load_checkpoint(self.trainer.model, ckpt)
+                if self.trainer.reference is not None:
+                    load_checkpoint(self.trainer.reference, ckpt)
+                self.sync_weights()
+            with timed(self.startup, "compile", self.device):
+                apply_regional_compile(self.trainer.model, profile.compile, self.ledger, "trainer")
+                if self.trainer.reference is not None:
+                    apply_regional_compile(self.trainer.reference, profile.compile, self.ledger, "reference")
+                self._warm_up()
+            with timed(self.startup, "first_generate", self.device):
+                self.rollout(self.task.validation_set(s.num_prompts_per_step), seed=-1)
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _tokenizer_path(ckpt: Path) -> Path:
+        path = ckpt / "tokenizer.json"
+        if not path.exists():
+            raise ConformanceError(
+                f"{ckpt} has no tokenizer.json; the toy task needs the fixture's character tokenizer. "
+                "Copy fixtures/tiny-qwen3/tokenizer.json next to the checkpoint."
+            )
+        return path
+
+    def _new_model(self, args) -> Qwen3Model:
+        with torch.device(self.device):
+            return Qwen3Model(args).to(self.dtype)
+
+    def _reference(self, args, grpo: GRPOConfig) -> Qwen3Model | None:
+        return self._new_model(args).requires_grad_(False) if grpo.kl_coef > 0 else None
+
+    def _warm_up(self) -> None:
+        """Compiles every shape class the run will use: trainer fwd+bwd on a full batch, generator
+        prefill + decode. Gradients are dropped; weights do not change."""
+        s = self.profile.sampling
+        bsz = s.num_prompts_per_step * s.n
+        tokens = torch.full((bsz, 11), self.tokenizer.bos_id, dtype=torch.long, device=self.device)
+        self.trainer.model(tokens).float().sum().backward()
+        self.trainer.optimizer.zero_grad(set_to_none=True)
+        if self.trainer.reference is not None:
+            self.trainer.logprobs(tokens)
+        prompts = [[self.tokenizer.bos_id] * 5] * s.num_prompts_per_step
+        self.generator.generate(prompts, s.n, 2, s.temperature, 0, self.tokenizer.eos_id)
+
+    def sync_weights(self) -> None:
+        self.generator.load_weights(self.trainer.named_weights())
+
+    def rollout(self, problems: list[Problem], seed: int, n: int | None = None,
+                temperature: float | None = None) -> list[Completion]:
+        s = self.profile.sampling
+        return self.generator.generate(
+            [p.prompt_ids for p in problems],
+            s.n if n is None else n,
+            s.max_tokens,
+            s.temperature if temperature is None else temperature,
+            seed,
+            self.tokenizer.eos_id,
+        )
+
+    def step(self) -> StepRecord:
+        """One GRPO step: generate, score, train, sync weights."""
+        s, times = self.profile.sampling, {}
+        index = len(self.history) + 1
+        problems = self.task.sample(self._rng, s.num_prompts_per_step)
+        with timed(times, "generate", self.device):
+            completions = self.rollout(problems, seed=self.profile.seed * 100_003 + index)
+        rewards = [self.task.reward(p, c.token_ids) for p, c in zip((p for p in problems for _ in range(s.n)), completions)]
+        advantages = group_advantages(torch.tensor([r.total for r in rewards]), s.n)
+        batch = rollout_batch(completions, advantages, self.tokenizer.pad_id, self.device)
+        with timed(times, "train", self.device):
+            result = self.trainer.step(batch)
+        with timed(times, "weight_sync", self.device):
+            self.sync_weights()
+        diff = (result.trainer_logprobs - batch.generator_logprobs)[batch.completion_mask].float().cpu()
+        record = StepRecord(
+            index, result.loss, mean_reward(rewards),
+            sum(len(c.token_ids) for c in completions) / len(completions), diff, times,
+        )
+        self.history.append(record)
+        return record
+
+    def validate(self) -> Reward:
+        """Mean reward over the fixed validation set (chunked to max_num_seqs)."""
+        v, problems, rewards = self.profile.validation, self.task.validation_set(self.profile.validation.size), []
+        chunk = self.profile.max_num_seqs
+        for i in range(0, len(problems), chunk):
+            part = problems[i : i + chunk]
+            completions = self.rollout(part, seed=self.profile.seed, n=1, temperature=v.temperature)
+            rewards += [self.task.reward(p, c.token_ids) for p, c in zip(part, completions)]
+        return mean_reward(rewards)
+
+    def close(self) -> None:
+        """Stops reading Dynamo's logs and frees device memory held by the models."""
+        self.ledger.__exit__(None, None, None)
+        for name in ("trainer", "generator"):
+            self.__dict__.pop(name, None)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def __enter__(self) -> "GRPOSystem":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

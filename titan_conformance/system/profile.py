@@ -1,0 +1,174 @@
+"""Conformance profiles (suites/*.toml): the system to build, with its tolerances and budgets.
+
+Every section is a typed dataclass; loading rejects unknown keys, wrong types and impossible
+values with the key's dotted name and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from titan_conformance.compilation.config import CompileConfig
+from titan_conformance.errors import ConformanceError
+from titan_conformance.trainer.grpo import GRPOConfig
+
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """Which weights to build the model from."""
+
+    checkpoint: str = "fixture:tiny-qwen3"
+    """HF checkpoint directory, or `fixture:NAME` for one shipped with the package."""
+    dtype: str = "float32"
+    """Parameter and activation dtype of trainer and generator: float32 or bfloat16."""
+
+
+@dataclass(frozen=True)
+class SamplingSection:
+    """How the generator samples rollouts."""
+
+    num_prompts_per_step: int = 8
+    """Prompts drawn per GRPO step."""
+    n: int = 8
+    """Samples per prompt (the GRPO group size)."""
+    temperature: float = 1.0
+    """Sampling temperature; logprobs are compared at this temperature. 0 is greedy."""
+    max_tokens: int = 12
+    """Most tokens generated per completion."""
+
+
+@dataclass(frozen=True)
+class GeneratorSection:
+    """The generator engine."""
+
+    backend: str = "native"
+    """Generator backend: native."""
+    max_num_seqs: int = 0
+    """Largest decode batch; 0 derives it as num_prompts_per_step x n."""
+    max_model_len: int = 32
+    """KV-cache length per sequence (prompt + completion)."""
+
+
+@dataclass(frozen=True)
+class ValidationSection:
+    """The fixed validation run before and after training."""
+
+    size: int = 64
+    """Number of validation prompts."""
+    temperature: float = 0.0
+    """Sampling temperature for validation (0: greedy, so the score is deterministic)."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A whole conformance profile."""
+
+    name: str = "unnamed"
+    """Profile name (the file's stem)."""
+    description: str = ""
+    """What the profile is for."""
+    seed: int = 0
+    """Seed of prompt draws and sampling."""
+    model: ModelSection = field(default_factory=ModelSection)
+    compile: CompileConfig = field(default_factory=CompileConfig)
+    sampling: SamplingSection = field(default_factory=SamplingSection)
+    generator: GeneratorSection = field(default_factory=GeneratorSection)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    validation: ValidationSection = field(default_factory=ValidationSection)
+
+    @property
+    def max_num_seqs(self) -> int:
+        return self.generator.max_num_seqs or self.sampling.num_prompts_per_step * self.sampling.n
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(annotation) if a is not type(None))
+    return isinstance(value, annotation)
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConformanceError(f"Profile key {where!r} must be a table, got {data!r}.")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{where}.{key}" if where else key
+        if key not in fields:
+            raise ConformanceError(
+                f"Unknown profile key {dotted!r}; allowed here: {', '.join(sorted(fields))}."
+            )
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, dotted)
+        elif not _type_ok(value, hint):
+            raise ConformanceError(
+                f"Profile key {dotted!r} must be {getattr(hint, '__name__', hint)}, got {value!r}."
+            )
+        else:
+            kwargs[key] = float(value) if hint is float else value
+    return cls(**kwargs)
+
+
+def _check(profile: Profile) -> None:
+    s, g = profile.sampling, profile.generator
+    rules = [
+        (profile.model.dtype in DTYPES, "model.dtype", f"one of {DTYPES}"),
+        (s.num_prompts_per_step >= 1, "sampling.num_prompts_per_step", ">= 1"),
+        (s.n >= 2, "sampling.n", ">= 2 (GRPO normalizes advantages within a group)"),
+        (s.temperature >= 0, "sampling.temperature", ">= 0"),
+        (s.max_tokens >= 1, "sampling.max_tokens", ">= 1"),
+        (g.backend == "native", "generator.backend", "'native'"),
+        (g.max_num_seqs >= 0, "generator.max_num_seqs", ">= 1, or 0 to derive it"),
+        (profile.max_num_seqs >= s.num_prompts_per_step * s.n, "generator.max_num_seqs",
+         f">= num_prompts_per_step x n = {s.num_prompts_per_step * s.n}"),
+        (g.max_model_len > s.max_tokens, "generator.max_model_len", "> sampling.max_tokens"),
+        (profile.compile.recompile_limit >= 1, "compile.recompile_limit", ">= 1"),
+        (profile.grpo.lr > 0, "grpo.lr", "> 0"),
+        (profile.grpo.clip_eps > 0, "grpo.clip_eps", "> 0"),
+        (profile.grpo.kl_coef >= 0, "grpo.kl_coef", ">= 0"),
+        (profile.grpo.max_grad_norm > 0, "grpo.max_grad_norm", "> 0"),
+        (profile.validation.size >= 1, "validation.size", ">= 1"),
+    ]
+    for ok, key, allowed in rules:
+        if not ok:
+            raise ConformanceError(f"Profile {profile.name!r}: {key} is invalid; it must be {allowed}.")
+
+
+def bundled_profiles() -> dict[str, Path]:
+    root = resources.files("titan_conformance.suites")
+    return {Path(p.name).stem: Path(str(p)) for p in root.iterdir() if p.name.endswith(".toml")}
+
+
+def load_profile(name_or_path: str) -> Profile:
+    """A bundled profile name (e.g. `tiny-cpu`) or a path to a TOML file."""
+    bundled = bundled_profiles()
+    path = bundled.get(name_or_path) or Path(name_or_path)
+    if not path.is_file():
+        raise ConformanceError(
+            f"No profile {name_or_path!r}: not a bundled profile ({', '.join(sorted(bundled))}) "
+            "and not a TOML file path."
+        )
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConformanceError(f"Profile {path} is not valid TOML ({e}).") from None
+    data.setdefault("name", path.stem)
+    profile = _build(Profile, data, "")
+    _check(profile)
+    return profile

@@ -1,0 +1,72 @@
+"""GRPO: group-normalized advantages and the clipped importance-ratio loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    """Optimization settings of the trainer."""
+
+    lr: float = 1e-3
+    """AdamW learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping threshold (global L2 norm)."""
+    clip_eps: float = 0.2
+    """PPO-style clip range of the importance ratio: [1 - eps, 1 + eps]."""
+    kl_coef: float = 0.0
+    """Weight of the k3 KL penalty to the frozen initial policy; 0 builds no reference model."""
+
+
+@dataclass
+class RolloutBatch:
+    """Sampled sequences, right-padded into one tensor, with what the loss needs."""
+
+    tokens: torch.Tensor
+    """[B, S] prompt + completion token ids, right-padded."""
+    completion_mask: torch.Tensor
+    """[B, S-1] bool: True where tokens[:, 1:] is a completion token (scored by the loss)."""
+    generator_logprobs: torch.Tensor
+    """[B, S-1] the generator's logprob of each completion token (0 elsewhere)."""
+    advantages: torch.Tensor
+    """[B] group-normalized advantage of each sequence."""
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
+    """Rewards [P * n] (n consecutive samples per prompt) -> (r - mean_group) / (std_group + eps)."""
+    groups = rewards.view(-1, group_size)
+    mean = groups.mean(dim=1, keepdim=True)
+    std = groups.std(dim=1, keepdim=True, unbiased=False)
+    return ((groups - mean) / (std + eps)).view(-1)
+
+
+def masked_mean_per_sequence(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(values.dtype)
+    return ((values * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(pi || ref) per token: exp(r) - r - 1, r = ref - logp."""
+    r = ref_logp - logp
+    return torch.exp(r) - r - 1
+
+
+def grpo_loss(
+    logp: torch.Tensor,
+    batch: RolloutBatch,
+    config: GRPOConfig,
+    ref_logp: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Clipped surrogate against the generator's logprobs, averaged per sequence, then over the batch."""
+    ratio = torch.exp(logp - batch.generator_logprobs)
+    adv = batch.advantages.unsqueeze(-1)
+    surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - config.clip_eps, 1 + config.clip_eps) * adv)
+    per_token = -surrogate
+    if ref_logp is not None and config.kl_coef > 0:
+        per_token = per_token + config.kl_coef * k3_kl(logp, ref_logp)
+    return masked_mean_per_sequence(per_token, batch.completion_mask)

@@ -1,0 +1,57 @@
+"""The trainer: computes logprobs with grad, takes GRPO steps with AdamW."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from titan_conformance.model.qwen3 import Qwen3Model
+from titan_conformance.trainer.grpo import GRPOConfig, RolloutBatch, grpo_loss
+from titan_conformance.trainer.logprobs import token_logprobs
+
+
+@dataclass
+class TrainStepResult:
+    loss: float
+    grad_norm: float
+    trainer_logprobs: torch.Tensor
+    """[B, S-1] the trainer's logprobs before the update (same weights the generator sampled with)."""
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: Qwen3Model,
+        config: GRPOConfig,
+        temperature: float,
+        reference: Qwen3Model | None = None,
+    ) -> None:
+        """`reference`: the frozen initial policy for the KL term (needed when kl_coef > 0)."""
+        self.model, self.config, self.temperature = model, config, temperature
+        self.reference = reference
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.99)
+        )
+
+    def logprobs(self, tokens: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return token_logprobs(self.model, tokens, self.temperature)
+
+    def step(self, batch: RolloutBatch) -> TrainStepResult:
+        self.model.train()
+        logp = token_logprobs(self.model, batch.tokens, self.temperature)
+        ref_logp = None
+        if self.reference is not None:
+            with torch.no_grad():
+                ref_logp = token_logprobs(self.reference, batch.tokens, self.temperature)
+        loss = grpo_loss(logp, batch, self.config, ref_logp)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        return TrainStepResult(loss.item(), grad_norm.item(), logp.detach())
+
+    def named_weights(self):
+        """What weight sync sends to the generator: (name, tensor) in our parameter names."""
+        return ((n, p.detach()) for n, p in self.model.named_parameters())
