@@ -14,8 +14,9 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The conformance suite on the embedded default profile, as users run it on their runners.
 conformance: $(VENV)/.installed
-	$(VENV)/bin/titan-conformance grpo --suite tiny-cpu --steps 20
+	$(PY) -m pytest --pyargs titan_conformance -n 2 --tc-suite tiny-cpu -p no:cacheprovider
 
 test: $(VENV)/.installed
 	$(PY) -m pytest tests -n 2 -q

@@ -26,3 +26,6 @@ def compiled_system():
 def eager_system():
     with GRPOSystem(tiny_profile(enable=False)) as system:
         yield system
+
+
+pytest_plugins = ["pytester"]

@@ -51,15 +51,44 @@ def _describe(example_inputs: list[Any]) -> list[str]:
 
 
 class _LogTap(logging.Filter):
-    """A logger filter (it survives torch._logging re-configuring handlers) that reads each record."""
+    """One process-wide logger filter (filters survive torch._logging re-configuring handlers) that
+    hands each record to every active ledger. One tap, not one per ledger: a filter that swallows a
+    record stops the filters after it, so per-ledger filters would starve each other."""
 
-    def __init__(self, on_record: Callable[[str], None], swallow: bool) -> None:
+    def __init__(self, swallow: bool) -> None:
         super().__init__()
-        self._on_record, self._swallow = on_record, swallow
+        self.swallow = swallow
 
     def filter(self, record: logging.LogRecord) -> bool:
-        self._on_record(record.getMessage())
-        return not self._swallow
+        message = record.getMessage()
+        for ledger in list(_ACTIVE):
+            ledger._on_log(message)
+        return not self.swallow
+
+
+_ACTIVE: list["CompileLedger"] = []
+_TAPS = {_RECOMPILES_LOGGER: _LogTap(swallow=True), _CONVERT_FRAME_LOGGER: _LogTap(swallow=False)}
+_saved_recompiles_level: list[int] = []
+
+
+def _activate(ledger: "CompileLedger") -> None:
+    if not _ACTIVE:
+        log_state.enable_artifact("recompiles")
+        for name, tap in _TAPS.items():
+            logging.getLogger(name).addFilter(tap)
+        logger = logging.getLogger(_RECOMPILES_LOGGER)
+        _saved_recompiles_level[:] = [logger.level]
+        logger.setLevel(logging.DEBUG)  # the reasons are kept off stderr by the tap; the ledger reports them
+    _ACTIVE.append(ledger)
+
+
+def _deactivate(ledger: "CompileLedger") -> None:
+    if ledger in _ACTIVE:
+        _ACTIVE.remove(ledger)
+        if not _ACTIVE:
+            for name, tap in _TAPS.items():
+                logging.getLogger(name).removeFilter(tap)
+            logging.getLogger(_RECOMPILES_LOGGER).setLevel(_saved_recompiles_level[0])
 
 
 @dataclass
@@ -71,7 +100,6 @@ class CompileLedger:
     _functions: dict[str, str] = field(default_factory=dict)  # Dynamo function name -> region
     _pending_reason: dict[str, str] = field(default_factory=dict)
     _backends: dict[tuple[str, str], Callable] = field(default_factory=dict)
-    _taps: list[tuple[logging.Logger, _LogTap, int]] = field(default_factory=list)
 
     def register(self, function_name: str, region: str) -> None:
         self._functions[function_name] = region
@@ -110,21 +138,12 @@ class CompileLedger:
                 self.limit_hits.append(f"{region}: hit {m.group(1)}={m.group(2)}")
 
     def __enter__(self) -> "CompileLedger":
-        """Starts reading Dynamo's recompile reasons (kept off stderr) and limit warnings."""
-        log_state.enable_artifact("recompiles")
-        for name, swallow in ((_RECOMPILES_LOGGER, True), (_CONVERT_FRAME_LOGGER, False)):
-            logger = logging.getLogger(name)
-            tap = _LogTap(self._on_log, swallow)
-            self._taps.append((logger, tap, logger.level))
-            logger.addFilter(tap)
-        logging.getLogger(_RECOMPILES_LOGGER).setLevel(logging.DEBUG)
+        """Starts reading Dynamo's recompile reasons and limit warnings into this ledger."""
+        _activate(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for logger, tap, level in self._taps:
-            logger.removeFilter(tap)
-            logger.setLevel(level)
-        self._taps.clear()
+        _deactivate(self)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}

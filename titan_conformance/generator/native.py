@@ -13,6 +13,7 @@ from titan_conformance.generator.sampling import gumbel_noise, sample_tokens
 from titan_conformance.model.args import ModelArgs
 from titan_conformance.model.attention import KVCacheAttention
 from titan_conformance.model.qwen3 import Qwen3Model
+from titan_conformance.trainer.logprobs import logprobs_from_logits
 
 
 @dataclass
@@ -68,6 +69,25 @@ class NativeGenerator:
     def forward_step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Runs the blocks over [B, S] tokens at `positions`, writing the KV cache; returns logits."""
         return self.model(tokens, positions)
+
+    @torch.no_grad()
+    def score(self, completions: list[Completion], temperature: float) -> list[torch.Tensor]:
+        """Logprobs of each completion's tokens from ONE prefill over prompt + completion (no
+        decode): what the prefill-vs-decode check compares the sampled logprobs against."""
+        out = []
+        for start in range(0, len(completions), self.max_num_seqs):
+            part = completions[start : start + self.max_num_seqs]
+            seqs = [c.prompt_ids + c.token_ids for c in part]
+            width = max(len(s) for s in seqs)
+            tokens = torch.zeros(len(seqs), width, dtype=torch.long, device=self.device)
+            for i, seq in enumerate(seqs):
+                tokens[i, : len(seq)] = torch.tensor(seq)
+            positions = torch.arange(width, device=self.device).repeat(len(seqs), 1)
+            logp = logprobs_from_logits(self.forward_step(tokens, positions)[:, :-1], tokens[:, 1:], temperature)
+            for i, c in enumerate(part):
+                first = len(c.prompt_ids) - 1
+                out.append(logp[i, first : first + len(c.token_ids)].float().cpu())
+        return out
 
     @torch.no_grad()
     def generate(

@@ -12,12 +12,12 @@ from titan_conformance.compilation import CompileLedger, apply_regional_compile
 from titan_conformance.errors import ConformanceError
 from titan_conformance.fixtures import resolve_checkpoint
 from titan_conformance.generator import Completion, NativeGenerator
-from titan_conformance.model import Qwen3Model
+from titan_conformance.model import ModelArgs, Qwen3Model
 from titan_conformance.model.checkpoint import load_checkpoint, read_model_args
-from titan_conformance.system.profile import Profile
+from titan_conformance.system.profile import Profile, check_tp
 from titan_conformance.system.timing import timed
 from titan_conformance.task import Reward, SortLettersTask, TaskTokenizer
-from titan_conformance.task.sort_letters import Problem
+from titan_conformance.task.sort_letters import VOCAB_SIZE, Problem, build_tokenizer
 from titan_conformance.trainer import GRPOConfig, RolloutBatch, Trainer, group_advantages
 
 STARTUP_PHASES = ("build", "weight_load", "compile", "first_generate")
@@ -88,7 +88,15 @@ def rollout_batch(
 
 
 class GRPOSystem:
-    """Builds and runs the reference GRPO system. Startup phases are timed in `startup`."""
+    """Builds and runs the reference GRPO system. Startup phases are timed in `startup`.
+
+    This is the default provider of the conformance suite (see `titan_conformance.provider`).
+    """
+
+    name = "reference"
+    capabilities = frozenset(
+        {"grpo", "trainer_logprobs", "generator_logprobs", "weight_sync", "compile_ledger", "startup_phases"}
+    )
 
     def __init__(self, profile: Profile, device: str = "cpu", model_path: str | None = None) -> None:
         self.profile = profile
@@ -98,12 +106,14 @@ class GRPOSystem:
         self.startup: dict[str, float] = {}
         self.history: list[StepRecord] = []
         self._rng = random.Random(profile.seed)
-        ckpt = resolve_checkpoint(model_path or profile.model.checkpoint)
+        spec = model_path or profile.model.checkpoint
+        ckpt = None if spec == "random" else resolve_checkpoint(spec)
         s = profile.sampling
         try:
             with timed(self.startup, "build", self.device):
-                args = read_model_args(ckpt)
-                self.tokenizer = TaskTokenizer.from_file(self._tokenizer_path(ckpt))
+                args = self._model_args(ckpt)
+                # The toy task brings its own character tokenizer; its ids fit any vocab >= 16.
+                self.tokenizer = TaskTokenizer(build_tokenizer())
                 self.task = SortLettersTask(self.tokenizer)
                 self.trainer = Trainer(
                     self._new_model(args), profile.grpo, s.temperature, self._reference(args, profile.grpo)
@@ -113,9 +123,11 @@ class GRPOSystem:
                     profile.generator.max_model_len, self.device, self.dtype,
                 )
             with timed(self.startup, "weight_load", self.device):
-                load_checkpoint(self.trainer.model, ckpt)
-                if self.trainer.reference is not None:
-                    load_checkpoint(self.trainer.reference, ckpt)
+                for model in filter(None, (self.trainer.model, self.trainer.reference)):
+                    if ckpt is None:
+                        model.init_weights(profile.seed)
+                    else:
+                        load_checkpoint(model, ckpt)
                 self.sync_weights()
             with timed(self.startup, "compile", self.device):
                 apply_regional_compile(self.trainer.model, profile.compile, self.ledger, "trainer")
@@ -128,15 +140,24 @@ class GRPOSystem:
             self.close()
             raise
 
-    @staticmethod
-    def _tokenizer_path(ckpt: Path) -> Path:
-        path = ckpt / "tokenizer.json"
-        if not path.exists():
+    def _model_args(self, ckpt: Path | None) -> ModelArgs:
+        where = f"profile {self.profile.name!r}"
+        if ckpt is None:
+            args = ModelArgs.from_hf_config(self.profile.model.config, source=f"{where} model.config")
+        else:
+            args = read_model_args(ckpt)
+        check_tp(args, self.profile.parallel.tp, where)
+        if self.profile.parallel.tp > 1:
             raise ConformanceError(
-                f"{ckpt} has no tokenizer.json; the toy task needs the fixture's character tokenizer. "
-                "Copy fixtures/tiny-qwen3/tokenizer.json next to the checkpoint."
+                f"{where} asks for parallel.tp = {self.profile.parallel.tp}, but the reference system "
+                "provider runs unsharded (TP=1) in this version; set parallel.tp = 1 or plug in a "
+                "provider that shards (--tc-system)."
             )
-        return path
+        if args.vocab_size < VOCAB_SIZE:
+            raise ConformanceError(
+                f"The model's vocab_size {args.vocab_size} is smaller than the toy task's {VOCAB_SIZE} tokens."
+            )
+        return args
 
     def _new_model(self, args) -> Qwen3Model:
         with torch.device(self.device):
@@ -195,6 +216,29 @@ class GRPOSystem:
         self.history.append(record)
         return record
 
+    def describe(self) -> dict[str, str]:
+        return {
+            "provider": self.name,
+            "generator": "native",
+            "device": str(self.device),
+            "dtype": self.profile.model.dtype,
+            "torch": torch.__version__,
+        }
+
+    def trainer_logprobs(self, completions: list[Completion]) -> list[torch.Tensor]:
+        """The trainer's logprob of every completion token, scoring all completions as one batch."""
+        batch = rollout_batch(completions, torch.zeros(len(completions)), self.tokenizer.pad_id, self.device)
+        logp = self.trainer.logprobs(batch.tokens).float().cpu()
+        mask = batch.completion_mask.cpu()
+        return [row[m] for row, m in zip(logp, mask)]
+
+    def generator_logprobs(self, completions: list[Completion]) -> list[torch.Tensor]:
+        """The generator's logprob of every completion token from one prefill (no decode)."""
+        return self.generator.score(completions, self.profile.sampling.temperature)
+
+    def compile_ledger(self) -> CompileLedger:
+        return self.ledger
+
     def validate(self) -> Reward:
         """Mean reward over the fixed validation set (chunked to max_num_seqs)."""
         v, problems, rewards = self.profile.validation, self.task.validation_set(self.profile.validation.size), []
@@ -218,3 +262,8 @@ class GRPOSystem:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def build_system(profile: Profile, device: str = "cpu", model_path: str | None = None) -> GRPOSystem:
+    """The default provider factory."""
+    return GRPOSystem(profile, device=device, model_path=model_path)

@@ -17,9 +17,11 @@ from typing import Any
 
 from titan_conformance.compilation.config import CompileConfig
 from titan_conformance.errors import ConformanceError
+from titan_conformance.model.args import ModelArgs
 from titan_conformance.trainer.grpo import GRPOConfig
 
 DTYPES = ("float32", "bfloat16")
+DEVICE_CLASSES = ("cpu", "h100", "h200")
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,10 @@ class ModelSection:
     """Which weights to build the model from."""
 
     checkpoint: str = "fixture:tiny-qwen3"
-    """HF checkpoint directory, or `fixture:NAME` for one shipped with the package."""
+    """HF checkpoint directory, `fixture:NAME` for one shipped with the package, or "random" for
+    seeded random weights of the shape in `config` (no hub is reachable from CI or GPU runners)."""
+    config: dict = field(default_factory=dict)
+    """HF config.json keys of the architecture, used when checkpoint = "random"."""
     dtype: str = "float32"
     """Parameter and activation dtype of trainer and generator: float32 or bfloat16."""
 
@@ -69,6 +74,83 @@ class ValidationSection:
 
 
 @dataclass(frozen=True)
+class ParallelSection:
+    """Parallelism of trainer and generator."""
+
+    tp: int = 1
+    """Tensor-parallel degree; must divide the query and key/value head counts."""
+
+
+@dataclass(frozen=True)
+class RunSection:
+    """The GRPO run the suite performs before checking."""
+
+    steps: int = 20
+    """GRPO steps (each with its own prompt and completion lengths)."""
+    expect_learning: bool = True
+    """Whether validation reward must rise over the run (False for random-weight profiles)."""
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Allowed trainer-vs-generator logprob differences for one dtype."""
+
+    max_abs: float = 1e-4
+    """Largest |trainer - generator| logprob of any sampled token."""
+    p99_abs: float = 1e-5
+    """99th percentile of |diff|."""
+    mean_abs: float = 1e-6
+    """Mean |diff|."""
+    batch_invariance_max_abs: float = 1e-5
+    """Largest change of a trainer logprob when the same sequence sits in another batch."""
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Parity tolerances per dtype, and the bitwise mode."""
+
+    bitwise: bool = False
+    """Require exact equality (fp32 and deterministic settings), whatever the tolerances say."""
+    float32: Tolerance = field(default_factory=Tolerance)
+    bfloat16: Tolerance = field(
+        default_factory=lambda: Tolerance(max_abs=0.5, p99_abs=0.1, mean_abs=0.02, batch_invariance_max_abs=0.1)
+    )
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Time budgets of one device class, in seconds; an unset entry is not checked."""
+
+    build: float | None = None
+    """Model construction (both roles)."""
+    weight_load: float | None = None
+    """Checkpoint load into the trainer and first sync into the generator."""
+    compile: float | None = None
+    """Regional compile and warm-up of every shape class (trainer fwd+bwd, prefill, decode)."""
+    first_generate: float | None = None
+    """The first real rollout batch after compile."""
+    startup: float | None = None
+    """All startup phases together."""
+    generate: float | None = None
+    """Median rollout time of a GRPO step."""
+    train: float | None = None
+    """Median trainer step time."""
+    weight_sync: float | None = None
+    """Median trainer-to-generator weight sync time."""
+    step: float | None = None
+    """Median whole GRPO step time."""
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Budgets per device class (detected: cpu, h100, h200)."""
+
+    cpu: Budget = field(default_factory=Budget)
+    h100: Budget = field(default_factory=Budget)
+    h200: Budget = field(default_factory=Budget)
+
+
+@dataclass(frozen=True)
 class Profile:
     """A whole conformance profile."""
 
@@ -84,6 +166,10 @@ class Profile:
     generator: GeneratorSection = field(default_factory=GeneratorSection)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     validation: ValidationSection = field(default_factory=ValidationSection)
+    parallel: ParallelSection = field(default_factory=ParallelSection)
+    run: RunSection = field(default_factory=RunSection)
+    tolerances: Tolerances = field(default_factory=Tolerances)
+    budgets: Budgets = field(default_factory=Budgets)
 
     @property
     def max_num_seqs(self) -> int:
@@ -129,6 +215,10 @@ def _check(profile: Profile) -> None:
     s, g = profile.sampling, profile.generator
     rules = [
         (profile.model.dtype in DTYPES, "model.dtype", f"one of {DTYPES}"),
+        (profile.model.checkpoint != "random" or bool(profile.model.config), "model.config",
+         "a table of HF config keys when checkpoint = \"random\""),
+        (profile.parallel.tp >= 1, "parallel.tp", ">= 1"),
+        (profile.run.steps >= 1, "run.steps", ">= 1"),
         (s.num_prompts_per_step >= 1, "sampling.num_prompts_per_step", ">= 1"),
         (s.n >= 2, "sampling.n", ">= 2 (GRPO normalizes advantages within a group)"),
         (s.temperature >= 0, "sampling.temperature", ">= 0"),
@@ -148,6 +238,27 @@ def _check(profile: Profile) -> None:
     for ok, key, allowed in rules:
         if not ok:
             raise ConformanceError(f"Profile {profile.name!r}: {key} is invalid; it must be {allowed}.")
+    for section in ("tolerances.float32", "tolerances.bfloat16", *(f"budgets.{c}" for c in DEVICE_CLASSES)):
+        table = profile
+        for part in section.split("."):
+            table = getattr(table, part)
+        for key, value in dataclasses.asdict(table).items():
+            if value is not None and value < 0:
+                raise ConformanceError(
+                    f"Profile {profile.name!r}: {section}.{key} = {value} is negative; it must be >= 0."
+                )
+    if profile.model.checkpoint == "random":
+        heads = ModelArgs.from_hf_config(profile.model.config, source=f"profile {profile.name!r} model.config")
+        check_tp(heads, profile.parallel.tp, f"profile {profile.name!r}")
+
+
+def check_tp(args: ModelArgs, tp: int, where: str) -> None:
+    """TP shards attention by heads: the degree must divide both head counts."""
+    if args.n_heads % tp or args.n_kv_heads % tp:
+        raise ConformanceError(
+            f"{where}: parallel.tp = {tp} does not divide num_attention_heads = {args.n_heads} and "
+            f"num_key_value_heads = {args.n_kv_heads}; choose a TP degree that divides both."
+        )
 
 
 def bundled_profiles() -> dict[str, Path]:

@@ -21,6 +21,7 @@ from titan_conformance.errors import ConformanceError
 LETTERS = "abcdefghijkl"
 SPECIALS = ("<pad>", "<bos>", "<eos>")
 FORMAT_REWARD = 0.5
+VOCAB_SIZE = len(SPECIALS) + 1 + len(LETTERS)
 
 
 def build_tokenizer() -> Tokenizer:

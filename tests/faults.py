@@ -1,0 +1,65 @@
+"""Planted faults: system providers that build the reference system and break one thing.
+
+Each is a provider factory (`--tc-system faults:NAME` with this folder on PYTHONPATH), so the same
+fault can be fed to the check functions in-process or to the whole suite through the plugin.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from titan_conformance.model.attention import KVCacheAttention, _expand_kv
+from titan_conformance.system.grpo_system import GRPOSystem
+
+
+def wrong_rope_theta(profile, **kw) -> GRPOSystem:
+    """The generator builds RoPE with another base than the trainer."""
+    system = GRPOSystem(profile, **kw)
+    args = system.generator.model.args
+    system.generator.model.args = args.replace(rope_theta=args.rope_theta * 2)
+    return system
+
+
+def skipped_weight_sync(profile, **kw) -> GRPOSystem:
+    """The trainer trains, the generator never hears of it."""
+    system = GRPOSystem(profile, **kw)
+    system.sync_weights = lambda: None
+    return system
+
+
+class _BidirectionalAttention(torch.nn.Module):
+    """Attention without the causal mask: a token sees the padding after it."""
+
+    def forward(self, q, k, v, positions):
+        n_rep = q.shape[2] // k.shape[2]
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        return F.scaled_dot_product_attention(q, _expand_kv(k, n_rep), _expand_kv(v, n_rep)).transpose(1, 2)
+
+
+def non_causal_trainer(profile, **kw) -> GRPOSystem:
+    system = GRPOSystem(profile, **kw)
+    system.trainer.model.set_inner_attention(lambda _: _BidirectionalAttention())
+    return system
+
+
+class _StaleDecodeCache(KVCacheAttention):
+    """Decode steps attend over the cache without writing their own key/value into it."""
+
+    def forward(self, q, k, v, positions):
+        if q.shape[1] > 1:
+            return super().forward(q, k, v, positions)
+        saved = self.k_cache.clone(), self.v_cache.clone()
+        out = super().forward(q, k, v, positions)
+        self.k_cache.copy_(saved[0])
+        self.v_cache.copy_(saved[1])
+        return out
+
+
+def stale_decode_cache(profile, **kw) -> GRPOSystem:
+    system = GRPOSystem(profile, **kw)
+    for block in system.generator.model.layers:
+        old = block.self_attn.inner_attention
+        stale = _StaleDecodeCache(*old.k_cache.shape[:2], *old.k_cache.shape[2:], old.k_cache.dtype, old.k_cache.device)
+        block.self_attn.inner_attention = stale
+    return system

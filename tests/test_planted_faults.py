@@ -1,0 +1,153 @@
+"""Every conformance check FAILS on a planted fault, with a message that names the cause.
+
+Faulty systems run eagerly (compile disabled) where compile is not the point, to keep this fast;
+the recompile faults compile for real.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+import faults
+from titan_conformance.checks.budgets import check_budgets
+from titan_conformance.checks.invariance import check_batch_invariance, check_prefill_decode
+from titan_conformance.checks.learning import check_learning
+from titan_conformance.checks.parity import check_logprob_parity
+from titan_conformance.checks.recompiles import check_recompile_budget
+from titan_conformance.checks.weight_sync import check_weight_sync
+from titan_conformance.run import perform_run
+from titan_conformance.system.grpo_system import GRPOSystem
+from titan_conformance.system.profile import Budget, Budgets, load_profile
+
+STEPS = 3
+
+
+def profile(steps: int = STEPS, **sections):
+    base = load_profile("tiny-cpu")
+    changes = {"run": dataclasses.replace(base.run, steps=steps),
+               "compile": dataclasses.replace(base.compile, enable=False)}
+    for name, fields in sections.items():
+        changes[name] = dataclasses.replace(getattr(base, name), **fields)
+    return dataclasses.replace(base, **changes)
+
+
+def run_with(factory, prof):
+    system = factory(prof)
+    return perform_run(system, prof.run.steps), system
+
+
+@pytest.fixture(scope="module")
+def healthy():
+    prof = profile()
+    run, system = run_with(GRPOSystem, prof)
+    yield run, prof
+    system.close()
+
+
+def test_healthy_eager_system_passes_every_check(healthy):
+    run, prof = healthy
+    for check in (check_logprob_parity,):
+        assert check(run, prof).passed
+    for check in (check_batch_invariance, check_prefill_decode, check_weight_sync):
+        result = check(run.system, prof)
+        assert result.passed, result.message
+
+
+def test_parity_catches_generator_rope_theta():
+    prof = profile()
+    run, system = run_with(faults.wrong_rope_theta, prof)
+    result = check_logprob_parity(run, prof)
+    system.close()
+    assert not result.passed
+    assert "differ beyond tolerance" in result.message and "RoPE theta" in result.message
+    assert result.metrics["max_abs"] > 1e-2
+
+
+def test_bitwise_mode_rejects_what_tolerance_accepts(healthy):
+    run, prof = healthy
+    bitwise = dataclasses.replace(prof, tolerances=dataclasses.replace(prof.tolerances, bitwise=True))
+    assert check_logprob_parity(run, prof).passed
+    result = check_logprob_parity(run, bitwise)
+    assert not result.passed and "bitwise (exact) mode" in result.message
+
+
+def test_weight_sync_check_catches_skipped_sync():
+    prof = profile(steps=1)
+    run, system = run_with(faults.skipped_weight_sync, prof)
+    result = check_weight_sync(system, prof)
+    system.close()
+    assert not result.passed and "Weight sync did not land" in result.message
+
+
+@pytest.mark.parametrize(
+    "fault, check, cause",
+    [
+        (faults.non_causal_trainer, check_batch_invariance, "padding seen through the attention mask"),
+        (faults.stale_decode_cache, check_prefill_decode, "stale or misplaced cache"),
+    ],
+)
+def test_invariance_checks_catch_their_fault(fault, check, cause):
+    prof = profile(steps=1)
+    system = fault(prof)
+    result = check(system, prof)
+    system.close()
+    assert not result.passed and cause in result.message
+
+
+def test_budget_of_one_millisecond_names_the_phase(healthy):
+    run, prof = healthy
+    tight = dataclasses.replace(prof, budgets=Budgets(cpu=Budget(compile=1e-3, step=1e-3)))
+    result = check_budgets(run, tight)
+    assert not result.passed
+    assert "compile took" in result.message and "step took" in result.message and "over by" in result.message
+
+
+def test_budgets_skip_when_the_device_class_has_none(healthy):
+    run, prof = healthy
+    reason = check_budgets(run, dataclasses.replace(prof, budgets=Budgets()))
+    assert isinstance(reason, str) and "'cpu'" in reason
+
+
+def test_learning_check_catches_a_policy_that_does_not_move():
+    prof = profile(steps=2, grpo={"lr": 1e-12})
+    run, system = run_with(GRPOSystem, prof)
+    system.close()
+    result = check_learning(run, prof)
+    assert not result.passed and "GRPO did not learn" in result.message
+
+
+def compiled_profile(**compile_fields):
+    base = profile(steps=6)
+    return dataclasses.replace(base, compile=dataclasses.replace(base.compile, enable=True, **compile_fields))
+
+
+def test_recompile_check_catches_shape_that_changes_every_step():
+    """Static shapes (dynamic=False): every new prompt/completion length compiles the trainer's block
+    again; past the limit Dynamo silently falls back to eager. The check fails and prints the ledger."""
+    prof = compiled_profile(dynamic=False, fullgraph=False, recompile_limit=3, backend="aot_eager")
+    run, system = run_with(GRPOSystem, prof)
+    system.close()
+    result = check_recompile_budget(run, prof)
+    assert not result.passed
+    assert "hit recompile_limit=3" in result.message and "size mismatch" in result.message
+    assert "region" in result.message and "trainer.TransformerBlock" in result.message  # the ledger
+
+
+def test_recompile_check_reports_a_fullgraph_limit_failure():
+    """Under fullgraph the limit is a hard error mid-run; the check reports it with the ledger."""
+    prof = compiled_profile(dynamic=False, fullgraph=True, recompile_limit=3, backend="aot_eager")
+    run, system = run_with(GRPOSystem, prof)
+    system.close()
+    assert run.error and len(run.records) < prof.run.steps  # stopped by the limit
+    result = check_recompile_budget(run, prof)
+    assert not result.passed and "the run failed" in result.message and "hit recompile_limit=3" in result.message
+
+
+def test_recompile_check_passes_on_the_same_run_with_dynamic_shapes():
+    prof = compiled_profile(dynamic=True, fullgraph=True, recompile_limit=3, backend="aot_eager")
+    run, system = run_with(GRPOSystem, prof)
+    system.close()
+    result = check_recompile_budget(run, prof)
+    assert result.passed, result.message

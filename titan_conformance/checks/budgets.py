@@ -1,0 +1,54 @@
+"""Time budgets: startup by phase and step time, against the profile's budget for the device class."""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+
+from titan_conformance.checks.result import CheckResult
+from titan_conformance.system.profile import Budget
+
+STARTUP = ("build", "weight_load", "compile", "first_generate")
+STEP = ("generate", "train", "weight_sync")
+
+
+def device_class(device: torch.device) -> str:
+    """cpu, h100, h200, or the GPU's name in lower case (which no profile budgets)."""
+    if device.type != "cuda":
+        return "cpu"
+    name = torch.cuda.get_device_name(device).lower()
+    return next((c for c in ("h100", "h200") if c in name), name)
+
+
+def measured(startup: dict[str, float], step_times: list[dict[str, float]]) -> dict[str, float]:
+    """Seconds per budget key: startup phases as measured, step phases as medians over steps."""
+    out = {p: startup[p] for p in STARTUP if p in startup}
+    out["startup"] = sum(out.values())
+    if step_times:
+        for phase in STEP:
+            out[phase] = statistics.median(t.get(phase, 0.0) for t in step_times)
+        out["step"] = statistics.median(sum(t.values()) for t in step_times)
+    return out
+
+
+def budget_verdict(values: dict[str, float], budget: Budget, device_cls: str) -> CheckResult:
+    limits = {k: v for k, v in budget.__dict__.items() if v is not None and k in values}
+    over = {k: values[k] for k, limit in limits.items() if values[k] > limit}
+    if not over:
+        return CheckResult("budgets", True, f"all {len(limits)} budgets for {device_cls} met", values, limits)
+    detail = "; ".join(
+        f"{k} took {v:.3f}s, budget {limits[k]:.3f}s (over by {v - limits[k]:.3f}s, {v / limits[k]:.1f}x)"
+        for k, v in over.items()
+    )
+    return CheckResult("budgets", False, f"Time budget exceeded on {device_cls}: {detail}.", values, limits)
+
+
+def check_budgets(run, profile) -> CheckResult | str:
+    """The verdict, or a reason to skip when the profile budgets nothing for this device class."""
+    cls = device_class(run.system.device)
+    budget = getattr(profile.budgets, cls, None)
+    if budget is None or all(v is None for v in budget.__dict__.values()):
+        return f"profile {profile.name!r} sets no budgets for device class {cls!r}"
+    values = measured(run.system.startup, [r.times for r in run.records])
+    return budget_verdict(values, budget, cls)

@@ -1,0 +1,47 @@
+"""Batch invariance of the trainer, and prefill-vs-decode parity of the generator."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from titan_conformance.checks.parity import flat, parity_verdict, profile_tolerance
+from titan_conformance.checks.result import CheckResult
+from titan_conformance.system.profile import Tolerance
+
+
+def _rollouts(system, profile, salt: str):
+    problems = system.task.sample(random.Random(salt), profile.sampling.num_prompts_per_step)
+    return system.rollout(problems, seed=len(salt))
+
+
+def check_batch_invariance(system, profile) -> CheckResult:
+    """The same sequences scored in a batch of m and a batch of n give the same logprobs."""
+    completions = _rollouts(system, profile, "batch-invariance")
+    full = system.trainer_logprobs(completions)
+    # Short sequences alone (narrower padding, smaller batch) vs inside the whole batch.
+    order = sorted(range(len(completions)), key=lambda i: len(completions[i].token_ids))
+    part = order[: max(2, len(order) // 4)]
+    alone = system.trainer_logprobs([completions[i] for i in part])
+    tol = profile_tolerance(profile)
+    batch_tol = Tolerance(tol.batch_invariance_max_abs, tol.batch_invariance_max_abs, tol.batch_invariance_max_abs)
+    return parity_verdict(
+        "batch_invariance", f"trainer logprobs of {len(part)} sequences in a batch of {len(part)} vs {len(completions)}",
+        flat(alone) - flat([full[i] for i in part]), batch_tol, profile.tolerances.bitwise,
+        hint="Batch composition leaks into a sequence's logprobs: padding seen through the attention "
+        "mask, or kernels whose reduction order depends on the batch.",
+    )
+
+
+def check_prefill_decode(system, profile) -> CheckResult:
+    """Decode-time logprobs (KV cache) equal a second prefill over prompt + generated tokens."""
+    completions = _rollouts(system, profile, "prefill-vs-decode")
+    decoded = flat([torch.tensor(c.logprobs) for c in completions])
+    prefilled = flat(system.generator_logprobs(completions))
+    return parity_verdict(
+        "prefill_decode", "generator decode (KV cache) vs prefill logprobs", decoded - prefilled,
+        profile_tolerance(profile), profile.tolerances.bitwise,
+        hint="The KV-cache decode path disagrees with a fresh prefill: stale or misplaced cache "
+        "entries, or wrong decode positions.",
+    )

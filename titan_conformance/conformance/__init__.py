@@ -1,0 +1,1 @@
+"""The conformance checks, collected by `pytest --pyargs titan_conformance`."""
