@@ -63,3 +63,40 @@ def stale_decode_cache(profile, **kw) -> GRPOSystem:
         stale = _StaleDecodeCache(*old.k_cache.shape[:2], *old.k_cache.shape[2:], old.k_cache.dtype, old.k_cache.device)
         block.self_attn.inner_attention = stale
     return system
+
+
+class _PaddingLeaksIntoRowZero(KVCacheAttention):
+    """A slot mapping that sends padding rows (decode position 0) to row 0's cache: the padded
+    rows of a captured batch overwrite a real row's first key/value."""
+
+    def cache_rows(self, positions):
+        rows = super().cache_rows(positions)
+        return torch.where(positions == 0, torch.zeros_like(rows), rows)
+
+
+def padding_leaks_into_real_rows(profile, **kw) -> GRPOSystem:
+    system = GRPOSystem(profile, **kw)
+    for block in system.generator.model.layers:
+        block.self_attn.inner_attention.__class__ = _PaddingLeaksIntoRowZero
+    system.generator.graphs.clear()
+    system.generator.capture()  # recaptured with the leaky slot mapping
+    return system
+
+
+def stale_kv_cache_after_capture(profile, **kw) -> GRPOSystem:
+    """The cache is 'reset' by allocating new buffers after capture: the graphs keep reading the
+    old ones, while the compiled step without a graph reads the new ones."""
+    system = GRPOSystem(profile, **kw)
+    for block in system.generator.model.layers:
+        attn = block.self_attn.inner_attention
+        attn.k_cache = torch.zeros_like(attn.k_cache)
+        attn.v_cache = torch.zeros_like(attn.v_cache)
+    return system
+
+
+def capture_size_left_out(profile, **kw) -> GRPOSystem:
+    system = GRPOSystem(profile, **kw)
+    left_out = system.generator.capture_sizes[len(system.generator.capture_sizes) // 2]
+    system.generator.capture_sizes.remove(left_out)
+    del system.generator.graphs[left_out]
+    return system

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from reference_qwen3 import reference_logits
-from titan_conformance.fixtures import fixture_path
+from titan_conformance.data_files import fixture_path
 from titan_conformance.model import Qwen3Model
 from titan_conformance.model.checkpoint import load_checkpoint, read_model_args
 

@@ -1,6 +1,6 @@
 import random
 
-from titan_conformance.fixtures import fixture_path
+from titan_conformance.data_files import fixture_path
 from titan_conformance.task import SortLettersTask, TaskTokenizer
 from titan_conformance.trainer import group_advantages
 

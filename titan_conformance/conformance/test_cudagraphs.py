@@ -1,22 +1,26 @@
-"""FULL CUDA-graph equivalence: at every capture size graph replay equals eager; padded batches
-between sizes give the same real rows; no NaN/inf at any size."""
+"""FULL CUDA-graph equivalence: the captured sizes are the policy's; at every capture size graph
+replay equals the compiled step exactly and eager within tolerance; batches between capture sizes,
+padded, give the same real rows; no NaN/inf at any size, the largest included."""
 
 import pytest
 
-from titan_conformance.plugin import require
+from titan_conformance.checks.cudagraphs import capture_set_verdict, check_graph_equivalence
+from titan_conformance.plugin import assert_check, require
 
 
 @pytest.fixture
-def cuda_system(tc_run):
+def cuda_system(tc_run, tc_profile):
     if tc_run.system.device.type != "cuda":
-        pytest.skip("CUDA graphs need a CUDA device; this run is on " + str(tc_run.system.device))
+        pytest.skip(f"CUDA graphs need a CUDA device; this run is on {tc_run.system.device}")
+    if tc_profile.cudagraph.mode == "NONE":
+        pytest.skip(f"profile {tc_profile.name!r} sets cudagraph.mode = NONE")
     require(tc_run.system, "cudagraphs")
     return tc_run.system
 
 
-def test_replay_matches_eager_at_every_capture_size(cuda_system):
-    pytest.skip("the reference provider does not capture CUDA graphs yet")
+def test_captured_sizes_are_the_policys(cuda_system):
+    assert_check(capture_set_verdict(*cuda_system.cudagraph_sizes()))
 
 
-def test_padded_batches_between_sizes_match(cuda_system):
-    pytest.skip("the reference provider does not capture CUDA graphs yet")
+def test_replay_matches_eager_at_every_capture_size(cuda_system, tc_profile):
+    assert_check(check_graph_equivalence(cuda_system, tc_profile))

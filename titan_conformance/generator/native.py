@@ -1,15 +1,23 @@
-"""The native generator: the same Qwen3 blocks over a static KV cache, batched prefill + decode."""
+"""The native generator: the same Qwen3 blocks over a static KV cache, batched prefill + decode.
+
+The decode step (every compiled block, the final norm, lm_head, logprobs and sampling) is one
+shape-static function of (tokens, positions, noise, temperature). On CUDA, in a FULL mode, it is
+captured as one CUDA graph per capture size; a batch is padded up to the next size and a batch
+above the largest runs without a graph.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Iterable
 
 import torch
 
 from titan_conformance.compilation import CompileConfig, CompileLedger, apply_regional_compile
 from titan_conformance.errors import ConformanceError
-from titan_conformance.generator.sampling import gumbel_noise, sample_tokens
+from titan_conformance.generator.capture_sizes import padded_size
+from titan_conformance.generator.sampling import gumbel_noise, sample_tokens, sampling_tensors
 from titan_conformance.model.args import ModelArgs
 from titan_conformance.model.attention import KVCacheAttention
 from titan_conformance.model.qwen3 import Qwen3Model
@@ -29,6 +37,26 @@ class Completion:
     """True when the completion ended on EOS (False: stopped at max_tokens)."""
 
 
+@dataclass
+class CapturedGraph:
+    """One FULL decode graph and the static buffers it reads and writes."""
+
+    graph: torch.cuda.CUDAGraph
+    inputs: tuple[torch.Tensor, ...]
+    """tokens [N, 1], positions [N, 1], noise [N, V], divisor [], noise scale []."""
+    outputs: tuple[torch.Tensor, ...]
+    """tokens [N], token logprobs [N], logprobs [N, V]."""
+    seconds: float
+    memory_bytes: int
+
+
+@dataclass
+class CaptureReport:
+    sizes: list[int] = field(default_factory=list)
+    seconds: dict[int, float] = field(default_factory=dict)
+    memory_bytes: dict[int, int] = field(default_factory=dict)
+
+
 class NativeGenerator:
     """Generates with the shared model code; weights arrive from the trainer in place."""
 
@@ -41,19 +69,26 @@ class NativeGenerator:
         max_model_len: int,
         device: torch.device,
         dtype: torch.dtype,
+        cudagraph_mode: str = "NONE",
+        capture_sizes: list[int] | None = None,
     ) -> None:
         self.max_num_seqs, self.max_model_len, self.device = max_num_seqs, max_model_len, device
+        self.cudagraph_mode = cudagraph_mode if device.type == "cuda" else "NONE"
+        self.capture_sizes = sorted(capture_sizes or []) if self.cudagraph_mode != "NONE" else []
+        # Padded rows of a captured batch need cache rows of their own, never a real row's.
+        cache_rows = max([max_num_seqs, *self.capture_sizes])
         with torch.device(device):
             self.model = Qwen3Model(args).to(dtype)
         self.model.requires_grad_(False).eval()
         self.model.set_inner_attention(
-            lambda _: KVCacheAttention(max_num_seqs, max_model_len, args.n_kv_heads, args.head_dim, dtype, device)
+            lambda _: KVCacheAttention(cache_rows, max_model_len, args.n_kv_heads, args.head_dim, dtype, device)
         )
         self.region = apply_regional_compile(self.model, compile_config, ledger, role="generator")
+        self.graphs: dict[int, CapturedGraph] = {}
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Weight sync: copies the trainer's tensors into the generator's in place (no rebuild, no
-        recompile: parameters are graph inputs of the compiled blocks)."""
+        recompile, no recapture: parameters are graph inputs at fixed addresses)."""
         params = dict(self.model.named_parameters())
         seen = set()
         with torch.no_grad():
@@ -70,24 +105,80 @@ class NativeGenerator:
         """Runs the blocks over [B, S] tokens at `positions`, writing the KV cache; returns logits."""
         return self.model(tokens, positions)
 
+    def decode_step(self, tokens, positions, noise, divisor, noise_scale):
+        """The whole decode step; what a FULL graph captures."""
+        logits = self.forward_step(tokens, positions)[:, -1]
+        return sample_tokens(logits, noise, divisor, noise_scale)
+
+    # --- CUDA graphs -------------------------------------------------------------------------
+
     @torch.no_grad()
-    def score(self, completions: list[Completion], temperature: float) -> list[torch.Tensor]:
-        """Logprobs of each completion's tokens from ONE prefill over prompt + completion (no
-        decode): what the prefill-vs-decode check compares the sampled logprobs against."""
-        out = []
-        for start in range(0, len(completions), self.max_num_seqs):
-            part = completions[start : start + self.max_num_seqs]
-            seqs = [c.prompt_ids + c.token_ids for c in part]
-            width = max(len(s) for s in seqs)
-            tokens = torch.zeros(len(seqs), width, dtype=torch.long, device=self.device)
-            for i, seq in enumerate(seqs):
-                tokens[i, : len(seq)] = torch.tensor(seq)
-            positions = torch.arange(width, device=self.device).repeat(len(seqs), 1)
-            logp = logprobs_from_logits(self.forward_step(tokens, positions)[:, :-1], tokens[:, 1:], temperature)
-            for i, c in enumerate(part):
-                first = len(c.prompt_ids) - 1
-                out.append(logp[i, first : first + len(c.token_ids)].float().cpu())
-        return out
+    def capture(self) -> CaptureReport:
+        """Captures one FULL decode graph per capture size, largest first into one shared memory
+        pool (smaller graphs reuse the largest one's memory)."""
+        report = CaptureReport()
+        if self.cudagraph_mode == "NONE":
+            return report
+        pool = torch.cuda.graph_pool_handle()
+        vocab = self.model.args.vocab_size
+        for size in sorted(self.capture_sizes, reverse=True):
+            inputs = (
+                torch.zeros(size, 1, dtype=torch.long, device=self.device),
+                torch.zeros(size, 1, dtype=torch.long, device=self.device),
+                torch.zeros(size, vocab, dtype=torch.float32, device=self.device),
+                *sampling_tensors(1.0, self.device),
+            )
+            torch.cuda.synchronize()
+            start, mem_before = time.perf_counter(), torch.cuda.memory_allocated(self.device)
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):  # warm-up: compiles this batch class, allocates workspaces
+                for _ in range(2):
+                    self.decode_step(*inputs)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                outputs = self.decode_step(*inputs)
+            torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+            memory = torch.cuda.memory_allocated(self.device) - mem_before
+            self.graphs[size] = CapturedGraph(graph, inputs, outputs, seconds, memory)
+            report.seconds[size], report.memory_bytes[size] = seconds, memory
+        report.sizes = sorted(self.graphs)
+        return report
+
+    def run_decode(self, tokens, positions, noise, divisor, noise_scale, use_graph: bool = True):
+        """One decode step for a batch of B rows: graph replay at the padded size when one was
+        captured for it, else the step itself. Returns the B real rows."""
+        bsz = tokens.shape[0]
+        size = padded_size(bsz, self.capture_sizes) if use_graph and self.graphs else None
+        if size is None:
+            return self.decode_step(tokens, positions, noise, divisor, noise_scale)
+        g = self.graphs[size]
+        s_tokens, s_positions, s_noise, s_divisor, s_scale = g.inputs
+        s_tokens.zero_()
+        s_positions.zero_()
+        s_noise.zero_()
+        s_tokens[:bsz].copy_(tokens)
+        s_positions[:bsz].copy_(positions)
+        s_noise[:bsz].copy_(noise)
+        s_divisor.copy_(divisor)
+        s_scale.copy_(noise_scale)
+        g.graph.replay()
+        return tuple(out[:bsz] for out in g.outputs)
+
+    # --- generation --------------------------------------------------------------------------
+
+    def _prefill_batch(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Writes the prompts into the cache; returns (logits at each prompt's last token, lengths)."""
+        bsz, longest = len(rows), max(len(p) for p in rows)
+        lengths = torch.tensor([len(p) for p in rows], device=self.device)
+        tokens = torch.zeros(bsz, longest, dtype=torch.long, device=self.device)
+        for i, p in enumerate(rows):
+            tokens[i, : len(p)] = torch.tensor(p)
+        positions = torch.arange(longest, device=self.device).repeat(bsz, 1)
+        logits = self.forward_step(tokens, positions)[torch.arange(bsz, device=self.device), lengths - 1]
+        return logits, lengths
 
     @torch.no_grad()
     def generate(
@@ -112,25 +203,23 @@ class NativeGenerator:
                 f"A prompt of {longest} tokens + max_tokens={max_tokens} exceeds max_model_len="
                 f"{self.max_model_len}; raise max_model_len in the profile."
             )
-        rng = torch.Generator().manual_seed(seed)
+        rng = torch.Generator(device=self.device).manual_seed(seed)
         vocab = self.model.args.vocab_size
-        lengths = torch.tensor([len(p) for p in rows], device=self.device)
-        tokens = torch.zeros(bsz, longest, dtype=torch.long, device=self.device)
-        for i, p in enumerate(rows):
-            tokens[i, : len(p)] = torch.tensor(p)
-        positions = torch.arange(longest, device=self.device).repeat(bsz, 1)
-        logits = self.forward_step(tokens, positions)[torch.arange(bsz), lengths - 1]
-
-        out_tokens, out_logprobs = [], []
-        done = torch.zeros(bsz, dtype=torch.bool, device=self.device)
-        for step in range(max_tokens):
-            next_tok, logp = sample_tokens(logits, gumbel_noise((bsz, vocab), rng, self.device), temperature)
+        divisor, scale = sampling_tensors(temperature, self.device)
+        logits, lengths = self._prefill_batch(rows)
+        next_tok, logp, _ = sample_tokens(logits, gumbel_noise((bsz, vocab), rng), divisor, scale)
+        out_tokens, out_logprobs = [next_tok], [logp]
+        done = next_tok == eos_id
+        for step in range(max_tokens - 1):
+            if bool(done.all()):
+                break
+            next_tok, logp, _ = self.run_decode(
+                next_tok.unsqueeze(1), (lengths + step).unsqueeze(1),
+                gumbel_noise((bsz, vocab), rng), divisor, scale,
+            )
             out_tokens.append(next_tok)
             out_logprobs.append(logp)
             done |= next_tok == eos_id
-            if bool(done.all()) or step == max_tokens - 1:
-                break
-            logits = self.forward_step(next_tok.unsqueeze(1), (lengths + step).unsqueeze(1))[:, 0]
 
         toks = torch.stack(out_tokens, 1).tolist()
         lps = torch.stack(out_logprobs, 1).tolist()
@@ -139,3 +228,39 @@ class NativeGenerator:
             end = t.index(eos_id) + 1 if eos_id in t else len(t)
             completions.append(Completion(list(prompt), t[:end], lp[:end], eos_id in t))
         return completions
+
+    @torch.no_grad()
+    def score(self, completions: list[Completion], temperature: float) -> list[torch.Tensor]:
+        """Logprobs of each completion's tokens from ONE prefill over prompt + completion (no
+        decode): what the prefill-vs-decode check compares the sampled logprobs against."""
+        out = []
+        for start in range(0, len(completions), self.max_num_seqs):
+            part = completions[start : start + self.max_num_seqs]
+            seqs = [c.prompt_ids + c.token_ids for c in part]
+            width = max(len(s) for s in seqs)
+            tokens = torch.zeros(len(seqs), width, dtype=torch.long, device=self.device)
+            for i, seq in enumerate(seqs):
+                tokens[i, : len(seq)] = torch.tensor(seq)
+            positions = torch.arange(width, device=self.device).repeat(len(seqs), 1)
+            logp = logprobs_from_logits(self.forward_step(tokens, positions)[:, :-1], tokens[:, 1:], temperature)
+            for i, c in enumerate(part):
+                first = len(c.prompt_ids) - 1
+                out.append(logp[i, first : first + len(c.token_ids)].float().cpu())
+        return out
+
+    @torch.no_grad()
+    def probe_decode(self, batch: int, how: str, prompt_len: int = 7, seed: int = 0) -> torch.Tensor:
+        """All logprobs [batch, V] of one decode step from a fixed state (deterministic prompts
+        prefilled, then one decode), run `how`: "graph" (replay at the padded size), "compiled"
+        (the same compiled step, no graph) or "eager" (compile bypassed)."""
+        rng = torch.Generator(device=self.device).manual_seed(seed)
+        vocab = self.model.args.vocab_size
+        prompts = torch.randint(0, vocab, (batch, prompt_len), generator=rng, device=self.device).tolist()
+        logits, lengths = self._prefill_batch(prompts)
+        tokens = logits.argmax(-1, keepdim=True)
+        noise = gumbel_noise((batch, vocab), rng)
+        args = (tokens, lengths.unsqueeze(1), noise, *sampling_tensors(1.0, self.device))
+        if how == "eager":
+            with torch.compiler.set_stance("force_eager"):
+                return self.decode_step(*args)[2].float().cpu()
+        return self.run_decode(*args, use_graph=how == "graph")[2].float().cpu()

@@ -54,11 +54,15 @@ class KVCacheAttention(nn.Module):
         self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
+    def cache_rows(self, positions: torch.Tensor) -> torch.Tensor:
+        """The cache row each token writes to (vLLM's slot mapping, per row): its own batch row."""
+        return torch.arange(positions.shape[0], device=positions.device).unsqueeze(1).expand_as(positions)
+
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor
     ) -> torch.Tensor:
         bsz = q.shape[0]
-        rows = torch.arange(bsz, device=q.device).unsqueeze(1).expand_as(positions)
+        rows = self.cache_rows(positions)
         self.k_cache.index_put_((rows, positions), k)
         self.v_cache.index_put_((rows, positions), v)
         n_rep = q.shape[2] // k.shape[2]

@@ -10,7 +10,7 @@ import torch
 
 from titan_conformance.compilation import CompileLedger, apply_regional_compile
 from titan_conformance.errors import ConformanceError
-from titan_conformance.fixtures import resolve_checkpoint
+from titan_conformance.data_files import resolve_checkpoint
 from titan_conformance.generator import Completion, NativeGenerator
 from titan_conformance.model import ModelArgs, Qwen3Model
 from titan_conformance.model.checkpoint import load_checkpoint, read_model_args
@@ -20,7 +20,7 @@ from titan_conformance.task import Reward, SortLettersTask, TaskTokenizer
 from titan_conformance.task.sort_letters import VOCAB_SIZE, Problem, build_tokenizer
 from titan_conformance.trainer import GRPOConfig, RolloutBatch, Trainer, group_advantages
 
-STARTUP_PHASES = ("build", "weight_load", "compile", "first_generate")
+STARTUP_PHASES = ("build", "weight_load", "compile", "capture", "first_generate")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -94,9 +94,13 @@ class GRPOSystem:
     """
 
     name = "reference"
-    capabilities = frozenset(
+    BASE_CAPABILITIES = frozenset(
         {"grpo", "trainer_logprobs", "generator_logprobs", "weight_sync", "compile_ledger", "startup_phases"}
     )
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return self.BASE_CAPABILITIES | ({"cudagraphs"} if self.generator.graphs else set())
 
     def __init__(self, profile: Profile, device: str = "cpu", model_path: str | None = None) -> None:
         self.profile = profile
@@ -121,6 +125,7 @@ class GRPOSystem:
                 self.generator = NativeGenerator(
                     args, profile.compile, self.ledger, profile.max_num_seqs,
                     profile.generator.max_model_len, self.device, self.dtype,
+                    profile.cudagraph.mode, profile.capture_sizes,
                 )
             with timed(self.startup, "weight_load", self.device):
                 for model in filter(None, (self.trainer.model, self.trainer.reference)):
@@ -134,8 +139,10 @@ class GRPOSystem:
                 if self.trainer.reference is not None:
                     apply_regional_compile(self.trainer.reference, profile.compile, self.ledger, "reference")
                 self._warm_up()
+            with timed(self.startup, "capture", self.device):
+                self.captures = self.generator.capture()
             with timed(self.startup, "first_generate", self.device):
-                self.rollout(self.task.validation_set(s.num_prompts_per_step), seed=-1)
+                self.rollout(self.task.validation_set(s.num_prompts_per_step), seed=2**31 - 1)
         except BaseException:
             self.close()
             raise
@@ -238,6 +245,14 @@ class GRPOSystem:
 
     def compile_ledger(self) -> CompileLedger:
         return self.ledger
+
+    def cudagraph_sizes(self) -> tuple[list[int], list[int]]:
+        """(what the capture-size policy yields, what the generator actually captured)."""
+        return self.profile.capture_sizes, sorted(self.generator.graphs)
+
+    def probe_decode(self, batch: int, how: str):
+        """One decode step's logprobs [batch, V] from a fixed state: graph, compiled or eager."""
+        return self.generator.probe_decode(batch, how)
 
     def validate(self) -> Reward:
         """Mean reward over the fixed validation set (chunked to max_num_seqs)."""

@@ -11,12 +11,13 @@ import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from titan_conformance.compilation.config import CompileConfig
+from titan_conformance.data_files import data_dir
 from titan_conformance.errors import ConformanceError
+from titan_conformance.generator.capture_sizes import MODES, policy_capture_sizes
 from titan_conformance.model.args import ModelArgs
 from titan_conformance.trainer.grpo import GRPOConfig
 
@@ -61,6 +62,19 @@ class GeneratorSection:
     """Largest decode batch; 0 derives it as num_prompts_per_step x n."""
     max_model_len: int = 32
     """KV-cache length per sequence (prompt + completion)."""
+
+
+@dataclass(frozen=True)
+class CUDAGraphSection:
+    """CUDA graphs of the generator's decode step (CUDA only; ignored on CPU)."""
+
+    mode: str = "FULL"
+    """NONE, FULL or FULL_DECODE_ONLY: the whole decode step captured as one graph per size."""
+    sizes: list | None = None
+    """Explicit capture sizes; left out, the policy derives them (powers of 2 up to the cap, plus
+    max_num_seqs and the cap)."""
+    max_capture_size: int = 0
+    """The policy's cap; 0 means max_num_seqs (all that decode-only graphs need)."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +178,7 @@ class Profile:
     compile: CompileConfig = field(default_factory=CompileConfig)
     sampling: SamplingSection = field(default_factory=SamplingSection)
     generator: GeneratorSection = field(default_factory=GeneratorSection)
+    cudagraph: CUDAGraphSection = field(default_factory=CUDAGraphSection)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     validation: ValidationSection = field(default_factory=ValidationSection)
     parallel: ParallelSection = field(default_factory=ParallelSection)
@@ -174,6 +189,14 @@ class Profile:
     @property
     def max_num_seqs(self) -> int:
         return self.generator.max_num_seqs or self.sampling.num_prompts_per_step * self.sampling.n
+
+    @property
+    def capture_sizes(self) -> list[int]:
+        """What the capture-size policy yields for this profile ([] in mode NONE)."""
+        g = self.cudagraph
+        if g.mode == "NONE":
+            return []
+        return policy_capture_sizes(self.max_num_seqs, g.max_capture_size, g.sizes)
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:
@@ -224,6 +247,8 @@ def _check(profile: Profile) -> None:
         (s.temperature >= 0, "sampling.temperature", ">= 0"),
         (s.max_tokens >= 1, "sampling.max_tokens", ">= 1"),
         (g.backend == "native", "generator.backend", "'native'"),
+        (profile.cudagraph.mode in MODES, "cudagraph.mode", f"one of {MODES}"),
+        (profile.cudagraph.max_capture_size >= 0, "cudagraph.max_capture_size", ">= 0 (0: max_num_seqs)"),
         (g.max_num_seqs >= 0, "generator.max_num_seqs", ">= 1, or 0 to derive it"),
         (profile.max_num_seqs >= s.num_prompts_per_step * s.n, "generator.max_num_seqs",
          f">= num_prompts_per_step x n = {s.num_prompts_per_step * s.n}"),
@@ -247,6 +272,10 @@ def _check(profile: Profile) -> None:
                 raise ConformanceError(
                     f"Profile {profile.name!r}: {section}.{key} = {value} is negative; it must be >= 0."
                 )
+    try:
+        profile.capture_sizes
+    except ConformanceError as e:
+        raise ConformanceError(f"Profile {profile.name!r}: {e}") from None
     if profile.model.checkpoint == "random":
         heads = ModelArgs.from_hf_config(profile.model.config, source=f"profile {profile.name!r} model.config")
         check_tp(heads, profile.parallel.tp, f"profile {profile.name!r}")
@@ -262,8 +291,7 @@ def check_tp(args: ModelArgs, tp: int, where: str) -> None:
 
 
 def bundled_profiles() -> dict[str, Path]:
-    root = resources.files("titan_conformance.suites")
-    return {Path(p.name).stem: Path(str(p)) for p in root.iterdir() if p.name.endswith(".toml")}
+    return {p.stem: p for p in sorted(data_dir("suites").glob("*.toml"))}
 
 
 def load_profile(name_or_path: str) -> Profile:

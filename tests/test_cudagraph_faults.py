@@ -1,0 +1,53 @@
+"""On a CUDA device: FULL-graph equivalence passes on the tiny profile and FAILS on each planted
+fault (a size left out, padding rows leaking into real rows, a stale KV cache after capture)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import faults
+from titan_conformance.checks.cudagraphs import capture_set_verdict, check_graph_equivalence
+from titan_conformance.system.grpo_system import GRPOSystem
+from titan_conformance.system.profile import load_profile
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device for CUDA graphs")
+
+
+def cuda_profile():
+    prof = load_profile("tiny-cpu")
+    return dataclasses.replace(prof, cudagraph=dataclasses.replace(prof.cudagraph, mode="FULL"))
+
+
+def build(factory):
+    return factory(cuda_profile(), device="cuda")
+
+
+def test_healthy_graphs_match_at_every_size():
+    system = build(GRPOSystem)
+    try:
+        assert capture_set_verdict(*system.cudagraph_sizes()).passed
+        result = check_graph_equivalence(system, system.profile)
+        assert result.passed, result.message
+        assert len(result.metrics["per_size"]) > len(system.profile.capture_sizes)  # padded batches too
+    finally:
+        system.close()
+
+
+@pytest.mark.parametrize(
+    "fault, check, cause",
+    [
+        (faults.capture_size_left_out, lambda s: capture_set_verdict(*s.cudagraph_sizes()), "missing ["),
+        (faults.padding_leaks_into_real_rows, lambda s: check_graph_equivalence(s, s.profile), "padding leaks"),
+        (faults.stale_kv_cache_after_capture, lambda s: check_graph_equivalence(s, s.profile), "must be exact"),
+    ],
+)
+def test_planted_graph_faults_fail(fault, check, cause):
+    system = build(fault)
+    try:
+        result = check(system)
+    finally:
+        system.close()
+    assert not result.passed and cause in result.message, result.message

@@ -1,0 +1,32 @@
+"""Capture-size policy and the capture-set verdict: the CPU-runnable parts of the CUDA-graph checks."""
+
+import pytest
+
+from titan_conformance.checks.cudagraphs import capture_set_verdict
+from titan_conformance.errors import ConformanceError
+from titan_conformance.generator.capture_sizes import padded_size, policy_capture_sizes, vllm_default_capture_sizes
+
+
+def test_policy_is_powers_of_two_plus_max_num_seqs_and_cap():
+    assert policy_capture_sizes(40) == [1, 2, 4, 8, 16, 32, 40]  # 7 graphs for 8 prompts x 5
+    assert policy_capture_sizes(40, cap=64) == [1, 2, 4, 8, 16, 32, 40, 64]
+    assert policy_capture_sizes(128) == [1, 2, 4, 8, 16, 32, 64, 128]
+    assert len(vllm_default_capture_sizes(128)) == 35
+
+
+def test_explicit_sizes_are_deduplicated_sorted_and_validated():
+    assert policy_capture_sizes(40, explicit=[8, 1, 8, 40]) == [1, 8, 40]
+    for bad in ([], [0, 4], [-2], [1.5]):
+        with pytest.raises(ConformanceError, match="cudagraph.sizes"):
+            policy_capture_sizes(40, explicit=bad)
+
+
+def test_batches_pad_up_to_the_next_size_and_run_without_a_graph_above():
+    sizes = [1, 2, 4, 8, 16, 32, 40]
+    assert [padded_size(b, sizes) for b in (1, 3, 17, 33, 40, 41)] == [1, 4, 32, 40, 40, None]
+
+
+def test_capture_set_verdict_names_a_size_left_out():
+    result = capture_set_verdict([1, 2, 4, 8, 16, 32, 40], [1, 2, 4, 16, 32, 40])
+    assert not result.passed and "missing [8]" in result.message
+    assert capture_set_verdict([1, 2], [1, 2]).passed
