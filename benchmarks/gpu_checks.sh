@@ -17,7 +17,9 @@ run() {  # name, then the command
   local rc=$?
   echo "$name rc=$rc $((SECONDS - start))s $(grep -E '(passed|failed|error)' "$OUT/$name.log" | tail -1)" >> "$OUT/summary.txt"
 }
+[ "${BENCH:-0}" = 1 ] && run bench python3 benchmarks/bench_gpu.py --out "$OUT"
 run gpu-tests python3 -m pytest tests/test_cudagraph_faults.py tests/test_cudagraph_policy.py -q -p no:cacheprovider
 run suite-qwen3 python3 -m pytest --pyargs titan_conformance -n 1 --tc-suite qwen3-0.6b --tc-device cuda -p no:cacheprovider -rA
 run suite-tiny python3 -m pytest --pyargs titan_conformance -n 1 --tc-suite tiny-cpu --tc-device cuda -p no:cacheprovider -rA
 cat "$OUT/summary.txt"
+[ -f "$OUT/bench.log" ] && tail -8 "$OUT/bench.log"

@@ -7,6 +7,7 @@ loads it in every session of an environment that has the package installed.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -59,6 +60,8 @@ def _pin_worker_gpus(config: pytest.Config) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # torch's structured-trace logger propagates empty DEBUG records into every captured-log report.
+    logging.getLogger("torch.__trace").propagate = False
     config.addinivalue_line("markers", "tc_gpus(n): the test needs n GPUs on its worker")
     config.addinivalue_line("markers", "tc_capability(name): the test needs the provider capability `name`")
     _pin_worker_gpus(config)

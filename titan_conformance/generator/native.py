@@ -165,7 +165,8 @@ class NativeGenerator:
         s_divisor.copy_(divisor)
         s_scale.copy_(noise_scale)
         g.graph.replay()
-        return tuple(out[:bsz] for out in g.outputs)
+        # The outputs are the graph's static buffers, overwritten by the next replay: copy them out.
+        return tuple(out[:bsz].clone() for out in g.outputs)
 
     # --- generation --------------------------------------------------------------------------
 
