@@ -9,7 +9,7 @@ import torch
 from titan_conformance.checks.result import CheckResult
 from titan_conformance.system.profile import Budget
 
-STARTUP = ("build", "weight_load", "compile", "first_generate")
+STARTUP = ("build", "weight_load", "compile", "capture", "first_generate")
 STEP = ("generate", "train", "weight_sync")
 
 

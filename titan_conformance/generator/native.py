@@ -264,4 +264,11 @@ class NativeGenerator:
         if how == "eager":
             with torch.compiler.set_stance("force_eager"):
                 return self.decode_step(*args)[2].float().cpu()
+        if how == "compiled" and batch in self.graphs:
+            # The same compiled step on the graph's own input buffers: same addresses and alignment,
+            # so the same kernels are chosen; only the graph itself differs.
+            static = self.graphs[batch].inputs
+            for buffer, value in zip(static, args):
+                buffer.copy_(value)
+            return self.decode_step(*static)[2].float().cpu()
         return self.run_decode(*args, use_graph=how == "graph")[2].float().cpu()

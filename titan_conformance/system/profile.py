@@ -141,6 +141,8 @@ class Budget:
     """Checkpoint load into the trainer and first sync into the generator."""
     compile: float | None = None
     """Regional compile and warm-up of every shape class (trainer fwd+bwd, prefill, decode)."""
+    capture: float | None = None
+    """FULL CUDA-graph capture of every capture size (0 on CPU)."""
     first_generate: float | None = None
     """The first real rollout batch after compile."""
     startup: float | None = None
