@@ -21,5 +21,10 @@ run() {  # name, then the command
 run gpu-tests python3 -m pytest tests/test_cudagraph_faults.py tests/test_cudagraph_policy.py -q -p no:cacheprovider
 run suite-qwen3 python3 -m pytest --pyargs titan_conformance -n 1 --tc-suite qwen3-0.6b --tc-device cuda -p no:cacheprovider -rA
 run suite-tiny python3 -m pytest --pyargs titan_conformance -n 1 --tc-suite tiny-cpu --tc-device cuda -p no:cacheprovider -rA
+if [ "${EXACTNESS:-0}" = 1 ]; then
+  python3 benchmarks/graph_exactness.py > "$OUT/exactness.txt" 2>&1
+  CUBLAS_WORKSPACE_CONFIG=:4096:8 python3 benchmarks/graph_exactness.py >> "$OUT/exactness.txt" 2>&1
+  grep "size" "$OUT/exactness.txt" >> "$OUT/summary.txt"
+fi
 cat "$OUT/summary.txt"
 [ -f "$OUT/bench.log" ] && tail -8 "$OUT/bench.log"

@@ -75,6 +75,8 @@ class CUDAGraphSection:
     max_num_seqs and the cap)."""
     max_capture_size: int = 0
     """The policy's cap; 0 means max_num_seqs (all that decode-only graphs need)."""
+    replay_max_abs: float = 0.0
+    """Allowed |graph replay - the same compiled step without a graph|; 0 demands exact equality."""
 
 
 @dataclass(frozen=True)
@@ -251,6 +253,7 @@ def _check(profile: Profile) -> None:
         (g.backend == "native", "generator.backend", "'native'"),
         (profile.cudagraph.mode in MODES, "cudagraph.mode", f"one of {MODES}"),
         (profile.cudagraph.max_capture_size >= 0, "cudagraph.max_capture_size", ">= 0 (0: max_num_seqs)"),
+        (profile.cudagraph.replay_max_abs >= 0, "cudagraph.replay_max_abs", ">= 0 (0: exact)"),
         (g.max_num_seqs >= 0, "generator.max_num_seqs", ">= 1, or 0 to derive it"),
         (profile.max_num_seqs >= s.num_prompts_per_step * s.n, "generator.max_num_seqs",
          f">= num_prompts_per_step x n = {s.num_prompts_per_step * s.n}"),
