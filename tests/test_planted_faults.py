@@ -78,7 +78,21 @@ def test_weight_sync_check_catches_skipped_sync():
     run, system = run_with(faults.skipped_weight_sync, prof)
     result = check_weight_sync(system, prof)
     system.close()
-    assert not result.passed and "Weight sync did not land" in result.message
+    assert not result.passed and "a weight sync did not land" in result.message
+
+
+def test_weight_sync_check_catches_a_sync_that_stops_landing(healthy):
+    """In sync before the check's step, but that step's sync is lost: caught by the movement test."""
+    run, prof = healthy
+    system = run.system
+    real_sync = system.sync_weights
+    system.sync_weights = lambda: None
+    try:
+        result = check_weight_sync(system, prof)
+    finally:
+        system.sync_weights = real_sync
+        real_sync()
+    assert not result.passed and "Weight sync did not land" in result.message and "did not change" in result.message
 
 
 @pytest.mark.parametrize(

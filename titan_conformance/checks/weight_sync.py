@@ -18,7 +18,14 @@ def check_weight_sync(system, profile) -> CheckResult:
     trainer_after = flat(system.trainer_logprobs(completions))
     generator_after = flat(system.generator_logprobs(completions))
 
-    # The parity noise actually seen before the step is the floor under which movement means nothing.
+    already = parity_verdict(
+        "weight_sync", "generator vs trainer logprobs before the check's step", generator_before - trainer_before,
+        tol, profile.tolerances.bitwise,
+        hint="The generator was already out of sync after the run's earlier steps: a weight sync did not land.",
+    )
+    if not already.passed:
+        return already
+    # The parity noise seen before the step is the floor under which movement means nothing.
     noise = float((generator_before - trainer_before).abs().max())
     trainer_moved = float((trainer_after - trainer_before).abs().max())
     generator_moved = float((generator_after - generator_before).abs().max())
