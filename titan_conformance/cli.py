@@ -21,6 +21,8 @@ def run_grpo(opts: argparse.Namespace) -> int:
     profile = load_profile(opts.suite)
     if opts.seed is not None:
         profile = dataclasses.replace(profile, seed=opts.seed)
+    if opts.generator:
+        profile = dataclasses.replace(profile, generator=dataclasses.replace(profile.generator, backend=opts.generator))
     print(f"Profile {profile.name}: {profile.description}", flush=True)
     with GRPOSystem(profile, device=opts.device, model_path=opts.model_path) as system:
         total = sum(system.startup.values())
@@ -45,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     grpo.add_argument("--steps", type=int, default=20)
     grpo.add_argument("--seed", type=int, default=None, help="overrides the profile's seed")
     grpo.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    grpo.add_argument("--generator", choices=("native", "vllm"), help="overrides the profile's generator backend")
     grpo.add_argument("--verbose", action="store_true", help="print the compile ledger")
     grpo.add_argument("--model-path", default=None, help="HF checkpoint directory overriding the profile's")
     opts = parser.parse_args(argv)

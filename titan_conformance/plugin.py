@@ -7,6 +7,7 @@ loads it in every session of an environment that has the package installed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -16,6 +17,7 @@ import sys
 import pytest
 
 from titan_conformance.errors import ConformanceError
+from titan_conformance.vllm_support import INSTALL_HINT, vllm_version
 
 GENERATORS = ("native", "vllm", "auto")
 DEVICES = ("cpu", "cuda", "auto")
@@ -65,11 +67,23 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "tc_gpus(n): the test needs n GPUs on its worker")
     config.addinivalue_line("markers", "tc_capability(name): the test needs the provider capability `name`")
     _pin_worker_gpus(config)
-    if config.getoption("--tc-generator") == "vllm":
-        raise pytest.UsageError(
-            "--tc-generator vllm: this build of titan_conformance has no vLLM generator backend yet; "
-            "use --tc-generator native (or auto)."
-        )
+    try:
+        config.stash[_BACKEND] = resolve_generator(config.getoption("--tc-generator"), vllm_version())
+    except ConformanceError as e:
+        raise pytest.UsageError(str(e)) from None
+
+
+_BACKEND = pytest.StashKey[str]()
+
+
+def resolve_generator(option: str, vllm: str | None) -> str | None:
+    """--tc-generator -> the backend to force on the profile (None: keep the profile's).
+    `auto` picks vLLM when it imports; `vllm` without it is a usage error."""
+    if option == "vllm" and vllm is None:
+        raise ConformanceError(f"--tc-generator vllm: vLLM does not import in this environment. {INSTALL_HINT}")
+    if option == "auto":
+        return "vllm" if vllm is not None else None
+    return option
 
 
 def _worker_gpu_count() -> int:
@@ -86,10 +100,12 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
+    backend = config.stash.get(_BACKEND, None) or "profile's"
+    version = vllm_version()
     return [
         f"titan_conformance: suite={config.getoption('--tc-suite')} "
-        f"system={config.getoption('--tc-system') or 'reference'} "
-        f"generator={config.getoption('--tc-generator')} device={config.getoption('--tc-device')}"
+        f"system={config.getoption('--tc-system') or 'reference'} generator={backend} "
+        f"device={config.getoption('--tc-device')} vllm={version or 'not installed'}"
     ]
 
 
@@ -102,9 +118,12 @@ def tc_profile(request: pytest.FixtureRequest):
     from titan_conformance.system.profile import load_profile
 
     try:
-        return load_profile(request.config.getoption("--tc-suite"))
+        profile = load_profile(request.config.getoption("--tc-suite"))
     except ConformanceError as e:
         _fail(e)
+    if backend := request.config.stash.get(_BACKEND, None):
+        profile = dataclasses.replace(profile, generator=dataclasses.replace(profile.generator, backend=backend))
+    return profile
 
 
 @pytest.fixture(scope="session")

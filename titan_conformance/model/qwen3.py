@@ -118,11 +118,14 @@ class Qwen3Model(nn.Module):
         for i, block in enumerate(self.layers):
             block.self_attn.inner_attention = factory(i)
 
-    def hidden_states(self, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """Final-norm hidden states [B, S, dim]; positions default to 0..S-1 per row."""
+    def hidden_states(
+        self, tokens: torch.Tensor, positions: torch.Tensor | None = None, embeddings: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Final-norm hidden states [B, S, dim]; positions default to 0..S-1 per row. `embeddings`
+        [B, S, dim], when given, replace the token embedding lookup."""
         if positions is None:  # contiguous, like the generator's: a stride-0 view would be a guard
             positions = torch.arange(tokens.shape[1], device=tokens.device).repeat(tokens.shape[0], 1)
-        h = self.embed_tokens(tokens)
+        h = self.embed_tokens(tokens) if embeddings is None else embeddings
         cos, sin = rope_cos_sin(positions, self.args.head_dim, self.args.rope_theta, h.dtype)
         for block in self.layers:
             h = block(h, cos, sin, positions)

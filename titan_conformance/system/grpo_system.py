@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,11 +14,12 @@ from titan_conformance.errors import ConformanceError
 from titan_conformance.data_files import resolve_checkpoint
 from titan_conformance.generator import Completion, NativeGenerator
 from titan_conformance.model import ModelArgs, Qwen3Model
-from titan_conformance.model.checkpoint import load_checkpoint, read_model_args
+from titan_conformance.model.checkpoint import load_checkpoint, read_model_args, save_checkpoint
 from titan_conformance.system.profile import Profile, check_tp
 from titan_conformance.system.timing import timed
 from titan_conformance.task import Reward, SortLettersTask, TaskTokenizer
 from titan_conformance.task.sort_letters import VOCAB_SIZE, Problem, build_tokenizer
+from titan_conformance.vllm_support import vllm_version
 from titan_conformance.trainer import GRPOConfig, RolloutBatch, Trainer, group_advantages
 
 STARTUP_PHASES = ("build", "weight_load", "compile", "capture", "first_generate")
@@ -100,7 +102,8 @@ class GRPOSystem:
 
     @property
     def capabilities(self) -> frozenset[str]:
-        return self.BASE_CAPABILITIES | ({"cudagraphs"} if self.generator.graphs else set())
+        graphs = getattr(self.generator, "graphs", None)  # only the native generator can be probed
+        return self.BASE_CAPABILITIES | ({"cudagraphs"} if graphs else set())
 
     def __init__(self, profile: Profile, device: str = "cpu", model_path: str | None = None) -> None:
         self.profile = profile
@@ -122,17 +125,20 @@ class GRPOSystem:
                 self.trainer = Trainer(
                     self._new_model(args), profile.grpo, s.temperature, self._reference(args, profile.grpo)
                 )
-                self.generator = NativeGenerator(
-                    args, profile.compile, self.ledger, profile.max_num_seqs,
-                    profile.generator.max_model_len, self.device, self.dtype,
-                    profile.cudagraph.mode, profile.capture_sizes,
-                )
+                if profile.generator.backend == "native":
+                    self.generator = NativeGenerator(
+                        args, profile.compile, self.ledger, profile.max_num_seqs,
+                        profile.generator.max_model_len, self.device, self.dtype,
+                        profile.cudagraph.mode, profile.capture_sizes,
+                    )
             with timed(self.startup, "weight_load", self.device):
                 for model in filter(None, (self.trainer.model, self.trainer.reference)):
                     if ckpt is None:
                         model.init_weights(profile.seed)
                     else:
                         load_checkpoint(model, ckpt)
+                if profile.generator.backend == "vllm":
+                    self.generator = self._start_vllm(ckpt)
                 self.sync_weights()
             with timed(self.startup, "compile", self.device):
                 apply_regional_compile(self.trainer.model, profile.compile, self.ledger, "trainer")
@@ -146,6 +152,21 @@ class GRPOSystem:
         except BaseException:
             self.close()
             raise
+
+    def _start_vllm(self, ckpt: Path | None):
+        """vLLM loads weights itself: from the checkpoint, or from an export of the trainer's
+        seeded random weights (removed at close)."""
+        from titan_conformance.generator.vllm_backend import VllmGenerator
+
+        if ckpt is None:
+            self._export_dir = tempfile.TemporaryDirectory(prefix="titan-conformance-weights-")
+            ckpt = Path(self._export_dir.name) / "model"
+            save_checkpoint(self.trainer.model, ckpt, self.dtype)
+        p = self.profile
+        return VllmGenerator(
+            str(ckpt), p.compile, self.ledger, p.max_num_seqs, p.generator.max_model_len, self.device,
+            p.model.dtype, p.cudagraph.mode, p.capture_sizes, p.seed,
+        )
 
     def _model_args(self, ckpt: Path | None) -> ModelArgs:
         where = f"profile {self.profile.name!r}"
@@ -224,9 +245,10 @@ class GRPOSystem:
         return record
 
     def describe(self) -> dict[str, str]:
+        backend = self.profile.generator.backend
         return {
             "provider": self.name,
-            "generator": "native",
+            "generator": backend if backend == "native" else f"vllm {vllm_version()}",
             "device": str(self.device),
             "dtype": self.profile.model.dtype,
             "torch": torch.__version__,
@@ -265,10 +287,14 @@ class GRPOSystem:
         return mean_reward(rewards)
 
     def close(self) -> None:
-        """Stops reading Dynamo's logs and frees device memory held by the models."""
+        """Shuts the generator down, stops reading Dynamo's logs, frees device memory and files."""
+        generator = self.__dict__.pop("generator", None)
+        if hasattr(generator, "close"):
+            generator.close()
         self.ledger.__exit__(None, None, None)
-        for name in ("trainer", "generator"):
-            self.__dict__.pop(name, None)
+        self.__dict__.pop("trainer", None)
+        if export := self.__dict__.pop("_export_dir", None):
+            export.cleanup()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 

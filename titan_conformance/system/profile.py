@@ -23,6 +23,7 @@ from titan_conformance.trainer.grpo import GRPOConfig
 
 DTYPES = ("float32", "bfloat16")
 DEVICE_CLASSES = ("cpu", "h100", "h200")
+BACKENDS = ("native", "vllm")
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class GeneratorSection:
     """The generator engine."""
 
     backend: str = "native"
-    """Generator backend: native."""
+    """Generator backend: native (ours, static KV cache) or vllm (vLLM's engine on our model)."""
     max_num_seqs: int = 0
     """Largest decode batch; 0 derives it as num_prompts_per_step x n."""
     max_model_len: int = 32
@@ -250,7 +251,7 @@ def _check(profile: Profile) -> None:
         (s.n >= 2, "sampling.n", ">= 2 (GRPO normalizes advantages within a group)"),
         (s.temperature >= 0, "sampling.temperature", ">= 0"),
         (s.max_tokens >= 1, "sampling.max_tokens", ">= 1"),
-        (g.backend == "native", "generator.backend", "'native'"),
+        (g.backend in BACKENDS, "generator.backend", f"one of {BACKENDS}"),
         (profile.cudagraph.mode in MODES, "cudagraph.mode", f"one of {MODES}"),
         (profile.cudagraph.max_capture_size >= 0, "cudagraph.max_capture_size", ">= 0 (0: max_num_seqs)"),
         (profile.cudagraph.replay_max_abs >= 0, "cudagraph.replay_max_abs", ">= 0 (0: exact)"),

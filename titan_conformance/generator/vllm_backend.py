@@ -1,0 +1,137 @@
+"""The vLLM generator backend: vLLM's engine running our model (see vllm_model.py).
+
+The engine runs in process (VLLM_ENABLE_V1_MULTIPROCESSING=0): weights sync by handing the
+trainer's tensors to vLLM's supported reload path (`reload_weights` through `collective_rpc`) with
+no engine restart, and the model's compile events land in the system's ledger. vLLM's own
+compilation is off (mode NONE): torch.compile is ours, regional, from the shared CompileConfig.
+vLLM's cudagraph mode and capture sizes come from our profile and capture-size policy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+import uuid
+from typing import Iterable
+
+import torch
+
+from titan_conformance.compilation import CompileConfig, CompileLedger
+from titan_conformance.errors import ConformanceError
+from titan_conformance.generator.native import Completion
+from titan_conformance.model.checkpoint import hf_name
+from titan_conformance.vllm_support import INSTALL_HINT, vllm_version
+
+def compilation_config(device: torch.device, cudagraph_mode: str, capture_sizes: list[int]) -> dict:
+    """vLLM CompilationConfig (as a dict): its compiler off, its CUDA graphs ours to configure.
+    vLLM's CPU platform supports no CUDA graphs, so there the mode is NONE."""
+    if device.type != "cuda" or cudagraph_mode == "NONE":
+        return {"mode": 0, "cudagraph_mode": "NONE"}
+    return {"mode": 0, "cudagraph_mode": cudagraph_mode, "cudagraph_capture_sizes": list(capture_sizes)}
+
+
+class VllmGenerator:
+    """Same interface as NativeGenerator: generate, score, load_weights, close."""
+
+    def __init__(
+        self,
+        checkpoint: str,
+        compile_config: CompileConfig,
+        ledger: CompileLedger,
+        max_num_seqs: int,
+        max_model_len: int,
+        device: torch.device,
+        dtype: str,
+        cudagraph_mode: str,
+        capture_sizes: list[int],
+        seed: int,
+    ) -> None:
+        if vllm_version() is None:
+            raise ConformanceError(f"The vllm generator backend needs vLLM, which does not import here. {INSTALL_HINT}")
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        from vllm import LLM
+
+        from titan_conformance.generator import vllm_model
+
+        vllm_model.register()
+        self._ledger_key = uuid.uuid4().hex
+        vllm_model.LEDGERS[self._ledger_key] = ledger
+        self.device, self.max_num_seqs = device, max_num_seqs
+        self.compilation = compilation_config(device, cudagraph_mode, capture_sizes)
+        try:
+            self.llm = LLM(
+                model=str(checkpoint),
+                hf_overrides={
+                    "architectures": [vllm_model.ARCHITECTURE],
+                    "titan_compile": dataclasses.asdict(compile_config),
+                    "titan_ledger": self._ledger_key,
+                },
+                skip_tokenizer_init=True,
+                dtype=dtype,
+                seed=seed,
+                max_model_len=max_model_len,
+                max_num_seqs=max_num_seqs,
+                logprobs_mode="processed_logprobs",
+                # Weight sync changes what a cached prompt prefix would compute.
+                enable_prefix_caching=False,
+                compilation_config=self.compilation,
+                **({"kv_cache_memory_bytes": 256 << 20} if device.type == "cpu" else {}),
+            )
+        finally:
+            vllm_model.LEDGERS.pop(self._ledger_key, None)
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Weight sync through vLLM's supported reload path; no engine restart."""
+        weights = [(hf_name(name), tensor.detach().to("cpu").clone()) for name, tensor in named_tensors]
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+
+    def _run(self, token_rows: list[list[int]], **params):
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        prompts = [TokensPrompt(prompt_token_ids=row) for row in token_rows]
+        return self.llm.generate(prompts, SamplingParams(**params), use_tqdm=False)
+
+    def generate(
+        self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float, seed: int, eos_id: int
+    ) -> list[Completion]:
+        if len(prompts) * n > self.max_num_seqs:
+            raise ConformanceError(
+                f"{len(prompts)} prompts x n={n} exceed the generator's max_num_seqs={self.max_num_seqs}."
+            )
+        outputs = self._run(
+            prompts, n=n, temperature=temperature, max_tokens=max_tokens, seed=seed, logprobs=0,
+            stop_token_ids=[eos_id],
+        )
+        completions = []
+        for prompt, out in zip(prompts, outputs):
+            for c in out.outputs:
+                tokens = list(c.token_ids)
+                logprobs = [step[t].logprob for t, step in zip(tokens, c.logprobs)]
+                completions.append(Completion(list(prompt), tokens, logprobs, eos_id in tokens))
+        return completions
+
+    def score(self, completions: list[Completion], temperature: float) -> list[torch.Tensor]:
+        """Prompt logprobs of prompt + completion from one vLLM prefill (no decode)."""
+        rows = [c.prompt_ids + c.token_ids for c in completions]
+        outputs = self._run(rows, temperature=temperature, max_tokens=1, prompt_logprobs=0, seed=0)
+        scored = []
+        for c, row, out in zip(completions, rows, outputs):
+            first = len(c.prompt_ids)  # prompt_logprobs[i] scores row[i]; entry 0 is None
+            scored.append(torch.tensor([out.prompt_logprobs[i][row[i]].logprob for i in range(first, len(row))]))
+        return scored
+
+    def capture(self):
+        """vLLM captures its own graphs at engine start (sizes from our policy)."""
+        return None
+
+    def close(self) -> None:
+        """Shuts the in-process engine down and frees its memory (LLM has no shutdown() in 0.32)."""
+        llm = self.__dict__.pop("llm", None)
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()
+            del llm
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()

@@ -1,0 +1,109 @@
+"""Our Qwen3 as an out-of-tree vLLM model: vLLM's `Attention` layer supplies attention and the
+paged KV cache; embedding, blocks, norms, lm_head and regional compile are our code.
+
+Registered by `register()` (the `vllm.general_plugins` entry point, so spawned engine workers find
+it too) under ARCHITECTURE; the backend points vLLM at it with `hf_overrides`. The shared
+CompileConfig travels in the HF config (key `titan_compile`), so it reaches any worker process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from vllm.config import VllmConfig
+from vllm.model_executor.layers.attention import Attention
+from vllm.model_executor.model_loader.weight_utils import default_weight_loader
+
+from titan_conformance.compilation import CompileConfig, CompileLedger, apply_regional_compile
+from titan_conformance.model.args import ModelArgs
+from titan_conformance.model.qwen3 import Qwen3Model
+
+ARCHITECTURE = "TitanConformanceQwen3ForCausalLM"
+# In-process engines hand their model's compile events to the backend's ledger (by key).
+LEDGERS: dict[str, CompileLedger] = {}
+
+
+def register() -> None:
+    from vllm import ModelRegistry
+
+    ModelRegistry.register_model(ARCHITECTURE, f"{__name__}:TitanQwen3ForCausalLM")
+
+
+class VllmInnerAttention(nn.Module):
+    """Our inner-attention interface over vLLM's Attention. vLLM runs the model on a flat token
+    stream (every sequence of the step, prefill and decode mixed), which the wrapper presents to our
+    blocks as B=1, S=num_tokens; vLLM's attention metadata restores the per-sequence structure."""
+
+    def __init__(self, args: ModelArgs, vllm_config: VllmConfig, prefix: str) -> None:
+        super().__init__()
+        self.attn = Attention(
+            num_heads=args.n_heads,
+            head_size=args.head_dim,
+            scale=args.head_dim**-0.5,
+            num_kv_heads=args.n_kv_heads,
+            cache_config=vllm_config.cache_config,
+            quant_config=vllm_config.quant_config,
+            prefix=f"{prefix}.attn",
+        )
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        _, seq, heads, dim = q.shape
+        out = self.attn(q.reshape(seq, heads * dim), k.reshape(seq, -1), v.reshape(seq, -1))
+        return out.view(1, seq, heads, dim)
+
+
+class TitanQwen3ForCausalLM(nn.Module):
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        super().__init__()
+        cfg = vllm_config.model_config.hf_config.to_dict()
+        cfg["architectures"] = ["Qwen3ForCausalLM"]
+        # transformers 5 keeps rope_theta under rope_parameters
+        if "rope_theta" not in cfg and isinstance(cfg.get("rope_parameters"), dict):
+            cfg["rope_theta"] = cfg["rope_parameters"].get("rope_theta", 1_000_000.0)
+        cfg.pop("rope_scaling", None)
+        self.args = ModelArgs.from_hf_config(cfg, source="vLLM hf_config")
+        self.model = Qwen3Model(self.args)
+        for i, block in enumerate(self.model.layers):
+            block.self_attn.inner_attention = VllmInnerAttention(
+                self.args, vllm_config, prefix=f"model.layers.{i}.self_attn.inner_attention"
+            )
+        compile_config = CompileConfig(**cfg.get("titan_compile", {"enable": False}))
+        ledger = LEDGERS.get(cfg.get("titan_ledger", ""), CompileLedger())
+        self.region = apply_regional_compile(self.model, compile_config, ledger, role="vllm")
+
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_tokens(input_ids)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        intermediate_tensors=None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """Flat [N] tokens (or their embeddings) at [N] positions -> final-norm hidden states [N, dim]."""
+        embeddings = None if inputs_embeds is None else inputs_embeds.unsqueeze(0)
+        tokens = positions.unsqueeze(0) if input_ids is None else input_ids.unsqueeze(0)  # shape only
+        return self.model.hidden_states(tokens, positions.unsqueeze(0), embeddings).squeeze(0)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.model.logits(hidden_states)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """HF tensor names (`model.<ours>`, `lm_head.weight`), at load and at reload_weights. The
+        lookup is per call and goes through each parameter's weight_loader: during a reload vLLM
+        swaps in placeholder parameters whose loader it wraps."""
+        params = dict(self.named_parameters())
+        loaded: set[str] = set()
+        for name, tensor in weights:
+            if name.startswith("lm_head."):
+                if self.model.lm_head is None:
+                    continue  # tied to the embedding
+                name = f"model.{name}"
+            param = params[name]
+            getattr(param, "weight_loader", default_weight_loader)(param, tensor)
+            loaded.add(name)
+        return loaded
