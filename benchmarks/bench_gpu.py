@@ -23,7 +23,7 @@ os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "0")
 import torch  # noqa: E402
 
 from titan_conformance.compilation import CompileConfig, CompileLedger, apply_regional_compile  # noqa: E402
-from titan_conformance.generator.capture_sizes import policy_capture_sizes, vllm_default_capture_sizes  # noqa: E402
+from titan_conformance.generator.capture_sizes import vllm_default_capture_sizes  # noqa: E402
 from titan_conformance.generator.native import NativeGenerator  # noqa: E402
 from titan_conformance.generator.sampling import sampling_tensors  # noqa: E402
 from titan_conformance.model import ModelArgs, Qwen3Model  # noqa: E402
@@ -62,13 +62,11 @@ def capture_time(args, dtype, device, max_num_seqs: int, sizes: list[int]) -> tu
     torch._dynamo.reset()
     gen = NativeGenerator(args, CompileConfig(), CompileLedger(), max_num_seqs, 160, device, dtype, "FULL", sizes)
     gen.model.init_weights(0)
-    report = None
-
-    def capture():
-        nonlocal report
-        report = gen.capture()
-
-    total = seconds(capture)
+    sync()
+    start = time.perf_counter()
+    report = gen.capture()
+    sync()
+    total = time.perf_counter() - start
     del gen
     torch.cuda.empty_cache()
     return total, len(report.sizes)
@@ -116,7 +114,7 @@ def main() -> None:
 
     ours, n_ours = capture_time(args, dtype, device, profile.max_num_seqs, profile.capture_sizes)
     vllm, n_vllm = capture_time(args, dtype, device, 128, vllm_default_capture_sizes(128))
-    rows.append((f"FULL capture (incl. per-size warm-up)", f"{n_ours} sizes {ours:.1f} s", f"{n_vllm} sizes {vllm:.1f} s", f"{vllm / ours:.2f}x"))
+    rows.append(("FULL capture (incl. per-size warm-up)", f"{n_ours} sizes {ours:.1f} s", f"{n_vllm} sizes {vllm:.1f} s", f"{vllm / ours:.2f}x"))
 
     torch._dynamo.reset()
     system = GRPOSystem(profile, device="cuda")

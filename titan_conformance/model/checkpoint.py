@@ -73,25 +73,25 @@ def _shard_map(ckpt_dir: Path) -> dict[str, Path]:
         ) from None
 
 
+def _first(names: list[str]) -> str:
+    return repr(names[0]) + (f" (and {len(names) - 1} more)" if len(names) > 1 else "")
+
+
 def load_checkpoint(model: Qwen3Model, ckpt_dir: str | Path) -> None:
     """Copies every tensor of an HF Qwen3 checkpoint into `model` in place (dtype converted)."""
     ckpt_dir = Path(ckpt_dir)
     expected = {hf_name(n): p for n, p in model.named_parameters()}
     shards = _shard_map(ckpt_dir)
-    unexpected = sorted(set(shards) - set(expected))
-    if unexpected:
+    if unexpected := sorted(set(shards) - set(expected)):
         raise ConformanceError(
-            f"{shards[unexpected[0]]}: unexpected tensor {unexpected[0]!r}"
-            + (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "")
-            + " that the Qwen3 model built from config.json does not have; the checkpoint and its "
-            "config.json disagree (e.g. tie_word_embeddings or num_hidden_layers)."
+            f"{shards[unexpected[0]]}: unexpected tensor {_first(unexpected)} that the Qwen3 model "
+            "built from config.json does not have; the checkpoint and its config.json disagree (e.g. "
+            "tie_word_embeddings or num_hidden_layers)."
         )
-    missing = sorted(set(expected) - set(shards))
-    if missing:
+    if missing := sorted(set(expected) - set(shards)):
         raise ConformanceError(
-            f"{ckpt_dir}: tensor {missing[0]!r} is missing"
-            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-            + "; the checkpoint is incomplete or does not match its config.json."
+            f"{ckpt_dir}: tensor {_first(missing)} is missing; the checkpoint is incomplete or does "
+            "not match its config.json."
         )
     by_file: dict[Path, list[str]] = {}
     for name, path in shards.items():

@@ -279,7 +279,7 @@ def _check(profile: Profile) -> None:
                     f"Profile {profile.name!r}: {section}.{key} = {value} is negative; it must be >= 0."
                 )
     try:
-        profile.capture_sizes
+        policy_capture_sizes(profile.max_num_seqs, profile.cudagraph.max_capture_size, profile.cudagraph.sizes)
     except ConformanceError as e:
         raise ConformanceError(f"Profile {profile.name!r}: {e}") from None
     if profile.model.checkpoint == "random":
