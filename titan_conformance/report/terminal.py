@@ -23,8 +23,7 @@ def summary_lines(report: dict[str, Any], written: Path | None, write_error: str
     if write_error:
         lines.append((f"report not written: {write_error}", {"red": True, "bold": True}))
     elif written is not None:
-        lines.append((f"report: {written}{'' if str(written).endswith('/') else '/'} "
-                      "(report.json, summary.md, report.html, junit.xml)", {}))
+        lines.append((f"report: {written}/ (report.json, summary.md, report.html, junit.xml)", {}))
     return lines
 
 
