@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +28,28 @@ def compiled_system():
 def eager_system():
     with GRPOSystem(tiny_profile(enable=False)) as system:
         yield system
+
+
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture
+def run_pytest(pytester, monkeypatch):
+    """Runs pytest in a subprocess in pytester's folder, with this checkout's package first on the
+    path (so an editable install of another checkout is not used) and tests/ importable (for
+    `--tc-system faults:...`)."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), str(TESTS.parent)]))
+
+    def run(*args: str):
+        return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=1200)
+
+    return run
+
+
+@pytest.fixture
+def suite(run_pytest):
+    """`pytest --pyargs titan_conformance ...`, as users run the suite."""
+    return lambda *args: run_pytest("--pyargs", "titan_conformance", *args)
 
 
 pytest_plugins = ["pytester"]

@@ -23,6 +23,7 @@ def test_wheel_ships_suite_profiles_fixture_and_plugin(tmp_path):
         "titan_conformance/fixtures/tiny-qwen3/model.safetensors",
         "titan_conformance/fixtures/tiny-qwen3/config.json",
         "titan_conformance/fixtures/tiny-qwen3/tokenizer.json",
+        "titan_conformance/report/templates/report.html.j2",
     ):
         assert path in names, path
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))

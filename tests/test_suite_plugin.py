@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
+import xml.etree.ElementTree as ET
 
-import pytest
-
+from titan_conformance.cli import main
 from titan_conformance.plugin import _pin_worker_gpus
-
-TESTS = Path(__file__).parent
+from titan_conformance.report.schema import load_report
 
 EAGER_PROFILE = """
 [compile]
@@ -17,16 +16,6 @@ enable = false
 steps = 2
 expect_learning = false
 """
-
-
-@pytest.fixture
-def suite(pytester, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", str(TESTS))
-
-    def run(*args: str):
-        return pytester.runpytest_subprocess("--pyargs", "titan_conformance", "-p", "no:cacheprovider", *args, timeout=1200)
-
-    return run
 
 
 def test_default_suite_passes_under_xdist(suite):
@@ -40,10 +29,41 @@ def test_planted_fault_fails_the_suite_with_the_cause(suite, pytester):
     profile = pytester.path / "eager.toml"
     profile.write_text(EAGER_PROFILE)
     # The planted faults reach into the native generator.
-    result = suite("--tc-suite", str(profile), "--tc-system", "faults:wrong_rope_theta", "--tc-generator", "native", "-k", "parity")
+    result = suite("--tc-suite", str(profile), "--tc-system", "faults:wrong_rope_theta", "--tc-generator", "native",
+                   "-k", "parity", "--tc-report-dir", "out")
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(["*differ beyond tolerance*RoPE theta*"])
     assert "Traceback" not in result.stdout.str()
+    summary = (pytester.path / "out" / "summary.md").read_text()
+    assert "| Logprob parity | ❌ fail | 2 failed |" in summary
+    assert summary.count("differ beyond tolerance") == 2 and "RoPE theta" in summary
+
+
+def test_report_of_an_xdist_run(suite, pytester):
+    """The four files, one report merged from both workers, and the terminal's progress and table."""
+    profile = pytester.path / "eager.toml"
+    profile.write_text(EAGER_PROFILE)
+    result = suite("-n", "2", "--tc-device", "cpu", "--tc-suite", str(profile), "--tc-report-dir", "out")
+    result.assert_outcomes(passed=5, skipped=4)
+    out = pytester.path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["junit.xml", "report.html", "report.json", "summary.md"]
+    report = load_report(out / "report.json")
+    assert not report["partial"] and report["summary"]["passed"] == 5
+    assert {t["worker"] for t in report["tests"]} == {"gw0", "gw1"} == set(report["runs"]) == set(report["workers"])
+    env = report["environment"]
+    assert (env["profile"], env["device"], env["backend"]["generator"], env["backend"]["compile"]) == (
+        "eager", "cpu", "native", "eager")
+    parity = next(t for t in report["tests"] if t["nodeid"].endswith("test_trainer_matches_generator_on_sampled_rollouts"))
+    assert parity["checks"][0]["limits"]["max_abs"] == 1e-4 and parity["checks"][0]["metrics"]["tokens"] > 0
+    for run in report["runs"].values():
+        assert [s["step"] for s in run["steps"]] == [1, 2] and set(run["startup"]) >= {"build", "compile"}
+        assert run["logprob_diff"]["per_position"]["tokens"][0] > 0
+    assert len((out / "summary.md").read_bytes()) < 64 * 1024
+    assert ET.parse(out / "junit.xml").getroot().find("testsuite").get("tests") == "9"
+    assert (out / "report.html").read_text().count('src="data:image/png;base64,') == 4  # no CUDA graphs on CPU
+    result.stderr.fnmatch_lines(["*gw?] compile ...*", "*step 2/2: Step  2*"])
+    result.stdout.fnmatch_lines(["*titan_conformance report*", "Logprob parity*PASS*4 passed*", "report: out/*"])
+    assert main(["compare", str(out / "report.json"), str(out / "report.json"), "--fail-on-regression"]) == 0
 
 
 def test_usage_errors_are_one_paragraph(suite, pytester):

@@ -1,4 +1,4 @@
-"""`titan-conformance`: run the GRPO system (and, later, the suite) from the command line."""
+"""`titan-conformance`: run the GRPO system, or compare two conformance reports."""
 
 from __future__ import annotations
 
@@ -39,6 +39,19 @@ def run_grpo(opts: argparse.Namespace) -> int:
     return 0
 
 
+def run_compare(opts: argparse.Namespace) -> int:
+    from titan_conformance.report.compare import compare, table
+    from titan_conformance.report.schema import load_report
+
+    base, head = load_report(opts.base), load_report(opts.head)
+    rows = compare(base, head, opts.threshold, opts.min_seconds, names=(opts.base, opts.head))
+    if not opts.markdown:
+        print(f"base: {opts.base}\nhead: {opts.head}\nthreshold: {opts.threshold:.0%} "
+              f"(times also by more than {opts.min_seconds}s)\n")
+    print(table(rows, markdown=opts.markdown))
+    return 1 if opts.fail_on_regression and any(r.regression for r in rows) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="titan-conformance", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,9 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     grpo.add_argument("--generator", choices=("native", "vllm"), help="overrides the profile's generator backend")
     grpo.add_argument("--verbose", action="store_true", help="print the compile ledger")
     grpo.add_argument("--model-path", default=None, help="HF checkpoint directory overriding the profile's")
+    grpo.set_defaults(run=run_grpo)
+    cmp = sub.add_parser("compare", help="before/after table of two report.json files, regressions flagged")
+    cmp.add_argument("base", help="report.json of the base (before)")
+    cmp.add_argument("head", help="report.json of the head (after)")
+    cmp.add_argument("--threshold", type=float, default=0.10,
+                     help="relative increase of a time or logprob difference that counts as a regression")
+    cmp.add_argument("--min-seconds", type=float, default=0.05,
+                     help="a time must also grow by more than this to count (timer noise)")
+    cmp.add_argument("--fail-on-regression", action="store_true", help="exit 1 when any regression is flagged")
+    cmp.add_argument("--markdown", action="store_true", help="print a Markdown table (for a PR description)")
+    cmp.set_defaults(run=run_compare)
     opts = parser.parse_args(argv)
     try:
-        return run_grpo(opts)
+        return opts.run(opts)
     except ConformanceError as e:
         print(f"titan-conformance: error: {e}", file=sys.stderr)
         return 2

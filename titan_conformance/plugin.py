@@ -12,11 +12,11 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 
 from titan_conformance.errors import ConformanceError
+from titan_conformance.report.session import ReportSession, progress, record_check
 from titan_conformance.vllm_support import INSTALL_HINT, vllm_version
 
 GENERATORS = ("native", "vllm", "auto")
@@ -29,7 +29,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--tc-model-path", default=None, help="HF checkpoint directory overriding the profile's model")
     group.addoption("--tc-generator", default="auto", choices=GENERATORS, help="generator backend")
     group.addoption("--tc-device", default="auto", choices=DEVICES, help="device to run on")
-    group.addoption("--tc-report-dir", default=None, help="where reports are written")
+    group.addoption(
+        "--tc-report-dir", default=None,
+        help="where report.json, summary.md, report.html and junit.xml go (default ./reports/<timestamp>-<profile>/)",
+    )
     group.addoption("--tc-system", default=None, help="system provider: module:factory or an entry-point name")
 
 
@@ -67,6 +70,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "tc_gpus(n): the test needs n GPUs on its worker")
     config.addinivalue_line("markers", "tc_capability(name): the test needs the provider capability `name`")
     _pin_worker_gpus(config)
+    config.pluginmanager.register(ReportSession(config), "titan_conformance.report")
     try:
         config.stash[_BACKEND] = resolve_generator(config.getoption("--tc-generator"), vllm_version())
     except ConformanceError as e:
@@ -138,17 +142,9 @@ def tc_system(request: pytest.FixtureRequest, tc_profile):
     except ConformanceError as e:
         _fail(e)
     startup = ", ".join(f"{k}={v:.1f}s" for k, v in system.startup.items())
-    _progress(request, f"built {system.name} system ({startup})")
+    progress(request.config, f"built {system.name} system ({startup})")
     yield system
     system.close()
-
-
-def _progress(request: pytest.FixtureRequest, message: str) -> None:
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None and not os.environ.get("PYTEST_XDIST_WORKER"):
-        reporter.write_line(f"[titan_conformance] {message}")
-    else:
-        print(f"[titan_conformance] {message}", file=sys.stderr)
 
 
 @pytest.fixture(scope="session")
@@ -156,7 +152,7 @@ def tc_run(request: pytest.FixtureRequest, tc_system, tc_profile):
     """The GRPO run every check reads (the profile's run.steps steps)."""
     from titan_conformance.run import perform_run
 
-    return perform_run(tc_system, tc_profile.run.steps, lambda m: _progress(request, m))
+    return perform_run(tc_system, tc_profile.run.steps, lambda m: progress(request.config, m))
 
 
 def require(system, capability: str) -> None:
@@ -168,8 +164,10 @@ def require(system, capability: str) -> None:
 
 
 def assert_check(result) -> None:
-    """Fails with the check's message (no traceback); a str result is a reason to skip."""
+    """Fails with the check's message (no traceback); a str result is a reason to skip. The
+    result goes into the report either way."""
     if isinstance(result, str):
         pytest.skip(result)
+    record_check(result)
     if not result.passed:
         pytest.fail(result.message, pytrace=False)

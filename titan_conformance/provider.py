@@ -42,6 +42,9 @@ class ConformanceSystem(Protocol):
     task: object
     """The toy task (prompts via `sample`/`validation_set`, `reward`)."""
 
+    # Optional, read by the report when present: `captures.seconds` (capture size -> seconds), and
+    # `token_positions` on each StepRecord (for the per-position logprob-diff curve).
+
     def describe(self) -> dict[str, str]: ...
     def step(self): ...
     def validate(self): ...

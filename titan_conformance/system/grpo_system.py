@@ -50,6 +50,8 @@ class StepRecord:
     """Trainer minus generator logprob of every sampled token (1-D, fp32, on CPU)."""
     times: dict[str, float] = field(default_factory=dict)
     """Seconds per phase: generate, train, weight_sync."""
+    token_positions: torch.Tensor | None = None
+    """Position in its completion (0 = first generated token) of each `logprob_diff` entry."""
 
     @property
     def seconds(self) -> float:
@@ -236,10 +238,12 @@ class GRPOSystem:
             result = self.trainer.step(batch)
         with timed(times, "weight_sync", self.device):
             self.sync_weights()
-        diff = (result.trainer_logprobs - batch.generator_logprobs)[batch.completion_mask].float().cpu()
+        mask = batch.completion_mask
+        diff = (result.trainer_logprobs - batch.generator_logprobs)[mask].float().cpu()
         record = StepRecord(
             index, result.loss, mean_reward(rewards),
             sum(len(c.token_ids) for c in completions) / len(completions), diff, times,
+            (mask.cumsum(-1) - 1)[mask].cpu(),
         )
         self.history.append(record)
         return record

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
+
+PhaseListener = Callable[[str, "float | None"], None]
+"""Called with (phase, None) when a timed phase starts and (phase, seconds) when it ends."""
+
+_LISTENERS: list[PhaseListener] = []
 
 
 def synchronize(device: torch.device) -> None:
@@ -15,12 +20,27 @@ def synchronize(device: torch.device) -> None:
 
 
 @contextmanager
+def phase_listener(listener: PhaseListener) -> Iterator[None]:
+    """Tells `listener` about every phase timed inside the block (e.g. to show progress)."""
+    _LISTENERS.append(listener)
+    try:
+        yield
+    finally:
+        _LISTENERS.remove(listener)
+
+
+@contextmanager
 def timed(into: dict[str, float], name: str, device: torch.device) -> Iterator[None]:
     """Adds the phase's seconds to into[name]."""
+    for listener in list(_LISTENERS):
+        listener(name, None)
     synchronize(device)
     start = time.perf_counter()
     try:
         yield
     finally:
         synchronize(device)
-        into[name] = into.get(name, 0.0) + time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        into[name] = into.get(name, 0.0) + seconds
+        for listener in list(_LISTENERS):
+            listener(name, seconds)

@@ -1,0 +1,172 @@
+"""Before/after: two reports side by side, with deltas and the regressions beyond a threshold.
+
+Compared: startup by phase, step time by phase (medians over steps), the logprob difference,
+compiles per region (and recompile-limit hits), capture sizes and capture time, and every test's
+verdict. Workers of one report are summarized by their median (times) or worst value (counts).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from titan_conformance.errors import ConformanceError
+from titan_conformance.report.markdown import cell
+
+PARITY_METRICS = ("max_abs", "p99_abs", "mean_abs", "k3_kl")
+
+
+@dataclass
+class Row:
+    section: str
+    metric: str
+    kind: str
+    """seconds, diff (lower is better), count (any increase regresses), sizes or verdict."""
+    base: Any
+    head: Any
+    regression: bool = False
+    note: str = ""
+
+    @property
+    def delta(self) -> float | None:
+        if isinstance(self.base, (int, float)) and isinstance(self.head, (int, float)):
+            return self.head - self.base
+        return None
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _ordered(keys: list[str]) -> list[str]:
+    return list(dict.fromkeys(keys))
+
+
+def _parity(report: dict[str, Any]) -> dict[str, Any]:
+    for test in report["tests"]:
+        for check in test["checks"]:
+            if check["name"] == "logprob_parity" and check["metrics"]:
+                return check["metrics"]
+    stats = [r["logprob_diff"]["stats"] for r in report["runs"].values() if r.get("logprob_diff")]
+    return stats[0] if stats else {}
+
+
+def extract(report: dict[str, Any]) -> dict[tuple[str, str], tuple[str, Any]]:
+    """(section, metric) -> (kind, value) for one report."""
+    runs = list(report["runs"].values())
+    out: dict[tuple[str, str], tuple[str, Any]] = {}
+    for phase in _ordered([p for r in runs for p in r["startup"]]):
+        out["startup", phase] = ("seconds", _median([r["startup"][phase] for r in runs if phase in r["startup"]]))
+    if runs:
+        out["startup", "total"] = ("seconds", _median([sum(r["startup"].values()) for r in runs]))
+    steps = [s for r in runs for s in r["steps"]]
+    for phase in _ordered([p for s in steps for p in s["times"]]):
+        out["step", phase] = ("seconds", _median([s["times"][phase] for s in steps if phase in s["times"]]))
+    if steps:
+        out["step", "total"] = ("seconds", _median([s["seconds"] for s in steps]))
+    parity = _parity(report)
+    for metric in PARITY_METRICS:
+        if metric in parity:
+            out["logprob diff", metric] = ("diff", parity[metric])
+    for region in _ordered([g for r in runs for g in r["compile"].get("counts", {})]):
+        out["recompiles", region] = ("count", max(r["compile"].get("counts", {}).get(region, 0) for r in runs))
+    if runs:
+        out["recompiles", "limit hits"] = ("count", max(len(r["compile"].get("limit_hits", [])) for r in runs))
+    captures = [r["capture"] for r in runs if r.get("capture")]
+    if captures:
+        out["capture", "sizes"] = ("sizes", captures[0].get("captured", []))
+        times = [c["seconds"] for c in captures if isinstance(c.get("seconds"), (int, float))]
+        out["capture", "time"] = ("seconds", _median(times))
+    for test in report["tests"]:
+        out["verdict", test["nodeid"].split("::", 1)[-1]] = ("verdict", test["outcome"])
+    return out
+
+
+def _judge(row: Row, threshold: float, min_seconds: float) -> None:
+    base, head = row.base, row.head
+    if base is None or head is None:
+        row.note = "only in head" if base is None else "only in base"
+        if row.kind == "verdict" and head in ("failed", "error"):
+            row.regression = True
+        return
+    if row.kind in ("seconds", "diff") and isinstance(head, str):
+        row.regression, row.note = True, f"non-finite ({head})"
+    elif row.kind == "seconds" and isinstance(base, (int, float)):
+        row.regression = head > base * (1 + threshold) and head - base > min_seconds
+    elif row.kind == "diff" and isinstance(base, (int, float)):
+        row.regression = head > base * (1 + threshold) if base > 0 else head > 0
+    elif row.kind == "count":
+        row.regression = head > base
+    elif row.kind == "verdict":
+        row.regression = base == "passed" and head in ("failed", "error")
+        if base != head and not row.regression:
+            row.note = "changed"
+    elif row.kind == "sizes" and base != head:
+        row.note = "changed"
+    if row.regression and not row.note:
+        row.note = "REGRESSION"
+
+
+def _check_comparable(base: dict[str, Any], head: dict[str, Any], names: tuple[str, str]) -> None:
+    for key, what in (("profile", "profile"), ("device_class", "device class")):
+        b, h = base["environment"].get(key), head["environment"].get(key)
+        if b and h and b != h:
+            raise ConformanceError(
+                f"Incompatible reports: {names[0]} ran {what} {b!r} and {names[1]} ran {what} {h!r}, so their "
+                "times and tolerances are not comparable. Compare two runs of the same profile on the same "
+                "device class (the report's environment says which)."
+            )
+
+
+def compare(
+    base: dict[str, Any], head: dict[str, Any], threshold: float = 0.1, min_seconds: float = 0.05,
+    names: tuple[str, str] = ("BASE", "HEAD"),
+) -> list[Row]:
+    """Rows of the before/after table, regressions flagged."""
+    if threshold < 0 or min_seconds < 0:
+        raise ConformanceError(f"--threshold ({threshold}) and --min-seconds ({min_seconds}) must be >= 0.")
+    _check_comparable(base, head, names)
+    before, after = extract(base), extract(head)
+    rows = []
+    for key in _ordered([*before, *after]):
+        kind = (before.get(key) or after.get(key))[0]
+        row = Row(key[0], key[1], kind, before.get(key, (kind, None))[1], after.get(key, (kind, None))[1])
+        _judge(row, threshold, min_seconds)
+        rows.append(row)
+    return rows
+
+
+def _value(value: Any, kind: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:.3f}s" if kind == "seconds" else f"{value:.3e}" if kind == "diff" else str(value)
+
+
+def _delta(row: Row) -> str:
+    d = row.delta
+    if d is None:
+        return ""
+    if d == 0:
+        return "="
+    if row.kind == "count":
+        return f"{d:+g}"
+    text = f"{d:+.3f}s" if row.kind == "seconds" else f"{d:+.3e}"
+    return text + (f" ({d / row.base:+.1%})" if row.base else "")
+
+
+def table(rows: list[Row], markdown: bool = False) -> str:
+    """The table as aligned text, or as a Markdown table for a pull-request description."""
+    header = ("section", "metric", "base", "head", "delta", "")
+    cells = [(r.section, r.metric, _value(r.base, r.kind), _value(r.head, r.kind), _delta(r), r.note) for r in rows]
+    regressions = sum(r.regression for r in rows)
+    footer = f"{regressions} regression(s)" if regressions else "no regressions"
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+        lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in cells]
+        return "\n".join(lines + ["", f"**{footer}**"])
+    widths = [max(len(str(row[i])) for row in [header, *cells]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *cells]]
+    return "\n".join(lines + [footer])

@@ -1,0 +1,142 @@
+"""One report from the test reports of every xdist worker (or of the single process).
+
+The controller feeds `ReportStore` each phase report of each test (with the check records and run
+data that came along with it), and each worker going up or down; `to_report` then builds the
+report.json document. Nothing here touches pytest, so the merge can be tested on its own.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from titan_conformance.report.collect import environment
+from titan_conformance.report.schema import OUTCOMES, SCHEMA, SCHEMA_VERSION
+
+SUITE_NODEID = re.compile(r"(^|/)conformance/test_\w+\.py::")
+"""What the nodeid of a suite test looks like, whatever the rootdir (also in xdist's report of a
+test whose worker crashed, which carries nothing else)."""
+
+PROPERTIES = {
+    "logprob_parity": "Logprob parity",
+    "recompile_budget": "Recompile budget",
+    "cudagraphs": "CUDA-graph equivalence",
+    "budgets": "Budgets",
+    "other": "Other checks",
+}
+"""The four properties of the headline, then everything else."""
+
+_MODULE_PROPERTY = {
+    "test_logprob_parity": "logprob_parity",
+    "test_invariance": "logprob_parity",
+    "test_recompile_budget": "recompile_budget",
+    "test_cudagraphs": "cudagraphs",
+    "test_budgets": "budgets",
+}
+
+
+_CHECK_PROPERTY = {
+    "logprob_parity": "logprob_parity",
+    "weight_sync": "logprob_parity",
+    "batch_invariance": "logprob_parity",
+    "prefill_decode": "logprob_parity",
+    "recompile_budget": "recompile_budget",
+    "capture_sizes": "cudagraphs",
+    "cudagraph_equivalence": "cudagraphs",
+    "budgets": "budgets",
+}
+
+
+def property_of(nodeid: str, checks: list[dict[str, Any]] = ()) -> str:
+    """The property a test belongs to: by its module (one of the suite's), else by its checks."""
+    module = nodeid.split("::")[0].replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".py")
+    by_check = (_CHECK_PROPERTY.get(c["name"]) for c in checks)
+    return _MODULE_PROPERTY.get(module) or next(filter(None, by_check), "other")
+
+
+def _outcome(when: str, outcome: str) -> str:
+    """junit-style: a failing setup or teardown is an error; a skip is a skip in any phase."""
+    if outcome == "failed" and when in ("setup", "teardown"):
+        return "error"
+    return outcome
+
+
+@dataclass
+class ReportStore:
+    """Test records, run data and worker states, as they arrive at the controller."""
+
+    tests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    workers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+    finished: set[str] = field(default_factory=set)
+    """Nodeids whose outcome is known: the call phase reported, or setup did not pass."""
+
+    @property
+    def active(self) -> bool:
+        """True when any conformance test reported (so that other pytest sessions write nothing)."""
+        return bool(self.tests or self.runs)
+
+    def worker_up(self, worker: str) -> None:
+        self.workers.setdefault(worker, {"status": "running", "error": None})
+
+    def worker_down(self, worker: str, error: str | None) -> None:
+        """A worker finished; with `error`, it crashed (its unfinished test is reported failed)."""
+        self.workers[worker] = {"status": "crashed" if error else "finished", "error": error}
+
+    def add_phase(
+        self, nodeid: str, when: str, outcome: str, duration: float, worker: str, message: str,
+        checks: list[dict[str, Any]] = (), run: dict[str, Any] | None = None,
+    ) -> None:
+        """One phase report (setup, call or teardown) of one test."""
+        self.worker_up(worker)
+        test = self.tests.setdefault(nodeid, {
+            "nodeid": nodeid, "property": property_of(nodeid), "outcome": "passed", "duration_s": 0.0,
+            "worker": worker, "message": "", "checks": [],
+        })
+        test["duration_s"] += float(duration)
+        test["checks"] += list(checks)
+        test["property"] = property_of(nodeid, test["checks"])
+        if run is not None:
+            self.runs[worker] = run
+        result = _outcome(when, outcome)
+        if when == "call" or result != "passed":
+            self.finished.add(nodeid)
+        # The first phase that does not pass decides (a teardown error after a failure stays a failure).
+        if result != "passed" and test["outcome"] == "passed":
+            test["outcome"], test["message"] = result, message
+
+    def to_report(self, exitstatus: int, collected: int, interrupted: bool, options: dict[str, Any]) -> dict[str, Any]:
+        """The report.json document as it stands."""
+        tests = sorted(self.tests.values(), key=lambda t: t["nodeid"])
+        for test in tests:
+            if test["nodeid"] not in self.finished:  # set up, then the run stopped under it
+                test["outcome"] = "error"
+                test["message"] = "did not finish: " + ("the run was interrupted" if interrupted else "no outcome reported")
+        workers = {w: dict(s) for w, s in sorted(self.workers.items())}
+        for state in workers.values():
+            if state["status"] == "running":
+                state["status"] = "interrupted" if interrupted else "finished"
+        reasons = []
+        if interrupted:
+            reasons.append("the run was interrupted")
+        if len(self.finished) < collected:
+            reasons.append(f"{collected - len(self.finished)} of {collected} collected tests did not finish")
+        summary = {o: sum(t["outcome"] == o for t in tests) for o in OUTCOMES}
+        summary["collected"] = max(collected, len(tests))
+        return {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "duration_s": time.time() - self.started,
+            "partial": bool(reasons),
+            "partial_reason": "; ".join(reasons) or None,
+            "exitstatus": int(exitstatus),
+            "environment": environment(options, self.runs),
+            "workers": workers,
+            "summary": summary,
+            "tests": tests,
+            "runs": dict(sorted(self.runs.items())),
+        }

@@ -1,0 +1,180 @@
+"""The pytest side of reports: record check results and run data, merge them, write at the end.
+
+Every process records: `record_check` (called by `assert_check`) and the `tc_run` fixture queue
+JSON records that ride on the next test report as user properties, so under xdist they reach the
+controller with the test's outcome (and are not lost when a worker dies later). The controller, or
+the single process without xdist, takes them off the report again (they stay out of --junitxml),
+merges them in a `ReportStore`, notes workers that crash, and writes the report at session end.
+
+Imported by the plugin at start-up: keep module-level imports cheap (no torch, no matplotlib).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from titan_conformance.errors import ConformanceError
+from titan_conformance.report.merge import SUITE_NODEID, ReportStore
+
+CHECK_KEY = "titan_conformance.check"
+RUN_KEY = "titan_conformance.run"
+SUITE_KEY = "titan_conformance.suite"
+KEYS = (CHECK_KEY, RUN_KEY, SUITE_KEY)
+SUITE_PACKAGE = "titan_conformance.conformance."
+OPTIONS = ("suite", "model_path", "generator", "device", "system", "report_dir")
+LONG_PHASES = ("compile", "capture")
+
+_pending: list[tuple[str, str]] = []
+"""Records of the test running in this process, attached to its next phase report."""
+
+
+def record_check(result: Any) -> None:
+    """Keeps a CheckResult for the report of the test that is running."""
+    from titan_conformance.report.collect import check_record
+
+    _pending.append((CHECK_KEY, json.dumps(check_record(result))))
+
+
+def progress(config: pytest.Config, message: str) -> None:
+    """One line on the terminal now, even from inside a captured test or an xdist worker."""
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        if reporter is not None and not worker:
+            reporter.write_line(f"[titan_conformance] {message}")
+        else:  # an xdist worker's stderr is the controller's terminal
+            print(f"[titan_conformance {worker or ''}] {message}", file=sys.stderr, flush=True)
+
+
+def _message(report: pytest.TestReport) -> str:
+    if report.skipped and isinstance(report.longrepr, tuple):
+        return str(report.longrepr[2]).removeprefix("Skipped: ")
+    return report.longreprtext if report.failed else ""
+
+
+def _worker_id(report: pytest.TestReport) -> str:
+    node = getattr(report, "node", None)  # set by xdist on the controller
+    return getattr(getattr(node, "gateway", None), "id", None) or "main"
+
+
+class ReportSession:
+    """Registered by the plugin in every process; only the controller (or lone process) writes."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.is_worker = hasattr(config, "workerinput")
+        self.store = ReportStore()
+        self.report: dict[str, Any] | None = None
+        self.written: Path | None = None
+        self.write_error: str | None = None
+        self.interrupted = False
+        self._saved_sigterm: Any = None
+
+    # --- every process: progress and recording ------------------------------------------------
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(self, fixturedef: pytest.FixtureDef, request: pytest.FixtureRequest):
+        if fixturedef.argname == "tc_system":
+            from titan_conformance.system.timing import phase_listener
+
+            with phase_listener(self._phase):
+                return (yield)
+        result = yield
+        if fixturedef.argname == "tc_run":
+            from titan_conformance.report.collect import run_record
+
+            try:
+                record = run_record(result, request.getfixturevalue("tc_profile"))
+            except Exception as e:  # an odd provider must not fail every check; the report says so
+                progress(self.config, f"the report leaves out this worker's run: {type(e).__name__}: {e}")
+            else:
+                _pending.append((RUN_KEY, json.dumps(record)))
+        return result
+
+    def _phase(self, phase: str, seconds: float | None) -> None:
+        if phase in LONG_PHASES:
+            progress(self.config, f"{phase} ..." if seconds is None else f"{phase} done in {seconds:.1f}s")
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
+        report = yield
+        module = getattr(getattr(item, "module", None), "__name__", "")
+        if _pending or module.startswith(SUITE_PACKAGE):
+            report.user_properties += [(SUITE_KEY, ""), *_pending]
+            _pending.clear()
+        return report
+
+    # --- the controller (or the only process): merge ------------------------------------------
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if self.is_worker:
+            return
+        ours = [(k, v) for k, v in report.user_properties if k in KEYS]
+        if not ours and not SUITE_NODEID.search(report.nodeid):
+            return  # not a conformance test
+        report.user_properties[:] = [p for p in report.user_properties if p[0] not in KEYS]
+        runs = [json.loads(v) for k, v in ours if k == RUN_KEY]
+        self.store.add_phase(
+            report.nodeid, report.when, report.outcome, report.duration, _worker_id(report), _message(report),
+            [json.loads(v) for k, v in ours if k == CHECK_KEY], runs[-1] if runs else None,
+        )
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodeup(self, node: Any) -> None:
+        self.store.worker_up(node.gateway.id)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        self.store.worker_down(node.gateway.id, str(error) if error else None)
+
+    def pytest_keyboard_interrupt(self) -> None:
+        self.interrupted = True
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        """On the controller, SIGTERM (a cancelled CI job) ends the run like Ctrl-C: with a report."""
+        if not self.is_worker and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            try:
+                self._saved_sigterm = signal.signal(signal.SIGTERM, _interrupt)
+            except ValueError:  # not the main thread
+                pass
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self._saved_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._saved_sigterm)
+        if self.is_worker or not self.store.active:
+            return
+        from titan_conformance.report.write import append_step_summary, default_report_dir, write_report
+
+        options = {name: self.config.getoption(f"--tc-{name.replace('_', '-')}") for name in OPTIONS}
+        interrupted = self.interrupted or exitstatus == pytest.ExitCode.INTERRUPTED
+        report = self.store.to_report(int(exitstatus), session.testscollected, interrupted, options)
+        target = options["report_dir"] or default_report_dir(report["environment"]["profile"] or "profile")
+        self.report = report
+        try:
+            self.written = write_report(report, target)
+            append_step_summary((self.written / "summary.md").read_text(encoding="utf-8"))
+        except (ConformanceError, OSError) as e:
+            self.write_error = str(e)
+        except Exception as e:  # a bug in the report must not hide the run's results
+            self.write_error = f"{type(e).__name__}: {e} (a bug in titan_conformance's report writer)"
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.report is None:
+            return
+        from titan_conformance.report.terminal import terminal_summary
+
+        terminal_summary(terminalreporter, self.report, self.written, self.write_error)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")

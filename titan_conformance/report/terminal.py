@@ -1,0 +1,33 @@
+"""The short table at the end of a pytest run: one line per property, then where the report is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from titan_conformance.report.headline import property_rows
+
+
+def summary_lines(report: dict[str, Any], written: Path | None, write_error: str | None) -> list[tuple[str, dict]]:
+    """(text, markup) lines, markup as TerminalWriter keywords (green=True, ...)."""
+    colour = {"pass": {"green": True}, "fail": {"red": True, "bold": True}, "skip": {"yellow": True}}
+    rows = property_rows(report)
+    width = max(len(r.title) for r in rows)
+    lines = [(f"{r.title:<{width}}  {r.verdict.upper():<7}  {r.tests:<22}  {r.numbers[:90]}", colour.get(r.verdict, {}))
+             for r in rows]
+    for worker, state in report["workers"].items():
+        if state["status"] != "finished":
+            lines.append((f"worker {worker} {state['status']}: {state.get('error') or ''}".rstrip(": "), {"red": True}))
+    if report["partial"]:
+        lines.append((f"partial report: {report['partial_reason']}", {"yellow": True}))
+    if write_error:
+        lines.append((f"report not written: {write_error}", {"red": True, "bold": True}))
+    elif written is not None:
+        lines.append((f"report: {written}/ (report.json, summary.md, report.html, junit.xml)", {}))
+    return lines
+
+
+def terminal_summary(reporter: Any, report: dict[str, Any], written: Path | None, write_error: str | None) -> None:
+    reporter.write_sep("=", "titan_conformance report")
+    for text, markup in summary_lines(report, written, write_error):
+        reporter.write_line(text, **markup)
