@@ -43,7 +43,7 @@ def test_report_of_an_xdist_run(suite, pytester):
     """The four files, one report merged from both workers, and the terminal's progress and table."""
     profile = pytester.path / "eager.toml"
     profile.write_text(EAGER_PROFILE)
-    result = suite("-n", "2", "--tc-device", "cpu", "--tc-suite", str(profile), "--tc-report-dir", "out")
+    result = suite("-n", "2", "--tc-device", "cpu", "--tc-generator", "native", "--tc-suite", str(profile), "--tc-report-dir", "out")
     result.assert_outcomes(passed=5, skipped=4)
     out = pytester.path / "out"
     assert sorted(p.name for p in out.iterdir()) == ["junit.xml", "report.html", "report.json", "summary.md"]
