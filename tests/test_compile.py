@@ -32,7 +32,10 @@ def test_ledger_records_recompiles_with_reason_and_limit_hits():
     assert ledger.counts() == {"probe.TransformerBlock": 2}, ledger.format()
     assert ledger.events[0].reason == "first compilation"
     assert "x.size()[0]" in ledger.events[1].reason
-    assert ledger.limit_hits == ["probe.TransformerBlock: hit recompile_limit=2"]
+    assert ledger.limit_hits == [  # with the guard failure it could not compile for
+        "probe.TransformerBlock: hit recompile_limit=2 (last reason: tensor 'x' size mismatch at index 0. "
+        "expected 1, actual 2)"
+    ]
 
 
 def test_roles_have_separate_budgets():

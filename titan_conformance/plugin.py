@@ -136,6 +136,12 @@ def tc_system(request: pytest.FixtureRequest, tc_profile):
     from titan_conformance.provider import load_factory
 
     opts = request.config
+    if tc_profile.parallel.tp > 1:
+        pytest.skip(
+            f"profile {tc_profile.name!r} runs at parallel.tp = {tc_profile.parallel.tp}: only the TP checks "
+            "(test_tensor_parallel.py) spawn a process group for it so far; the single-process checks "
+            "run on unsharded profiles"
+        )
     try:
         factory = load_factory(opts.getoption("--tc-system"))
         system = factory(tc_profile, device=opts.getoption("--tc-device"), model_path=opts.getoption("--tc-model-path"))

@@ -1,4 +1,10 @@
-"""Recompile budget: every region's compile count under recompile_limit, and the limit never hit."""
+"""Recompile budget: every region's compile count under recompile_limit, and the limit never hit.
+
+Under tensor parallelism every rank is a process with its own Dynamo cache and budget, so counts
+are per region and rank (`CompileEvent.key`). The verdict also reports each region's observed
+maximum over ranks and a recommended recompile_limit (observed + margin): the number a profile's
+`compile.recompile_limit` should be set to, from a measurement rather than a guess.
+"""
 
 from __future__ import annotations
 
@@ -8,31 +14,92 @@ from titan_conformance.checks.result import CheckResult
 from titan_conformance.compilation.ledger import CompileEvent, CompileLedger
 
 
+def recompile_margin(observed: int) -> int:
+    """Head-room of the recommended recompile_limit over an observed count: half of it, at least 1.
+    Room for a shape class the run did not reach (batch or sequence 1 specializes, one more
+    Inductor size guard), while a doubling -- an input that alternates between two types, such as
+    AsyncCollectiveTensor and Tensor -- still exceeds it for any count >= 2."""
+    return max(1, observed // 2)
+
+
+_TYPE_ID = re.compile(r"(___check_type_id\(\w+), \d+\)")
+_ACT_GUARD = re.compile(  # a graph traced on a Tensor / on an AsyncCollectiveTensor, fed the other
+    r"___check_type_id\((\w+), \d+\), type=<class '[\w.]*AsyncCollectiveTensor'>"
+    r"|expected type of '(\w+)' to be a tensor type, ' but found <class '[\w.]*AsyncCollectiveTensor'>"
+)
+
+
+def _without_type_ids(text: str) -> str:
+    """Dynamo names a type by its id, which differs per process: one line for all ranks."""
+    return _TYPE_ID.sub(r"\1, <id>)", text)
+
+
+def observed_max(events: list[CompileEvent]) -> dict[str, int]:
+    """Per region, the most compilations any one rank (or the single process) made."""
+    per_key: dict[tuple[str, int | None], int] = {}
+    for e in events:
+        per_key[(e.region, e.rank)] = per_key.get((e.region, e.rank), 0) + 1
+    out: dict[str, int] = {}
+    for (region, _), n in per_key.items():
+        out[region] = max(out.get(region, 0), n)
+    return out
+
+
+def recommended_limits(events: list[CompileEvent]) -> dict[str, int]:
+    """Per region: observed maximum + margin (see `recompile_margin`)."""
+    return {region: n + recompile_margin(n) for region, n in observed_max(events).items()}
+
+
+def alternating_act_inputs(events: list[CompileEvent], limit_hits: list[str] = ()) -> list[str]:
+    """Inputs whose recompile guard (or the last reason of a limit hit) was a type change between
+    AsyncCollectiveTensor and Tensor."""
+    texts = [e.reason for e in events if e.index > 0] + list(limit_hits)
+    return sorted({m.group(1) or m.group(2) for t in texts for m in _ACT_GUARD.finditer(t)})
+
+
 def recompile_verdict(
     events: list[CompileEvent], limit_hits: list[str], limit: int, run_error: str | None = None
 ) -> CheckResult:
     counts: dict[str, int] = {}
     for e in events:
-        counts[e.region] = counts.get(e.region, 0) + 1
+        counts[e.key] = counts.get(e.key, 0) + 1
     table = CompileLedger(events=list(events), limit_hits=list(limit_hits)).format()
     over = {r: n for r, n in counts.items() if n > limit}
-    metrics = {"compiles_per_region": counts, "limit_hits": list(limit_hits), "max": max(counts.values(), default=0)}
+    metrics = {
+        "compiles_per_region": counts,
+        "limit_hits": list(limit_hits),
+        "max": max(counts.values(), default=0),
+        "observed_max": observed_max(events),
+        "recommended_recompile_limit": recommended_limits(events),
+    }
     limits = {"recompile_limit": limit}
     limit_error = bool(run_error and re.search(r"recompile.?limit", run_error, re.IGNORECASE))
     if not over and not limit_hits and not limit_error:
         return CheckResult("recompile_budget", True, f"compiles per region {counts} within recompile_limit={limit}", metrics, limits)
     causes = [f"{r} compiled {n} times > recompile_limit={limit}" for r, n in over.items()]
-    causes += [f"{h} (Dynamo fell back to eager, or raised under fullgraph)" for h in limit_hits]
+    causes += [f"{_without_type_ids(h)} (Dynamo fell back to eager, or raised under fullgraph)" for h in limit_hits]
     if run_error:
         causes.append(f"the run failed: {run_error}")
-    reasons = sorted({e.reason for e in events if e.index > 0})
+    reasons = sorted({_without_type_ids(e.reason) for e in events if e.index > 0})
+    act = alternating_act_inputs(events, limit_hits)
+    fix = (
+        "Make the varying input dynamic or stable (mark it dynamic, keep its type and strides fixed) "
+        "or raise recompile_limit if the count is expected."
+    )
+    if act:
+        fix = (
+            f"Input {', '.join(repr(a) for a in act)} of the compiled block alternates between "
+            "AsyncCollectiveTensor (a RowwiseParallel output not yet waited on) and Tensor, and each "
+            "type is its own graph: set parallel.unwrap_async = true in the profile (resolves the "
+            "AsyncCollectiveTensor with wait_tensor before each compiled block), or wait on the "
+            "collective's output before the block. " + fix
+        )
     return CheckResult(
         "recompile_budget",
         False,
         "Recompile budget exceeded: " + "; ".join(causes) + ". Guard failures that caused recompiles: "
-        + ("; ".join(reasons) or "none recorded") + ". Make the varying input dynamic or stable "
-        "(mark it dynamic, keep its type and strides fixed) or raise recompile_limit if the count is "
-        "expected.\n" + table,
+        + ("; ".join(reasons) or "none recorded") + f". {fix} Observed maximum per region: "
+        f"{metrics['observed_max']}.\n" + table,
         metrics,
         limits,
     )

@@ -21,6 +21,7 @@ _RECOMPILES_LOGGER = "torch._dynamo.guards.__recompiles"
 _CONVERT_FRAME_LOGGER = "torch._dynamo.convert_frame"
 _RECOMPILING = re.compile(r"Recompiling function (\S+) in ")
 _LIMIT_HIT = re.compile(r"hit config\.(\w+) \((\d+)\)\s+function: '([^']+)'")
+_LAST_REASON = re.compile(r"last reason: (?:\d+/\d+: )?(.*?)(?:  # |$)", re.MULTILINE)
 
 
 @dataclass
@@ -37,6 +38,14 @@ class CompileEvent:
     """Shapes of the graph's tensor inputs (symbolic dims as s0, s1, ...)."""
     seconds: float
     """Time spent in the backend (Inductor codegen), excluding Dynamo tracing."""
+    rank: int | None = None
+    """The tensor-parallel rank whose process compiled it (None outside a TP run). Each rank is a
+    process of its own, with its own cache and recompile budget."""
+
+    @property
+    def key(self) -> str:
+        """What a recompile budget applies to: the region, per rank under TP."""
+        return self.region if self.rank is None else f"{self.region}[rank {self.rank}]"
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -127,15 +136,21 @@ class CompileLedger:
         if m := _RECOMPILING.search(message):
             if region := self._functions.get(m.group(1)):
                 # "- 0/1: <guard>  # <first user line that used the value> ..." -> "<guard>"
-                reasons = [
-                    ln.strip()[2:].split("  # ")[0]
-                    for ln in message.splitlines()
-                    if ln.strip().startswith("- ")
-                ]
+                # Newer Dynamo appends "- User stack trace:" and its frames as more "- " lines.
+                reasons = []
+                for ln in message.splitlines():
+                    ln = ln.strip()
+                    if ln.startswith("- User stack trace"):
+                        break
+                    if ln.startswith("- "):
+                        reasons.append(ln[2:].split("  # ")[0])
                 self._pending_reason[region] = "; ".join(reasons) or "unknown"
         elif m := _LIMIT_HIT.search(message):
             if region := self._functions.get(m.group(3)):
-                self.limit_hits.append(f"{region}: hit {m.group(1)}={m.group(2)}")
+                hit = f"{region}: hit {m.group(1)}={m.group(2)}"
+                if last := _LAST_REASON.search(message):  # the guard failure it could not compile for
+                    hit += f" (last reason: {last.group(1).strip()})"
+                self.limit_hits.append(hit)
 
     def __enter__(self) -> "CompileLedger":
         """Starts reading Dynamo's recompile reasons and limit warnings into this ledger."""
@@ -148,13 +163,13 @@ class CompileLedger:
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for e in self.events:
-            out[e.region] = out.get(e.region, 0) + 1
+            out[e.key] = out.get(e.key, 0) + 1
         return out
 
     def format(self) -> str:
-        lines = [f"{'region':<28} {'#':>3} {'backend s':>9}  inputs / reason"]
+        lines = [f"{'region':<34} {'#':>3} {'backend s':>9}  inputs / reason"]
         for e in self.events:
-            lines.append(f"{e.region:<28} {e.index:>3} {e.seconds:>9.2f}  {' '.join(e.inputs)}")
-            lines.append(f"{'':<44}reason: {e.reason}")
+            lines.append(f"{e.key:<34} {e.index:>3} {e.seconds:>9.2f}  {' '.join(e.inputs)}")
+            lines.append(f"{'':<50}reason: {e.reason}")
         lines += [f"LIMIT HIT: {h}" for h in self.limit_hits]
         return "\n".join(lines)

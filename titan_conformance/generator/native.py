@@ -71,7 +71,11 @@ class NativeGenerator:
         dtype: torch.dtype,
         cudagraph_mode: str = "NONE",
         capture_sizes: list[int] | None = None,
+        tp_mesh=None,
+        unwrap_async: bool = False,
     ) -> None:
+        """`tp_mesh`: shard the model over this 1-D DeviceMesh (each rank caches its own KV heads);
+        `unwrap_async`: resolve AsyncCollectiveTensor block inputs before each compiled block."""
         self.max_num_seqs, self.max_model_len, self.device = max_num_seqs, max_model_len, device
         self.cudagraph_mode = cudagraph_mode if device.type == "cuda" else "NONE"
         self.capture_sizes = sorted(capture_sizes or []) if self.cudagraph_mode != "NONE" else []
@@ -80,9 +84,18 @@ class NativeGenerator:
         with torch.device(device):
             self.model = Qwen3Model(args).to(dtype)
         self.model.requires_grad_(False).eval()
+        kv_heads = args.n_kv_heads // (tp_mesh.size() if tp_mesh is not None else 1)
         self.model.set_inner_attention(
-            lambda _: KVCacheAttention(cache_rows, max_model_len, args.n_kv_heads, args.head_dim, dtype, device)
+            lambda _: KVCacheAttention(cache_rows, max_model_len, kv_heads, args.head_dim, dtype, device)
         )
+        if tp_mesh is not None:
+            from titan_conformance.parallel import apply_tp
+
+            apply_tp(self.model, tp_mesh)
+        if unwrap_async:
+            from titan_conformance.parallel import unwrap_async_inputs
+
+            unwrap_async_inputs(self.model)
         self.region = apply_regional_compile(self.model, compile_config, ledger, role="generator")
         self.graphs: dict[int, CapturedGraph] = {}
 

@@ -107,11 +107,15 @@ class GRPOSystem:
         graphs = getattr(self.generator, "graphs", None)  # only the native generator can be probed
         return self.BASE_CAPABILITIES | ({"cudagraphs"} if graphs else set())
 
-    def __init__(self, profile: Profile, device: str = "cpu", model_path: str | None = None) -> None:
+    def __init__(
+        self, profile: Profile, device: str = "cpu", model_path: str | None = None,
+        ledger: CompileLedger | None = None,
+    ) -> None:
+        """`ledger`: record compilations there (the caller keeps them even when building fails)."""
         self.profile = profile
         self.device = resolve_device(device)
         self.dtype = getattr(torch, profile.model.dtype)
-        self.ledger = CompileLedger().__enter__()
+        self.ledger = (ledger or CompileLedger()).__enter__()
         self.startup: dict[str, float] = {}
         self.history: list[StepRecord] = []
         self._rng = random.Random(profile.seed)
@@ -127,11 +131,17 @@ class GRPOSystem:
                 self.trainer = Trainer(
                     self._new_model(args), profile.grpo, s.temperature, self._reference(args, profile.grpo)
                 )
+                self.tp_mesh = None
+                if profile.parallel.tp > 1:
+                    from titan_conformance.parallel import tp_mesh
+
+                    self.tp_mesh = tp_mesh(profile.parallel.tp)
                 if profile.generator.backend == "native":
                     self.generator = NativeGenerator(
                         args, profile.compile, self.ledger, profile.max_num_seqs,
                         profile.generator.max_model_len, self.device, self.dtype,
                         profile.cudagraph.mode, profile.capture_sizes,
+                        self.tp_mesh, profile.parallel.unwrap_async and self.tp_mesh is not None,
                     )
             with timed(self.startup, "weight_load", self.device):
                 for model in filter(None, (self.trainer.model, self.trainer.reference)):
@@ -139,6 +149,8 @@ class GRPOSystem:
                         model.init_weights(profile.seed)
                     else:
                         load_checkpoint(model, ckpt)
+                if self.tp_mesh is not None:
+                    self._shard_trainer()
                 if profile.generator.backend == "vllm":
                     self.generator = self._start_vllm(ckpt)
                 self.sync_weights()
@@ -154,6 +166,17 @@ class GRPOSystem:
         except BaseException:
             self.close()
             raise
+
+    def _shard_trainer(self) -> None:
+        """TP: shards the trainer's (and reference's) full weights over the mesh; the optimizer is
+        rebuilt over the sharded parameters."""
+        from titan_conformance.parallel import apply_tp, unwrap_async_inputs
+
+        for model in filter(None, (self.trainer.model, self.trainer.reference)):
+            apply_tp(model, self.tp_mesh)
+            if self.profile.parallel.unwrap_async:
+                unwrap_async_inputs(model)
+        self.trainer.reset_optimizer()
 
     def _start_vllm(self, ckpt: Path | None):
         """vLLM loads weights itself: from the checkpoint, or from an export of the trainer's
@@ -176,13 +199,20 @@ class GRPOSystem:
             args = ModelArgs.from_hf_config(self.profile.model.config, source=f"{where} model.config")
         else:
             args = read_model_args(ckpt)
-        check_tp(args, self.profile.parallel.tp, where)
-        if self.profile.parallel.tp > 1:
-            raise ConformanceError(
-                f"{where} asks for parallel.tp = {self.profile.parallel.tp}, but the reference system "
-                "provider runs unsharded (TP=1) in this version; set parallel.tp = 1 or plug in a "
-                "provider that shards (--tc-system)."
-            )
+        tp = self.profile.parallel.tp
+        check_tp(args, tp, where)
+        if tp > 1:
+            import torch.distributed as dist
+
+            world = dist.get_world_size() if dist.is_initialized() else 1
+            if world != tp:
+                raise ConformanceError(
+                    f"{where} asks for parallel.tp = {tp}: build it on every rank of a process group of "
+                    f"{tp} ranks (titan_conformance.parallel.run_ranks does; this process has "
+                    f"{'no process group' if world == 1 else f'{world} ranks'})."
+                )
+            if self.profile.generator.backend != "native":
+                raise ConformanceError(f"{where}: parallel.tp > 1 runs the native generator only in this version.")
         if args.vocab_size < VOCAB_SIZE:
             raise ConformanceError(
                 f"The model's vocab_size {args.vocab_size} is smaller than the toy task's {VOCAB_SIZE} tokens."

@@ -95,7 +95,13 @@ class ParallelSection:
     """Parallelism of trainer and generator."""
 
     tp: int = 1
-    """Tensor-parallel degree; must divide the query and key/value head counts."""
+    """Tensor-parallel degree of trainer and generator; must divide the query and key/value head
+    counts. TP > 1 runs in a process group of that many ranks (gloo on CPU, NCCL on CUDA)."""
+    unwrap_async: bool = True
+    """Resolve AsyncCollectiveTensor block inputs (a RowwiseParallel output not yet waited on) to
+    plain Tensors before each compiled block. Off, block 0 sees an AsyncCollectiveTensor and the
+    others a Tensor: one compiled graph per type, and on torch 2.13 a backward through the
+    AsyncCollectiveTensor-traced graph fails with Inductor or aot_eager."""
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from titan_conformance.model.qwen3 import Qwen3Model
+from titan_conformance.parallel.grads import clip_grad_norm_
 from titan_conformance.trainer.grpo import GRPOConfig, RolloutBatch, grpo_loss
 from titan_conformance.trainer.logprobs import token_logprobs
 
@@ -30,8 +31,12 @@ class Trainer:
         """`reference`: the frozen initial policy for the KL term (needed when kl_coef > 0)."""
         self.model, self.config, self.temperature = model, config, temperature
         self.reference = reference
+        self.reset_optimizer()
+
+    def reset_optimizer(self) -> None:
+        """A fresh AdamW over the model's current parameters (after a TP plan replaced them)."""
         self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.99)
+            self.model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay, betas=(0.9, 0.99)
         )
 
     def logprobs(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -48,7 +53,7 @@ class Trainer:
         loss = grpo_loss(logp, batch, self.config, ref_logp)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        grad_norm = clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
         self.optimizer.step()
         return TrainStepResult(loss.item(), grad_norm.item(), logp.detach())
 

@@ -1,0 +1,83 @@
+"""Verdicts of the tensor-parallel checks, over what every rank of a TP run returned
+(`titan_conformance.parallel.probe.RankResult`)."""
+
+from __future__ import annotations
+
+import torch
+
+from titan_conformance.checks.parity import flat, parity_verdict, profile_tolerance
+from titan_conformance.checks.recompiles import recompile_verdict
+from titan_conformance.checks.result import CheckResult
+
+UNWRAP_BACKWARD_HINT = (
+    " With parallel.unwrap_async = false a backward through a compiled block traced on an "
+    "AsyncCollectiveTensor input fails in DTensor's redistribute backward ('Tensor' object has no "
+    "attribute '_local_tensor'; torch 2.13, Inductor and aot_eager): set parallel.unwrap_async = true."
+)
+
+TP1_HINT = (
+    "The sharded model does not compute what the unsharded one does with the same weights: look at "
+    "the TP plan (a layer sharded on the wrong dim, a head count not divided by the degree, a "
+    "gradient of a replicated weight that is not reduced)."
+)
+
+
+def run_error(results) -> str | None:
+    errors = [f"rank {r.rank}: {r.error}" for r in results if r.error]
+    return "; ".join(errors) or None
+
+
+def tp_recompile_verdict(results, profile) -> CheckResult:
+    """Per region and rank: compiles <= recompile_limit and the limit never hit."""
+    events = [e for r in results for e in r.events]
+    hits = [h for r in results for h in r.limit_hits]
+    verdict = recompile_verdict(events, hits, profile.compile.recompile_limit, run_error(results))
+    if not verdict.passed and "_local_tensor" in (run_error(results) or ""):
+        verdict.message = verdict.message.replace("\n", UNWRAP_BACKWARD_HINT + "\n", 1)
+    return verdict
+
+
+def tp_parity_verdicts(results, profile) -> list[CheckResult]:
+    """Trainer (TP) vs generator (TP); TP vs TP = 1 with the same weights; ranks agree exactly."""
+    if err := run_error(results):
+        hint = UNWRAP_BACKWARD_HINT if "_local_tensor" in err and not profile.parallel.unwrap_async else ""
+        return [CheckResult("tp_parity", False, f"the TP run failed: {err}.{hint}")]
+    r0 = results[0]
+    tol, bitwise = profile_tolerance(profile), profile.tolerances.bitwise
+    tp = len(results)
+    out = [
+        parity_verdict(
+            "tp_trainer_vs_generator",
+            f"TP={tp} trainer vs TP={tp} generator logprobs (the run's rollouts and the probe set)",
+            torch.cat([flat(r0.step_diffs), flat(r0.trainer_logprobs) - flat(r0.generator_logprobs)]),
+            tol, bitwise,
+        ),
+        # Never bitwise: o_proj, down_proj and the embedding are row-parallel, so each output is
+        # the all-reduced sum of tp partial matmuls, not one matmul's own accumulation order.
+        parity_verdict(
+            "tp_vs_tp1",
+            f"TP={tp} vs TP=1 trainer logprobs of the same weights (tolerance even in bitwise mode: "
+            "row-parallel layers sum partial products in another order)",
+            flat(r0.trainer_logprobs) - flat(r0.tp1_logprobs), tol, False, TP1_HINT,
+        ),
+    ]
+    drift = [
+        f"rank {r.rank}: " + (
+            "trainer logprobs differ from rank 0's"
+            if not torch.equal(flat(r.trainer_logprobs), flat(r0.trainer_logprobs))
+            else f"{sum(r.param_checksums[n] != v for n, v in r0.param_checksums.items())} weights differ from rank 0's"
+        )
+        for r in results[1:]
+        if not torch.equal(flat(r.trainer_logprobs), flat(r0.trainer_logprobs)) or r.param_checksums != r0.param_checksums
+    ]
+    out.append(
+        CheckResult("tp_ranks_agree", True, f"{tp} ranks hold identical logprobs and full weights")
+        if not drift
+        else CheckResult(
+            "tp_ranks_agree", False,
+            "Ranks disagree: " + "; ".join(drift) + ". Replicated outputs and full weights must be "
+            "bitwise equal on every rank; a drift means a gradient of a replicated weight was not "
+            "reduced over the TP group (e.g. q_norm/k_norm, which see only local heads).",
+        )
+    )
+    return out

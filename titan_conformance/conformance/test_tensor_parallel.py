@@ -1,0 +1,37 @@
+"""Tensor parallelism (profiles with parallel.tp > 1): the GRPO system sharded over a process group
+of tp ranks (gloo on CPU, NCCL on CUDA) that this module spawns for itself and tears down. Over
+that run: the recompile budget per region and rank, trainer (TP) vs generator (TP) parity, TP vs
+TP=1 of the same weights, and ranks that hold identical replicated results."""
+
+import pytest
+
+from titan_conformance.checks.tp import tp_parity_verdicts, tp_recompile_verdict
+from titan_conformance.plugin import assert_check
+
+
+@pytest.fixture(scope="module")
+def tp_results(request, tc_profile):
+    tp = tc_profile.parallel.tp
+    if tp == 1:
+        pytest.skip("the profile runs unsharded (parallel.tp = 1); TP checks need a profile with "
+                    "parallel.tp > 1, e.g. --tc-suite tiny-cpu-tp2")
+    import torch
+
+    from titan_conformance.parallel.probe import run_tp
+
+    device = request.config.getoption("--tc-device")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and torch.cuda.device_count() < tp:
+        pytest.skip(f"needs {tp} GPU(s) for parallel.tp = {tp}; this worker holds {torch.cuda.device_count()}")
+    return run_tp(tc_profile, steps=tc_profile.run.steps, device=device)
+
+
+def test_tp_recompiles_within_limit_on_every_rank(tp_results, tc_profile):
+    assert_check(tp_recompile_verdict(tp_results, tc_profile))
+
+
+@pytest.mark.parametrize("name", ["tp_trainer_vs_generator", "tp_vs_tp1", "tp_ranks_agree"])
+def test_tp_parity(tp_results, tc_profile, name):
+    verdicts = {v.name: v for v in tp_parity_verdicts(tp_results, tc_profile)}
+    assert_check(verdicts.get(name) or next(iter(verdicts.values())))
