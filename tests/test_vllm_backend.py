@@ -34,7 +34,7 @@ def test_suite_checks_pass_on_vllm_with_our_compiled_model(pytester, monkeypatch
     profile.write_text("[run]\nsteps = 3\nexpect_learning = false\n")
     result = pytester.runpytest_subprocess(
         "--pyargs", "titan_conformance", "-p", "no:cacheprovider", "--tc-generator", "vllm",
-        "--tc-device", "cpu", "--tc-suite", str(profile), "-k", "parity or invariance or recompile", "-rA",
+        "--tc-device", "cpu", "--tc-suite", str(profile), "-k", "test_logprob_parity or test_invariance or test_recompile_budget", "-rA",
         timeout=1200,
     )
     result.assert_outcomes(passed=5)
