@@ -2,7 +2,7 @@
 # One device call: the GPU-only tests, then the conformance suite on CUDA for both profiles.
 # Logs go to $OUT; a short table is printed last.
 set -u
-OUT=${OUT:-/tmp/tc-out}
+OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 nvidia-smi -L | tee "$OUT/gpu.txt"
 if ! python3 -m pip install --no-deps --no-build-isolation -q -e . > "$OUT/install.log" 2>&1; then
