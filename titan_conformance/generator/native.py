@@ -185,14 +185,17 @@ class NativeGenerator:
 
     def _prefill_batch(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Writes the prompts into the cache; returns (logits at each prompt's last token, lengths)."""
-        bsz, longest = len(rows), max(len(p) for p in rows)
         lengths = torch.tensor([len(p) for p in rows], device=self.device)
-        tokens = torch.zeros(bsz, longest, dtype=torch.long, device=self.device)
-        for i, p in enumerate(rows):
-            tokens[i, : len(p)] = torch.tensor(p)
-        positions = torch.arange(longest, device=self.device).repeat(bsz, 1)
-        logits = self.forward_step(tokens, positions)[torch.arange(bsz, device=self.device), lengths - 1]
+        logits = self.forward_step(*self._padded(rows))[torch.arange(len(rows), device=self.device), lengths - 1]
         return logits, lengths
+
+    def _padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded tokens [B, S] and their positions 0..S-1 (contiguous, like the trainer's)."""
+        width = max(len(r) for r in rows)
+        tokens = torch.zeros(len(rows), width, dtype=torch.long, device=self.device)
+        for i, row in enumerate(rows):
+            tokens[i, : len(row)] = torch.tensor(row)
+        return tokens, torch.arange(width, device=self.device).repeat(len(rows), 1)
 
     @torch.no_grad()
     def generate(
@@ -250,12 +253,7 @@ class NativeGenerator:
         out = []
         for start in range(0, len(completions), self.max_num_seqs):
             part = completions[start : start + self.max_num_seqs]
-            seqs = [c.prompt_ids + c.token_ids for c in part]
-            width = max(len(s) for s in seqs)
-            tokens = torch.zeros(len(seqs), width, dtype=torch.long, device=self.device)
-            for i, seq in enumerate(seqs):
-                tokens[i, : len(seq)] = torch.tensor(seq)
-            positions = torch.arange(width, device=self.device).repeat(len(seqs), 1)
+            tokens, positions = self._padded([c.prompt_ids + c.token_ids for c in part])
             logp = logprobs_from_logits(self.forward_step(tokens, positions)[:, :-1], tokens[:, 1:], temperature)
             for i, c in enumerate(part):
                 first = len(c.prompt_ids) - 1
