@@ -1,11 +1,13 @@
 """Startup and step-time benchmark of the GRPO system, every ratio measured in one run.
 
-    python benchmarks/bench_gpu.py [--suite qwen3-0.6b] [--out DIR]
+    python benchmarks/bench_gpu.py [--suite qwen3-0.6b] [--out DIR] [--skip compile,capture]
 
 Rows: regional (per-block) vs whole-model compile, cold (Inductor caches off); 7 FULL decode graphs
 from our capture-size policy (max_num_seqs = 8 x 5 = 40) vs the 35 sizes vLLM's default policy
-captures at max_num_seqs = 128; FULL-graph vs compiled vs eager decode at batch 40; and the GRPO
-system's startup and step time by phase. Prints one table; writes JSON + Markdown to --out.
+captures at max_num_seqs = 128; FULL-graph vs compiled vs eager decode at batch 40; the decode
+attention grouped by KV head vs the K/V-expanding SDPA it replaced; and the GRPO system's startup
+and step time by phase. Prints one table; writes JSON + Markdown to --out. `--skip` leaves out the
+slow compile and capture comparisons (the whole-model compile alone takes minutes).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from titan_conformance.generator.capture_sizes import vllm_default_capture_sizes
 from titan_conformance.generator.native import NativeGenerator  # noqa: E402
 from titan_conformance.generator.sampling import sampling_tensors  # noqa: E402
 from titan_conformance.model import ModelArgs, Qwen3Model  # noqa: E402
+from titan_conformance.model.attention import KVCacheAttention, _expand_kv  # noqa: E402
 from titan_conformance.system.grpo_system import STARTUP_PHASES, GRPOSystem  # noqa: E402
 from titan_conformance.system.profile import load_profile  # noqa: E402
 
@@ -72,8 +75,33 @@ def capture_time(args, dtype, device, max_num_seqs: int, sizes: list[int]) -> tu
     return total, len(report.sizes)
 
 
-def decode_ms(system: GRPOSystem, batch: int, how: str, iters: int = 50) -> float:
-    gen = system.generator
+class ExpandingKVCacheAttention(KVCacheAttention):
+    """Baseline: the decode attention before grouping, which copies K/V to every query head."""
+
+    @staticmethod
+    def decode_attention(q, keys, values, visible):
+        n_rep = q.shape[2] // keys.shape[2]
+        keys, values = (_expand_kv(t.transpose(1, 2), n_rep) for t in (keys, values))
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(1, 2), keys, values, attn_mask=visible.unsqueeze(1)
+        )
+        return out.transpose(1, 2)
+
+
+def baseline_generator(args, dtype, device, profile) -> NativeGenerator:
+    """A generator with the expanding decode attention, one FULL graph at max_num_seqs."""
+    gen = NativeGenerator(
+        args, CompileConfig(), CompileLedger(), profile.max_num_seqs, profile.generator.max_model_len,
+        device, dtype, "FULL", [profile.max_num_seqs],
+    )
+    for block in gen.model.layers:
+        block.self_attn.inner_attention.__class__ = ExpandingKVCacheAttention
+    gen.model.init_weights(0)
+    gen.capture()
+    return gen
+
+
+def decode_ms(gen: NativeGenerator, batch: int, how: str, iters: int = 50) -> float:
     vocab = gen.model.args.vocab_size
     args = (
         torch.zeros(batch, 1, dtype=torch.long, device=gen.device),
@@ -81,6 +109,12 @@ def decode_ms(system: GRPOSystem, batch: int, how: str, iters: int = 50) -> floa
         torch.zeros(batch, vocab, device=gen.device),
         *sampling_tensors(1.0, gen.device),
     )
+
+    if how == "replay":  # the graph alone, back to back: no input copies, no host sync per step
+        graph = gen.graphs[batch].graph
+        for _ in range(3):
+            graph.replay()
+        return 1000 * seconds(lambda: [graph.replay() for _ in range(iters)]) / iters
 
     def step():
         if how == "eager":
@@ -96,32 +130,57 @@ def decode_ms(system: GRPOSystem, batch: int, how: str, iters: int = 50) -> floa
     return 1000 * statistics.median(times)
 
 
+def kernel_table(gen: NativeGenerator, batch: int, path: Path) -> None:
+    """Where one graph replay's time goes: the CUDA kernels it ran, by total time."""
+    graph = gen.graphs[batch].graph
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            graph.replay()
+        sync()
+    path.write_text(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="qwen3-0.6b")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "benchmarks/results")))
+    parser.add_argument("--skip", default="", help="comma-separated: compile, capture")
     opts = parser.parse_args()
+    skip = set(filter(None, opts.skip.split(",")))
+    opts.out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda")
     profile = load_profile(opts.suite)
     args = ModelArgs.from_hf_config(profile.model.config)
     dtype = getattr(torch, profile.model.dtype)
     rows: list[tuple[str, str, str, str]] = []
 
-    regional = compile_time(args, dtype, device, True, 40, 109)
-    whole = compile_time(args, dtype, device, False, 40, 109)
-    rows.append(("compile (first fwd+bwd, cold)", f"regional {regional:.1f} s", f"whole-model {whole:.1f} s", f"{whole / regional:.2f}x"))
+    results: dict = {}
+    if "compile" not in skip:
+        regional = compile_time(args, dtype, device, True, 40, 109)
+        whole = compile_time(args, dtype, device, False, 40, 109)
+        rows.append(("compile (first fwd+bwd, cold)", f"regional {regional:.1f} s", f"whole-model {whole:.1f} s", f"{whole / regional:.2f}x"))
+        results["compile_s"] = {"regional": regional, "whole": whole}
 
-    ours, n_ours = capture_time(args, dtype, device, profile.max_num_seqs, profile.capture_sizes)
-    vllm, n_vllm = capture_time(args, dtype, device, 128, vllm_default_capture_sizes(128))
-    rows.append(("FULL capture (incl. per-size warm-up)", f"{n_ours} sizes {ours:.1f} s", f"{n_vllm} sizes {vllm:.1f} s", f"{vllm / ours:.2f}x"))
+    if "capture" not in skip:
+        ours, n_ours = capture_time(args, dtype, device, profile.max_num_seqs, profile.capture_sizes)
+        vllm, n_vllm = capture_time(args, dtype, device, 128, vllm_default_capture_sizes(128))
+        rows.append(("FULL capture (incl. per-size warm-up)", f"{n_ours} sizes {ours:.1f} s", f"{n_vllm} sizes {vllm:.1f} s", f"{vllm / ours:.2f}x"))
+        results["capture_s"] = {"ours": ours, "vllm_default": vllm}
 
     torch._dynamo.reset()
-    system = GRPOSystem(profile, device="cuda")
     bsz = profile.max_num_seqs
-    graph, compiled, eager = (decode_ms(system, bsz, how) for how in ("graph", "compiled", "eager"))
+    baseline = baseline_generator(args, dtype, device, profile)
+    expanding = decode_ms(baseline, bsz, "graph")
+    del baseline
+    torch.cuda.empty_cache()
+    system = GRPOSystem(profile, device="cuda")
+    graph, replay, compiled, eager = (decode_ms(system.generator, bsz, how) for how in ("graph", "replay", "compiled", "eager"))
     rows.append((f"decode step, batch {bsz}", f"graph {graph:.2f} ms", f"eager {eager:.2f} ms", f"{eager / graph:.1f}x"))
     rows.append((f"decode step, batch {bsz}", f"graph {graph:.2f} ms", f"compiled, no graph {compiled:.2f} ms", f"{compiled / graph:.1f}x"))
+    rows.append((f"decode step, batch {bsz}", f"graph replay alone {replay:.2f} ms", f"with input copies + sync {graph:.2f} ms", f"{graph / replay:.2f}x"))
+    kernel_table(system.generator, bsz, opts.out / "decode_kernels.txt")
+    rows.append((f"decode attention, batch {bsz} (graph)", f"grouped by KV head {graph:.2f} ms", f"K/V expanded to heads {expanding:.2f} ms", f"{expanding / graph:.2f}x"))
 
     startup = {p: system.startup.get(p, 0.0) for p in STARTUP_PHASES}
     records = [system.step() for _ in range(opts.steps)]
@@ -142,10 +201,8 @@ def main() -> None:
     }
     width = [max(len(r[i]) for r in rows) for i in range(4)]
     table = "\n".join(" | ".join(c.ljust(width[i]) for i, c in enumerate(r)) for r in rows)
-    opts.out.mkdir(parents=True, exist_ok=True)
-    results = {"env": env, "rows": rows, "startup": startup, "step_phases": phases, "step": step,
-               "decode_ms": {"graph": graph, "compiled": compiled, "eager": eager}, "compiles": ledger,
-               "compile_s": {"regional": regional, "whole": whole}, "capture_s": {"ours": ours, "vllm_default": vllm}}
+    results.update(env=env, rows=rows, startup=startup, step_phases=phases, step=step, compiles=ledger,
+                   decode_ms={"graph": graph, "replay": replay, "compiled": compiled, "eager": eager, "graph_expanding_kv": expanding})
     (opts.out / "bench.json").write_text(json.dumps(results, indent=2))
     md = "| what | ours | baseline | ratio |\n| --- | --- | --- | --- |\n" + "\n".join(f"| {' | '.join(r)} |" for r in rows)
     (opts.out / "bench.md").write_text(f"# {env['date']} {env['device']}, torch {env['torch']}\n\n{md}\n")

@@ -1,30 +1,55 @@
 #!/usr/bin/env bash
 # One device call: the GPU-only tests, then the conformance suite on CUDA for both profiles.
-# Logs go to $OUT; a short table is printed last.
+# Optional parts: STARTUP=1 (generator startup, cold then warm Inductor cache), BENCH=1 (benchmark
+# table; BENCH_SKIP=compile,capture leaves out the slow comparisons), EXACTNESS=1, TP=1 (needs 2
+# GPUs: the TP profile's suite on NCCL and the recompile measurement at the qwen3-0.6b shape),
+# SUITES=0 (skip the single-GPU tests and suites).
+# Logs go to $OUT and are packed into $OUT/logs.tgz; a short table is printed last.
 set -u
 OUT=${OUT:-$(mktemp -d)}
-mkdir -p "$OUT"
-nvidia-smi -L | tee "$OUT/gpu.txt"
-if ! python3 -m pip install --no-deps --no-build-isolation -q -e . > "$OUT/install.log" 2>&1; then
-  echo "editable install failed (see install.log); running from the source tree" | tee -a "$OUT/summary.txt"
+LOGS="$OUT/logs"
+mkdir -p "$LOGS"
+nvidia-smi -L | tee "$LOGS/gpu.txt"
+if ! python3 -m pip install --no-deps --no-build-isolation -q -e . > "$LOGS/install.log" 2>&1; then
+  echo "editable install failed (see install.log); running from the source tree" | tee -a "$LOGS/summary.txt"
   export PYTHONPATH=$PWD PYTEST_ADDOPTS="-p titan_conformance.plugin"
 fi
-python3 -c 'import torch, sys; print("torch", torch.__version__, "python", sys.version.split()[0])' | tee -a "$OUT/summary.txt"
+python3 -c 'import torch, sys; print("torch", torch.__version__, "python", sys.version.split()[0])' | tee -a "$LOGS/summary.txt"
 run() {  # name, then the command
   local name=$1; shift
   local start=$SECONDS
-  timeout 480 "$@" > "$OUT/$name.log" 2>&1
+  timeout 420 "$@" > "$LOGS/$name.log" 2>&1
   local rc=$?
-  echo "$name rc=$rc $((SECONDS - start))s $(grep -E '(passed|failed|error)' "$OUT/$name.log" | tail -1)" >> "$OUT/summary.txt"
+  echo "$name rc=$rc $((SECONDS - start))s $(grep -E '(passed|failed|error)' "$LOGS/$name.log" | tail -1)" >> "$LOGS/summary.txt"
 }
-[ "${BENCH:-0}" = 1 ] && run bench python3 benchmarks/bench_gpu.py --out "$OUT"
-run gpu-tests python3 -m pytest tests/test_cudagraph_faults.py tests/test_cudagraph_policy.py -q -p no:cacheprovider
-run suite-qwen3 python3 -m pytest --pyargs titan_conformance -n 1 --tc-suite qwen3-0.6b --tc-device cuda -p no:cacheprovider -rA
-run suite-tiny python3 -m pytest --pyargs titan_conformance -n 1 --tc-suite tiny-cpu --tc-device cuda -p no:cacheprovider -rA
-if [ "${EXACTNESS:-0}" = 1 ]; then
-  python3 benchmarks/graph_exactness.py > "$OUT/exactness.txt" 2>&1
-  CUBLAS_WORKSPACE_CONFIG=:4096:8 python3 benchmarks/graph_exactness.py >> "$OUT/exactness.txt" 2>&1
-  grep "size" "$OUT/exactness.txt" >> "$OUT/summary.txt"
+suite() {  # name, suite, then extra pytest options
+  local name=$1 profile=$2; shift 2
+  run "$name" python3 -m pytest --pyargs titan_conformance --tc-suite "$profile" --tc-device cuda \
+    --tc-report-dir "$LOGS/report-$name" -p no:cacheprovider -rA "$@"
+}
+if [ "${STARTUP:-0}" = 1 ]; then
+  export TORCHINDUCTOR_CACHE_DIR; TORCHINDUCTOR_CACHE_DIR=$(mktemp -d)
+  run startup-cold python3 benchmarks/startup.py --label cold --out "$LOGS"
+  run startup-warm python3 benchmarks/startup.py --label warm --out "$LOGS"
+  unset TORCHINDUCTOR_CACHE_DIR
 fi
+[ "${BENCH:-0}" = 1 ] && run bench python3 benchmarks/bench_gpu.py --out "$LOGS" --skip "${BENCH_SKIP:-}"
+if [ "${SUITES:-1}" = 1 ]; then
+  run gpu-tests python3 -m pytest tests/test_cudagraph_faults.py tests/test_cudagraph_policy.py -q -p no:cacheprovider
+  suite suite-qwen3 qwen3-0.6b -n 1
+  suite suite-tiny tiny-cpu -n 1
+fi
+if [ "${TP:-0}" = 1 ]; then
+  suite suite-tp2 tiny-cpu-tp2 -n 1
+  run tp-qwen3 python3 benchmarks/tp_recompiles.py --suite qwen3-0.6b --tp 2 --device cuda --steps 2 \
+    --configs "${TP_CONFIGS:-inductor:unwrap,inductor:no-unwrap,eager:no-unwrap}" --json "$LOGS/tp-qwen3.json"
+fi
+if [ "${EXACTNESS:-0}" = 1 ]; then
+  python3 benchmarks/graph_exactness.py > "$LOGS/exactness.txt" 2>&1
+  CUBLAS_WORKSPACE_CONFIG=:4096:8 python3 benchmarks/graph_exactness.py >> "$LOGS/exactness.txt" 2>&1
+  grep "size" "$LOGS/exactness.txt" >> "$LOGS/summary.txt"
+fi
+grep -h "compile+capture" "$LOGS"/startup-*.log >> "$LOGS/summary.txt" 2>/dev/null
+[ -f "$LOGS/bench.log" ] && tail -9 "$LOGS/bench.log" >> "$LOGS/summary.txt"
+tar czf "$OUT/logs.tgz" -C "$OUT" logs && cp "$LOGS/summary.txt" "$OUT/summary.txt" && rm -rf "$LOGS"
 cat "$OUT/summary.txt"
-[ -f "$OUT/bench.log" ] && tail -8 "$OUT/bench.log"

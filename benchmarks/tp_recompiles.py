@@ -7,6 +7,9 @@ parity numbers (trainer TP vs generator TP, TP vs TP=1) and the launch timing.
 
     python benchmarks/tp_recompiles.py [--suite suites/tiny-cpu-tp2.toml] [--device cpu|cuda]
         [--steps 3] [--configs inductor:unwrap,eager:no-unwrap] [--json out.json]
+        [--tp N] [--cudagraph MODE]
+
+`--tp` and `--cudagraph` override the profile's, e.g. to run the qwen3-0.6b shape at TP=2.
 
 A configuration is `<backend>:<unwrap|no-unwrap>`. Without the unwrap the Inductor and aot_eager
 backends fail in the trainer's first backward on torch 2.13 (see parallel/unwrap.py); the Dynamo-only
@@ -71,8 +74,14 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--configs", default="inductor:unwrap,eager:no-unwrap")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--tp", type=int, default=None)
+    ap.add_argument("--cudagraph", default=None, help="NONE, FULL or FULL_DECODE_ONLY")
     args = ap.parse_args(argv)
     profile = load_profile(args.suite)
+    if args.tp is not None:
+        profile = dataclasses.replace(profile, parallel=dataclasses.replace(profile.parallel, tp=args.tp))
+    if args.cudagraph is not None:
+        profile = dataclasses.replace(profile, cudagraph=dataclasses.replace(profile.cudagraph, mode=args.cudagraph))
     backend = "nccl" if args.device == "cuda" else "gloo"
     report = {"torch": torch.__version__, "device": args.device, "suite": profile.name, "tp": profile.parallel.tp}
     spawn = []

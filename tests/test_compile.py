@@ -48,3 +48,18 @@ def test_roles_have_separate_budgets():
             model(torch.randint(0, 16, (3, 5)))
     assert ledger.counts() == {"a.TransformerBlock": 1, "b.TransformerBlock": 1}
     assert ledger.limit_hits == []
+
+
+def test_generator_decode_compiles_once_for_generate_and_graph_inputs():
+    """generate() and a captured graph feed the decode step differently (a step's positions vs a
+    static buffer); a view among the inputs would guard on its base and compile decode twice."""
+    from titan_conformance.generator.native import NativeGenerator
+    from titan_conformance.generator.sampling import sampling_tensors
+
+    with CompileLedger() as ledger:
+        gen = NativeGenerator(ARGS.replace(n_layers=2), CompileConfig(), ledger, 4, 16, torch.device("cpu"), torch.float32)
+        gen.model.init_weights(0)
+        gen.generate([[1, 2, 3], [4, 5]], n=2, max_tokens=3, temperature=1.0, seed=0, eos_id=0)
+        static = (torch.zeros(4, 1, dtype=torch.long), torch.full((4, 1), 5), torch.zeros(4, 16))
+        gen.decode_step(*static, *sampling_tensors(1.0, torch.device("cpu")))
+    assert ledger.counts() == {"generator.TransformerBlock": 2}, ledger.format()  # prefill, decode

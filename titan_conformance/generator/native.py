@@ -231,7 +231,7 @@ class NativeGenerator:
             if bool(done.all()):
                 break
             next_tok, logp, _ = self.run_decode(
-                next_tok.unsqueeze(1), (lengths + step).unsqueeze(1),
+                next_tok.unsqueeze(1), lengths.unsqueeze(1) + step,  # a fresh tensor: a view would be a guard
                 gumbel_noise((bsz, vocab), rng), divisor, scale,
             )
             out_tokens.append(next_tok)
@@ -271,7 +271,7 @@ class NativeGenerator:
         logits, lengths = self._prefill_batch(prompts)
         tokens = logits.argmax(-1, keepdim=True)
         noise = gumbel_noise((batch, vocab), rng)
-        args = (tokens, lengths.unsqueeze(1), noise, *sampling_tensors(1.0, self.device))
+        args = (tokens, lengths.unsqueeze(1).clone(), noise, *sampling_tensors(1.0, self.device))
         if how == "eager":
             with torch.compiler.set_stance("force_eager"):
                 return self.decode_step(*args)[2].float().cpu()

@@ -65,12 +65,36 @@ class KVCacheAttention(nn.Module):
         rows = self.cache_rows(positions)
         self.k_cache.index_put_((rows, positions), k)
         self.v_cache.index_put_((rows, positions), v)
+        keys, values = self.k_cache[:bsz], self.v_cache[:bsz]
+        slots = torch.arange(keys.shape[1], device=q.device)
+        visible = slots.view(1, 1, -1) <= positions.unsqueeze(-1)  # [B, S, L]
+        if q.shape[1] == 1:
+            return self.decode_attention(q, keys, values, visible)
         n_rep = q.shape[2] // k.shape[2]
-        keys = self.k_cache[:bsz].transpose(1, 2)
-        values = self.v_cache[:bsz].transpose(1, 2)
-        slots = torch.arange(keys.shape[2], device=q.device)
-        visible = (slots.view(1, 1, -1) <= positions.unsqueeze(-1)).unsqueeze(1)  # [B, 1, S, L]
+        keys, values = keys.transpose(1, 2), values.transpose(1, 2)
         out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), _expand_kv(keys, n_rep), _expand_kv(values, n_rep), attn_mask=visible
+            q.transpose(1, 2), _expand_kv(keys, n_rep), _expand_kv(values, n_rep), attn_mask=visible.unsqueeze(1)
         )
         return out.transpose(1, 2)
+
+    @staticmethod
+    def decode_attention(
+        q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible: torch.Tensor
+    ) -> torch.Tensor:
+        """One query token per row against the whole cache row, grouped by KV head: q [B, 1, H, D],
+        keys/values [B, L, KV, D], visible [B, 1, L] -> [B, 1, H, D].
+
+        Decode reads every cached key and value once per step, so this is memory-bound: the
+        query heads of a group share their KV head here instead of expanding K/V to H heads (which
+        would copy the whole cache every layer). Scores and softmax are fp32 whatever the cache
+        dtype, as in fused attention kernels; Inductor turns the products and sums into reductions.
+        """
+        bsz, _, n_heads, head_dim = q.shape
+        n_kv = keys.shape[2]
+        qg = q.view(bsz, n_kv, n_heads // n_kv, 1, head_dim).float()  # [B, KV, rep, 1, D]
+        k = keys.transpose(1, 2).unsqueeze(2)  # [B, KV, 1, L, D]
+        scores = (qg * k.float()).sum(-1) * head_dim**-0.5  # [B, KV, rep, L]
+        scores = scores.masked_fill(~visible.view(bsz, 1, 1, -1), float("-inf"))
+        probs = scores.softmax(-1).unsqueeze(-1)  # [B, KV, rep, L, 1]
+        out = (probs * values.transpose(1, 2).unsqueeze(2).float()).sum(-2)  # [B, KV, rep, D]
+        return out.to(q.dtype).view(bsz, 1, n_heads, head_dim)

@@ -1,0 +1,85 @@
+"""Generator startup, as a generator process pays it: build, weights, compile, FULL-graph capture.
+
+    python benchmarks/startup.py [--suite qwen3-0.6b] [--label cold] [--out DIR] [--device cuda]
+
+In an RL deployment the generator is a process of its own (vLLM's startup is what the seed PR cut
+from ~50 s to ~15 s), so this builds the native generator alone: the same regionally compiled
+blocks, prefill + decode compiled by a first short generate, then one FULL graph per capture size.
+Run it twice with one TORCHINDUCTOR_CACHE_DIR to see cold (empty cache) and warm (a runner's second
+run) startup. Prints one line per phase and each compilation with its backend seconds; writes
+startup-<label>.json to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from titan_conformance.compilation import CompileLedger
+from titan_conformance.data_files import resolve_checkpoint
+from titan_conformance.generator.native import NativeGenerator
+from titan_conformance.model import ModelArgs
+from titan_conformance.model.checkpoint import read_model_args
+from titan_conformance.system.profile import load_profile
+from titan_conformance.system.timing import timed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", default="qwen3-0.6b")
+    parser.add_argument("--label", default="run")
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "benchmarks/results")))
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    opts = parser.parse_args()
+    process_start = time.perf_counter()
+    device = torch.device(opts.device)
+    profile = load_profile(opts.suite)
+    ckpt = profile.model.checkpoint
+    args = ModelArgs.from_hf_config(profile.model.config) if ckpt == "random" else read_model_args(resolve_checkpoint(ckpt))
+    s = profile.sampling
+    phases: dict[str, float] = {}
+    with CompileLedger() as ledger:
+        with timed(phases, "device_init", device):
+            torch.empty(1, device=device)
+        with timed(phases, "build", device):
+            gen = NativeGenerator(
+                args, profile.compile, ledger, profile.max_num_seqs, profile.generator.max_model_len,
+                device, getattr(torch, profile.model.dtype), profile.cudagraph.mode, profile.capture_sizes,
+            )
+        with timed(phases, "weight_load", device):  # seeded random: startup does not depend on values
+            gen.model.init_weights(profile.seed)
+        with timed(phases, "compile", device):  # prefill at the step's batch, then decode
+            gen.generate([[1] * 5] * s.num_prompts_per_step, s.n, 2, s.temperature, 0, eos_id=-1)
+        with timed(phases, "capture", device):
+            report = gen.capture()
+        with timed(phases, "first_generate", device):
+            gen.generate([[1] * 9] * s.num_prompts_per_step, s.n, s.max_tokens, s.temperature, 1, eos_id=-1)
+    compiles = [{"index": e.index, "seconds": e.seconds, "inputs": e.inputs, "reason": e.reason} for e in ledger.events]
+    result = {
+        "label": opts.label,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "suite": profile.name,
+        "inductor_cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR"),
+        "phases": phases,
+        "compile_plus_capture": phases["compile"] + phases["capture"],
+        "capture_sizes": report.sizes,
+        "capture_seconds": report.seconds,
+        "compiles": compiles,
+        "process_seconds": time.perf_counter() - process_start,
+    }
+    opts.out.mkdir(parents=True, exist_ok=True)
+    (opts.out / f"startup-{opts.label}.json").write_text(json.dumps(result, indent=1))
+    print(f"{opts.label}: " + " ".join(f"{k}={v:.2f}s" for k, v in phases.items())
+          + f" | compile+capture {result['compile_plus_capture']:.2f}s | {len(report.sizes)} graphs")
+    for c in compiles:
+        print(f"  compile {c['index']}: {c['seconds']:.2f}s {' '.join(c['inputs'][:1])} ({c['reason'][:80]})")
+
+
+if __name__ == "__main__":
+    main()
