@@ -63,7 +63,7 @@ def compile_time(args: ModelArgs, dtype, device, regional: bool, batch: int, seq
 
 def capture_time(args, dtype, device, max_num_seqs: int, sizes: list[int]) -> tuple[float, int]:
     torch._dynamo.reset()
-    gen = NativeGenerator(args, CompileConfig(), CompileLedger(), max_num_seqs, 160, device, dtype, "FULL", sizes)
+    gen = NativeGenerator.for_qwen3(args, CompileConfig(), CompileLedger(), max_num_seqs, 160, device, dtype, "FULL", sizes)
     gen.model.init_weights(0)
     sync()
     start = time.perf_counter()
@@ -79,18 +79,18 @@ class ExpandingKVCacheAttention(KVCacheAttention):
     """Baseline: the decode attention before grouping, which copies K/V to every query head."""
 
     @staticmethod
-    def decode_attention(q, keys, values, visible):
+    def decode_attention(q, keys, values, visible, scale=None):
         n_rep = q.shape[2] // keys.shape[2]
         keys, values = (_expand_kv(t.transpose(1, 2), n_rep) for t in (keys, values))
         out = torch.nn.functional.scaled_dot_product_attention(
-            q.transpose(1, 2), keys, values, attn_mask=visible.unsqueeze(1)
+            q.transpose(1, 2), keys, values, attn_mask=visible.unsqueeze(1), scale=scale
         )
         return out.transpose(1, 2)
 
 
 def baseline_generator(args, dtype, device, profile) -> NativeGenerator:
     """A generator with the expanding decode attention, one FULL graph at max_num_seqs."""
-    gen = NativeGenerator(
+    gen = NativeGenerator.for_qwen3(
         args, CompileConfig(), CompileLedger(), profile.max_num_seqs, profile.generator.max_model_len,
         device, dtype, "FULL", [profile.max_num_seqs],
     )
@@ -102,7 +102,7 @@ def baseline_generator(args, dtype, device, profile) -> NativeGenerator:
 
 
 def decode_ms(gen: NativeGenerator, batch: int, how: str, iters: int = 50) -> float:
-    vocab = gen.model.args.vocab_size
+    vocab = gen.vocab_size
     args = (
         torch.zeros(batch, 1, dtype=torch.long, device=gen.device),
         torch.full((batch, 1), 8, dtype=torch.long, device=gen.device),

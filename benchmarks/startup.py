@@ -47,7 +47,7 @@ def main() -> None:
         with timed(phases, "device_init", device):
             torch.empty(1, device=device)
         with timed(phases, "build", device):
-            gen = NativeGenerator(
+            gen = NativeGenerator.for_qwen3(
                 args, profile.compile, ledger, profile.max_num_seqs, profile.generator.max_model_len,
                 device, getattr(torch, profile.model.dtype), profile.cudagraph.mode, profile.capture_sizes,
             )

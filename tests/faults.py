@@ -100,3 +100,66 @@ def capture_size_left_out(profile, **kw) -> GRPOSystem:
     system.generator.capture_sizes.remove(left_out)
     del system.generator.graphs[left_out]
     return system
+
+
+# --- planted faults on torchtitan's path (`--tc-system faults:torchtitan_...`) -------------------
+
+
+def torchtitan_rope_mismatch(profile, **kw):
+    """The generator's torchtitan blocks rotate with twice the trainer's RoPE theta."""
+    from titan_conformance.torchtitan_system.system import TorchtitanSystem
+
+    system = TorchtitanSystem(profile, **kw)
+    scale_generator_rope_theta(system, 2.0)
+    return system
+
+
+def scale_generator_rope_theta(system, factor: float) -> None:
+    """Rebuilds every generator block's RoPE table (torchtitan's own RoPE module) with theta x
+    factor, in place: the table is a buffer the compiled blocks read, so nothing recompiles."""
+    import dataclasses
+
+    for block in system.generator.model.layers.values():
+        rope = block.attention.rope
+        other = type(rope)(dataclasses.replace(rope.config, theta=rope.config.theta * factor))
+        other.init_states(buffer_device=rope.cache.device)
+        rope.cache.copy_(other.cache)
+
+
+def torchtitan_generator_compiled_differently(profile, **kw):
+    """torchtitan's apply_compile runs for the generator with another backend than the trainer's."""
+    import dataclasses
+
+    import titan_conformance.torchtitan_system.system as tt_system
+
+    real = tt_system.compile_blocks
+
+    def compile_blocks(api, model, config, ledger, role):
+        if role == "generator":
+            config = dataclasses.replace(config, backend="aot_eager" if config.backend != "aot_eager" else "inductor")
+        return real(api, model, config, ledger, role)
+
+    tt_system.compile_blocks = compile_blocks
+    try:
+        return tt_system.TorchtitanSystem(profile, **kw)
+    finally:
+        tt_system.compile_blocks = real
+
+
+def torchtitan_policy_without_max_num_seqs(profile, **kw):
+    """torchtitan's capture-size policy, changed (as a PR might) to powers of 2 only: the step's
+    batch of max_num_seqs sequences has no graph of its own."""
+    import titan_conformance.torchtitan_system.capture_policy as policy
+
+    real = policy._sizes
+
+    def powers_of_two_only(policy_class, mode, max_num_seqs):
+        return [s for s in real(policy_class, mode, max_num_seqs) if s & (s - 1) == 0]
+
+    policy._sizes = powers_of_two_only
+    try:
+        from titan_conformance.torchtitan_system.system import TorchtitanSystem
+
+        return TorchtitanSystem(profile, **kw)
+    finally:
+        policy._sizes = real

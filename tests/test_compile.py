@@ -57,7 +57,7 @@ def test_generator_decode_compiles_once_for_generate_and_graph_inputs():
     from titan_conformance.generator.sampling import sampling_tensors
 
     with CompileLedger() as ledger:
-        gen = NativeGenerator(ARGS.replace(n_layers=2), CompileConfig(), ledger, 4, 16, torch.device("cpu"), torch.float32)
+        gen = NativeGenerator.for_qwen3(ARGS.replace(n_layers=2), CompileConfig(), ledger, 4, 16, torch.device("cpu"), torch.float32)
         gen.model.init_weights(0)
         gen.generate([[1, 2, 3], [4, 5]], n=2, max_tokens=3, temperature=1.0, seed=0, eos_id=0)
         static = (torch.zeros(4, 1, dtype=torch.long), torch.full((4, 1), 5), torch.zeros(4, 16))

@@ -25,9 +25,16 @@ DEVICES = ("cpu", "cuda", "auto")
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("titan_conformance", "titan_conformance: RL trainer/generator conformance")
-    group.addoption("--tc-suite", default="tiny-cpu", help="profile name from suites/ or a path to a TOML file")
+    group.addoption(
+        "--tc-suite", default=None,
+        help="profile name from suites/ or a path to a TOML file (default: tiny-cpu; torchtitan-debugmodel "
+        "with --tc-system torchtitan)",
+    )
     group.addoption("--tc-model-path", default=None, help="HF checkpoint directory overriding the profile's model")
-    group.addoption("--tc-generator", default="auto", choices=GENERATORS, help="generator backend")
+    group.addoption(
+        "--tc-generator", default="auto", choices=GENERATORS,
+        help="generator backend (auto: vLLM when it imports, except for systems without a vLLM backend)",
+    )
     group.addoption("--tc-device", default="auto", choices=DEVICES, help="device to run on")
     group.addoption(
         "--tc-report-dir", default=None,
@@ -72,12 +79,24 @@ def pytest_configure(config: pytest.Config) -> None:
     _pin_worker_gpus(config)
     config.pluginmanager.register(ReportSession(config), "titan_conformance.report")
     try:
-        config.stash[_BACKEND] = resolve_generator(config.getoption("--tc-generator"), vllm_version())
+        option = config.getoption("--tc-generator")
+        if option == "auto" and config.getoption("--tc-system") in NATIVE_ONLY_SYSTEMS:
+            config.stash[_BACKEND] = None
+        else:
+            config.stash[_BACKEND] = resolve_generator(option, vllm_version())
     except ConformanceError as e:
         raise pytest.UsageError(str(e)) from None
 
 
 _BACKEND = pytest.StashKey[str]()
+DEFAULT_SUITES = {"torchtitan": "torchtitan-debugmodel"}
+"""The suite a system runs when --tc-suite is not given (others: tiny-cpu)."""
+NATIVE_ONLY_SYSTEMS = {"torchtitan"}
+"""Systems without a vLLM backend: `--tc-generator auto` keeps their profile's generator."""
+
+
+def selected_suite(config: pytest.Config) -> str:
+    return config.getoption("--tc-suite") or DEFAULT_SUITES.get(config.getoption("--tc-system"), "tiny-cpu")
 
 
 def resolve_generator(option: str, vllm: str | None) -> str | None:
@@ -107,7 +126,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     backend = config.stash.get(_BACKEND, None) or "profile's"
     version = vllm_version()
     return [
-        f"titan_conformance: suite={config.getoption('--tc-suite')} "
+        f"titan_conformance: suite={selected_suite(config)} "
         f"system={config.getoption('--tc-system') or 'reference'} generator={backend} "
         f"device={config.getoption('--tc-device')} vllm={version or 'not installed'}"
     ]
@@ -122,7 +141,7 @@ def tc_profile(request: pytest.FixtureRequest):
     from titan_conformance.system.profile import load_profile
 
     try:
-        profile = load_profile(request.config.getoption("--tc-suite"))
+        profile = load_profile(selected_suite(request.config))
     except ConformanceError as e:
         _fail(e)
     if backend := request.config.stash.get(_BACKEND, None):

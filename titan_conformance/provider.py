@@ -26,6 +26,7 @@ CAPABILITIES = {
     "compile_ledger": "compile_ledger() returns the CompileLedger of every compiled region",
     "startup_phases": "startup maps each startup phase to seconds",
     "cudagraphs": "the generator captures FULL CUDA graphs at the capture sizes",
+    "capture_policy": "cudagraph_sizes()[0] is the capture-size policy's list, also where nothing is captured",
 }
 
 

@@ -22,6 +22,23 @@ def capture_set_verdict(policy: list[int], captured: list[int]) -> CheckResult:
     )
 
 
+def capture_policy_verdict(policy: list[int], max_num_seqs: int) -> CheckResult:
+    """The policy graphs the batch every GRPO step decodes: max_num_seqs = prompts_per_step x n must
+    be a capture size of its own (the seed PR derived the sizes from it), or every decode step pads
+    up to a larger graph or, above the largest, runs without one."""
+    metrics = {"policy": policy, "max_num_seqs": max_num_seqs}
+    if max_num_seqs in policy:
+        return CheckResult("capture_policy", True, f"the policy {policy} includes max_num_seqs = {max_num_seqs}", metrics)
+    larger = [s for s in policy if s > max_num_seqs]
+    fate = f"pads every step's {max_num_seqs} rows up to {larger[0]}" if larger else "runs every decode step without a graph"
+    return CheckResult(
+        "capture_policy", False,
+        f"The capture-size policy {policy} leaves out max_num_seqs = {max_num_seqs} (prompts_per_step x n): the "
+        f"generator {fate}. Derive the sizes from max_num_seqs (powers of 2 up to it, plus it).",
+        metrics,
+    )
+
+
 def _between(sizes: list[int]) -> list[int]:
     """One batch size strictly between each pair of neighbouring capture sizes."""
     return [(a + b) // 2 for a, b in zip(sizes, sizes[1:]) if b - a > 1]

@@ -109,9 +109,13 @@ class CompileLedger:
     _functions: dict[str, str] = field(default_factory=dict)  # Dynamo function name -> region
     _pending_reason: dict[str, str] = field(default_factory=dict)
     _backends: dict[tuple[str, str], Callable] = field(default_factory=dict)
+    settings: dict[str, dict] = field(default_factory=dict)
+    """Region -> the compile settings its blocks were compiled with (backend, fullgraph, dynamic)."""
 
-    def register(self, function_name: str, region: str) -> None:
+    def register(self, function_name: str, region: str, settings: dict | None = None) -> None:
         self._functions[function_name] = region
+        if settings is not None:
+            self.settings[region] = dict(settings)
 
     def backend(self, region: str, inner: str) -> Callable:
         """A counting backend for `region` (one object per region: Dynamo guards on backend identity)."""

@@ -26,6 +26,26 @@ def _private_function(fn: types.FunctionType, name: str) -> types.FunctionType:
     return types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
 
 
+def private_region(ledger: CompileLedger, role: str, block_name: str, settings: dict) -> tuple[str, str]:
+    """(region, code-object name) for a new compiled region of `role`, registered with `ledger`
+    together with the compile settings it uses (so trainer and generator can be compared)."""
+    region = f"{role}.{block_name}"
+    name = f"{block_name}_forward__{role}_{next(_copies)}"
+    ledger.register(name, region, settings)
+    return region, name
+
+
+def make_forward_private(blocks, name: str) -> None:
+    """Gives `blocks` (all of one class) a subclass whose forward is a private copy named `name`,
+    for code that compiles blocks itself (e.g. with `Module.compile`): the blocks run the same code
+    but have a Dynamo cache and recompile budget of their own."""
+    blocks = list(blocks)
+    cls = type(blocks[0])
+    private = type(f"{cls.__name__}__{name}", (cls,), {"forward": _private_function(cls.forward, name)})
+    for block in blocks:
+        block.__class__ = private
+
+
 def apply_regional_compile(
     model: Qwen3Model, config: CompileConfig, ledger: CompileLedger, role: str
 ) -> str | None:
@@ -33,9 +53,8 @@ def apply_regional_compile(
     if not config.enable:
         return None
     torch._dynamo.config.recompile_limit = config.recompile_limit
-    region = f"{role}.TransformerBlock"
-    name = f"TransformerBlock_forward__{role}_{next(_copies)}"
-    ledger.register(name, region)
+    settings = {"backend": config.backend, "fullgraph": config.fullgraph, "dynamic": config.dynamic}
+    region, name = private_region(ledger, role, "TransformerBlock", settings)
     forward = _private_function(TransformerBlock.forward, name)
     backend = ledger.backend(region, config.backend)
     for block in model.layers:

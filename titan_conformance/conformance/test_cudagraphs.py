@@ -1,10 +1,11 @@
-"""FULL CUDA-graph equivalence: the captured sizes are the policy's; at every capture size graph
-replay equals the compiled step exactly and eager within tolerance; batches between capture sizes,
-padded, give the same real rows; no NaN/inf at any size, the largest included."""
+"""FULL CUDA-graph equivalence: the policy graphs the step's batch (max_num_seqs); the captured
+sizes are the policy's; at every capture size graph replay equals the compiled step exactly and
+eager within tolerance; batches between capture sizes, padded, give the same real rows; no NaN/inf
+at any size, the largest included."""
 
 import pytest
 
-from titan_conformance.checks.cudagraphs import capture_set_verdict, check_graph_equivalence
+from titan_conformance.checks.cudagraphs import capture_policy_verdict, capture_set_verdict, check_graph_equivalence
 from titan_conformance.plugin import assert_check, require
 
 
@@ -16,6 +17,14 @@ def cuda_system(tc_run, tc_profile):
         pytest.skip(f"profile {tc_profile.name!r} sets cudagraph.mode = NONE")
     require(tc_run.system, "cudagraphs")
     return tc_run.system
+
+
+def test_capture_policy_includes_max_num_seqs(tc_system, tc_profile):
+    """Runs on every device: the policy is checked whether or not this run captures graphs."""
+    if tc_profile.cudagraph.mode == "NONE":
+        pytest.skip(f"profile {tc_profile.name!r} sets cudagraph.mode = NONE")
+    require(tc_system, "capture_policy")
+    assert_check(capture_policy_verdict(tc_system.cudagraph_sizes()[0], tc_profile.max_num_seqs))
 
 
 def test_captured_sizes_are_the_policys(cuda_system):

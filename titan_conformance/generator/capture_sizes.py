@@ -14,6 +14,11 @@ from titan_conformance.errors import ConformanceError
 MODES = ("NONE", "FULL", "FULL_DECODE_ONLY")
 
 
+def effective_mode(mode: str, device) -> str:
+    """CUDA graphs exist on CUDA only: any mode is NONE elsewhere."""
+    return mode if getattr(device, "type", device) == "cuda" else "NONE"
+
+
 def policy_capture_sizes(max_num_seqs: int, cap: int = 0, explicit: list[int] | None = None) -> list[int]:
     """The sizes to capture. `cap` 0 means max_num_seqs (what decode-only graphs need)."""
     if explicit is not None:

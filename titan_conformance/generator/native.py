@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
+from torch import nn
 
 from titan_conformance.compilation import CompileConfig, CompileLedger, apply_regional_compile
 from titan_conformance.errors import ConformanceError
-from titan_conformance.generator.capture_sizes import padded_size
+from titan_conformance.generator.capture_sizes import effective_mode, padded_size
 from titan_conformance.generator.sampling import gumbel_noise, sample_tokens, sampling_tensors
 from titan_conformance.model.args import ModelArgs
 from titan_conformance.model.attention import KVCacheAttention
@@ -57,11 +58,41 @@ class CaptureReport:
     memory_bytes: dict[int, int] = field(default_factory=dict)
 
 
+def cache_rows(max_num_seqs: int, capture_sizes: list[int]) -> int:
+    """KV-cache rows a generator needs: padded rows of a captured batch need rows of their own,
+    never a real row's."""
+    return max([max_num_seqs, *capture_sizes])
+
+
 class NativeGenerator:
-    """Generates with the shared model code; weights arrive from the trainer in place."""
+    """Generates with the shared model code; weights arrive from the trainer in place.
+
+    `model` already has its KV-cache inner attention (with `cache_rows(...)` rows) and its
+    compiled blocks; `forward(tokens [B, S], positions [B, S]) -> logits [B, S, V]` runs it
+    (default: `model(tokens, positions)`). `for_qwen3` builds our reference model this way.
+    """
 
     def __init__(
         self,
+        model: nn.Module,
+        vocab_size: int,
+        max_num_seqs: int,
+        max_model_len: int,
+        device: torch.device,
+        cudagraph_mode: str = "NONE",
+        capture_sizes: list[int] | None = None,
+        forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        self.model, self.vocab_size = model, vocab_size
+        self.max_num_seqs, self.max_model_len, self.device = max_num_seqs, max_model_len, device
+        self.cudagraph_mode = effective_mode(cudagraph_mode, device)
+        self.capture_sizes = sorted(capture_sizes or []) if self.cudagraph_mode != "NONE" else []
+        self._forward = forward or model
+        self.graphs: dict[int, CapturedGraph] = {}
+
+    @classmethod
+    def for_qwen3(
+        cls,
         args: ModelArgs,
         compile_config: CompileConfig,
         ledger: CompileLedger,
@@ -73,31 +104,30 @@ class NativeGenerator:
         capture_sizes: list[int] | None = None,
         tp_mesh=None,
         unwrap_async: bool = False,
-    ) -> None:
-        """`tp_mesh`: shard the model over this 1-D DeviceMesh (each rank caches its own KV heads);
+    ) -> "NativeGenerator":
+        """Our Qwen3 with a static KV cache, regionally compiled under the role `generator`.
+        `tp_mesh`: shard the model over this 1-D DeviceMesh (each rank caches its own KV heads);
         `unwrap_async`: resolve AsyncCollectiveTensor block inputs before each compiled block."""
-        self.max_num_seqs, self.max_model_len, self.device = max_num_seqs, max_model_len, device
-        self.cudagraph_mode = cudagraph_mode if device.type == "cuda" else "NONE"
-        self.capture_sizes = sorted(capture_sizes or []) if self.cudagraph_mode != "NONE" else []
-        # Padded rows of a captured batch need cache rows of their own, never a real row's.
-        cache_rows = max([max_num_seqs, *self.capture_sizes])
+        sizes = capture_sizes if effective_mode(cudagraph_mode, device) != "NONE" else []
+        rows = cache_rows(max_num_seqs, sizes or [])
         with torch.device(device):
-            self.model = Qwen3Model(args).to(dtype)
-        self.model.requires_grad_(False).eval()
+            model = Qwen3Model(args).to(dtype)
+        model.requires_grad_(False).eval()
         kv_heads = args.n_kv_heads // (tp_mesh.size() if tp_mesh is not None else 1)
-        self.model.set_inner_attention(
-            lambda _: KVCacheAttention(cache_rows, max_model_len, kv_heads, args.head_dim, dtype, device)
+        model.set_inner_attention(
+            lambda _: KVCacheAttention(rows, max_model_len, kv_heads, args.head_dim, dtype, device)
         )
         if tp_mesh is not None:
             from titan_conformance.parallel import apply_tp
 
-            apply_tp(self.model, tp_mesh)
+            apply_tp(model, tp_mesh)
         if unwrap_async:
             from titan_conformance.parallel import unwrap_async_inputs
 
-            unwrap_async_inputs(self.model)
-        self.region = apply_regional_compile(self.model, compile_config, ledger, role="generator")
-        self.graphs: dict[int, CapturedGraph] = {}
+            unwrap_async_inputs(model)
+        gen = cls(model, args.vocab_size, max_num_seqs, max_model_len, device, cudagraph_mode, sizes)
+        gen.region = apply_regional_compile(model, compile_config, ledger, role="generator")
+        return gen
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Weight sync: copies the trainer's tensors into the generator's in place (no rebuild, no
@@ -116,7 +146,7 @@ class NativeGenerator:
     @torch.no_grad()
     def forward_step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Runs the blocks over [B, S] tokens at `positions`, writing the KV cache; returns logits."""
-        return self.model(tokens, positions)
+        return self._forward(tokens, positions)
 
     def decode_step(self, tokens, positions, noise, divisor, noise_scale):
         """The whole decode step; what a FULL graph captures."""
@@ -133,7 +163,7 @@ class NativeGenerator:
         if self.cudagraph_mode == "NONE":
             return report
         pool = torch.cuda.graph_pool_handle()
-        vocab = self.model.args.vocab_size
+        vocab = self.vocab_size
         for size in sorted(self.capture_sizes, reverse=True):
             inputs = (
                 torch.zeros(size, 1, dtype=torch.long, device=self.device),
@@ -221,7 +251,7 @@ class NativeGenerator:
                 f"{self.max_model_len}; raise max_model_len in the profile."
             )
         rng = torch.Generator(device=self.device).manual_seed(seed)
-        vocab = self.model.args.vocab_size
+        vocab = self.vocab_size
         divisor, scale = sampling_tensors(temperature, self.device)
         logits, lengths = self._prefill_batch(rows)
         next_tok, logp, _ = sample_tokens(logits, gumbel_noise((bsz, vocab), rng), divisor, scale)
@@ -266,7 +296,7 @@ class NativeGenerator:
         prefilled, then one decode), run `how`: "graph" (replay at the padded size), "compiled"
         (the same compiled step, no graph) or "eager" (compile bypassed)."""
         rng = torch.Generator(device=self.device).manual_seed(seed)
-        vocab = self.model.args.vocab_size
+        vocab = self.vocab_size
         prompts = torch.randint(0, vocab, (batch, prompt_len), generator=rng, device=self.device).tolist()
         logits, lengths = self._prefill_batch(prompts)
         tokens = logits.argmax(-1, keepdim=True)

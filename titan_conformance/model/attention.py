@@ -59,8 +59,10 @@ class KVCacheAttention(nn.Module):
         return torch.arange(positions.shape[0], device=positions.device).unsqueeze(1).expand_as(positions)
 
     def forward(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+        scale: float | None = None,
     ) -> torch.Tensor:
+        """`scale`: of the scores, head_dim ** -0.5 when None (as SDPA)."""
         bsz = q.shape[0]
         rows = self.cache_rows(positions)
         self.k_cache.index_put_((rows, positions), k)
@@ -69,17 +71,19 @@ class KVCacheAttention(nn.Module):
         slots = torch.arange(keys.shape[1], device=q.device)
         visible = slots.view(1, 1, -1) <= positions.unsqueeze(-1)  # [B, S, L]
         if q.shape[1] == 1:
-            return self.decode_attention(q, keys, values, visible)
+            return self.decode_attention(q, keys, values, visible, scale)
         n_rep = q.shape[2] // k.shape[2]
         keys, values = keys.transpose(1, 2), values.transpose(1, 2)
         out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), _expand_kv(keys, n_rep), _expand_kv(values, n_rep), attn_mask=visible.unsqueeze(1)
+            q.transpose(1, 2), _expand_kv(keys, n_rep), _expand_kv(values, n_rep), attn_mask=visible.unsqueeze(1),
+            scale=scale,
         )
         return out.transpose(1, 2)
 
     @staticmethod
     def decode_attention(
-        q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible: torch.Tensor
+        q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible: torch.Tensor,
+        scale: float | None = None,
     ) -> torch.Tensor:
         """One query token per row against the whole cache row, grouped by KV head: q [B, 1, H, D],
         keys/values [B, L, KV, D], visible [B, 1, L] -> [B, 1, H, D].
@@ -93,7 +97,7 @@ class KVCacheAttention(nn.Module):
         n_kv = keys.shape[2]
         qg = q.view(bsz, n_kv, n_heads // n_kv, 1, head_dim).float()  # [B, KV, rep, 1, D]
         k = keys.transpose(1, 2).unsqueeze(2)  # [B, KV, 1, L, D]
-        scores = (qg * k.float()).sum(-1) * head_dim**-0.5  # [B, KV, rep, L]
+        scores = (qg * k.float()).sum(-1) * (head_dim**-0.5 if scale is None else scale)  # [B, KV, rep, L]
         scores = scores.masked_fill(~visible.view(bsz, 1, 1, -1), float("-inf"))
         probs = scores.softmax(-1).unsqueeze(-1)  # [B, KV, rep, L, 1]
         out = (probs * values.transpose(1, 2).unsqueeze(2).float()).sum(-2)  # [B, KV, rep, D]

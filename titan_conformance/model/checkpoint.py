@@ -9,6 +9,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -93,28 +94,40 @@ def load_checkpoint(model: Qwen3Model, ckpt_dir: str | Path) -> None:
             f"{ckpt_dir}: tensor {_first(missing)} is missing; the checkpoint is incomplete or does "
             "not match its config.json."
         )
+    with torch.no_grad():
+        for path, name, tensor in _read_tensors(shards):
+            param = expected[name]
+            if tensor.shape != param.shape:
+                raise ConformanceError(
+                    f"{path}: tensor {name!r} has shape {tuple(tensor.shape)} but the model built "
+                    f"from config.json expects {tuple(param.shape)}; the weights and config.json disagree."
+                )
+            param.copy_(tensor)
+
+
+def read_checkpoint(ckpt_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config.json, every tensor by HF name) of an HF-layout checkpoint, single file or sharded."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        raise ConformanceError(f"Checkpoint directory {ckpt_dir} does not exist. Pass an HF-layout directory.")
+    config = _read_json(ckpt_dir / "config.json")
+    return config, {name: tensor for _, name, tensor in _read_tensors(_shard_map(ckpt_dir))}
+
+
+def _read_tensors(shards: dict[str, Path]) -> Iterator[tuple[Path, str, torch.Tensor]]:
     by_file: dict[Path, list[str]] = {}
     for name, path in shards.items():
         by_file.setdefault(path, []).append(name)
-    with torch.no_grad():
-        for path, names in sorted(by_file.items()):
-            try:
-                with safe_open(path, framework="pt") as f:
-                    for name in names:
-                        tensor = f.get_tensor(name)
-                        param = expected[name]
-                        if tensor.shape != param.shape:
-                            raise ConformanceError(
-                                f"{path}: tensor {name!r} has shape {tuple(tensor.shape)} but the "
-                                f"model built from config.json expects {tuple(param.shape)}; the "
-                                "weights and config.json disagree."
-                            )
-                        param.copy_(tensor)
-            except (SafetensorError, OSError) as e:
-                raise ConformanceError(
-                    f"{path} is not a readable safetensors file ({e}); it may be truncated or "
-                    "corrupt — re-download or re-export it."
-                ) from None
+    for path, names in sorted(by_file.items()):
+        try:
+            with safe_open(path, framework="pt") as f:
+                for name in names:
+                    yield path, name, f.get_tensor(name)
+        except (SafetensorError, OSError) as e:
+            raise ConformanceError(
+                f"{path} is not a readable safetensors file ({e}); it may be truncated or "
+                "corrupt — re-download or re-export it."
+            ) from None
 
 
 def save_checkpoint(model: Qwen3Model, ckpt_dir: str | Path, dtype: torch.dtype = torch.float32) -> None:

@@ -19,6 +19,7 @@ from titan_conformance.system.profile import Profile, check_tp
 from titan_conformance.system.timing import timed
 from titan_conformance.task import Reward, SortLettersTask, TaskTokenizer
 from titan_conformance.task.sort_letters import VOCAB_SIZE, Problem, build_tokenizer
+from titan_conformance.task.warm_up import warm_up
 from titan_conformance.vllm_support import vllm_version
 from titan_conformance.trainer import GRPOConfig, RolloutBatch, Trainer, group_advantages
 
@@ -99,7 +100,8 @@ class GRPOSystem:
 
     name = "reference"
     BASE_CAPABILITIES = frozenset(
-        {"grpo", "trainer_logprobs", "generator_logprobs", "weight_sync", "compile_ledger", "startup_phases"}
+        {"grpo", "trainer_logprobs", "generator_logprobs", "weight_sync", "compile_ledger", "startup_phases",
+         "capture_policy"}
     )
 
     @property
@@ -124,40 +126,17 @@ class GRPOSystem:
         s = profile.sampling
         try:
             with timed(self.startup, "build", self.device):
-                args = self._model_args(ckpt)
                 # The toy task brings its own character tokenizer; its ids fit any vocab >= 16.
                 self.tokenizer = TaskTokenizer(build_tokenizer())
                 self.task = SortLettersTask(self.tokenizer)
-                self.trainer = Trainer(
-                    self._new_model(args), profile.grpo, s.temperature, self._reference(args, profile.grpo)
-                )
-                self.tp_mesh = None
-                if profile.parallel.tp > 1:
-                    from titan_conformance.parallel import tp_mesh
-
-                    self.tp_mesh = tp_mesh(profile.parallel.tp)
-                if profile.generator.backend == "native":
-                    self.generator = NativeGenerator(
-                        args, profile.compile, self.ledger, profile.max_num_seqs,
-                        profile.generator.max_model_len, self.device, self.dtype,
-                        profile.cudagraph.mode, profile.capture_sizes,
-                        self.tp_mesh, profile.parallel.unwrap_async and self.tp_mesh is not None,
-                    )
+                self._build(ckpt)
             with timed(self.startup, "weight_load", self.device):
-                for model in filter(None, (self.trainer.model, self.trainer.reference)):
-                    if ckpt is None:
-                        model.init_weights(profile.seed)
-                    else:
-                        load_checkpoint(model, ckpt)
-                if self.tp_mesh is not None:
-                    self._shard_trainer()
-                if profile.generator.backend == "vllm":
-                    self.generator = self._start_vllm(ckpt)
+                self._load_weights(ckpt)
+                if profile.model.warmup_steps:
+                    self._warm_up_on_task()
                 self.sync_weights()
             with timed(self.startup, "compile", self.device):
-                apply_regional_compile(self.trainer.model, profile.compile, self.ledger, "trainer")
-                if self.trainer.reference is not None:
-                    apply_regional_compile(self.trainer.reference, profile.compile, self.ledger, "reference")
+                self._compile_trainer()
                 self._warm_up()
             with timed(self.startup, "capture", self.device):
                 self.captures = self.generator.capture()
@@ -166,6 +145,51 @@ class GRPOSystem:
         except BaseException:
             self.close()
             raise
+
+    # --- what a provider built on this class overrides -----------------------------------------
+
+    def _build(self, ckpt: Path | None) -> None:
+        """Builds the trainer and (native) generator: modules, no weights yet."""
+        profile = self.profile
+        args = self._model_args(ckpt)
+        self.trainer = Trainer(self._new_model(args), profile.grpo, profile.sampling.temperature, self._reference(args, profile.grpo))
+        self.tp_mesh = None
+        if profile.parallel.tp > 1:
+            from titan_conformance.parallel import tp_mesh
+
+            self.tp_mesh = tp_mesh(profile.parallel.tp)
+        if profile.generator.backend == "native":
+            self.generator = NativeGenerator.for_qwen3(
+                args, profile.compile, self.ledger, profile.max_num_seqs,
+                profile.generator.max_model_len, self.device, self.dtype,
+                profile.cudagraph.mode, profile.capture_sizes,
+                self.tp_mesh, profile.parallel.unwrap_async and self.tp_mesh is not None,
+            )
+
+    def _load_weights(self, ckpt: Path | None) -> None:
+        """Seeded random init or the checkpoint, into the trainer (and reference); TP sharding;
+        a vLLM generator starts here, loading its weights itself."""
+        for model in filter(None, (self.trainer.model, self.trainer.reference)):
+            if ckpt is None:
+                model.init_weights(self.profile.seed)
+            else:
+                load_checkpoint(model, ckpt)
+        if self.tp_mesh is not None:
+            self._shard_trainer()
+        if self.profile.generator.backend == "vllm":
+            self.generator = self._start_vllm(ckpt)
+
+    def _compile_trainer(self) -> None:
+        apply_regional_compile(self.trainer.model, self.profile.compile, self.ledger, "trainer")
+        if self.trainer.reference is not None:
+            apply_regional_compile(self.trainer.reference, self.profile.compile, self.ledger, "reference")
+
+    def _warm_up_on_task(self) -> None:
+        """The profile's supervised warm-up; the reference (KL) model starts from its result too."""
+        warm_up(self.trainer.model, self.task, self.profile.model.warmup_steps, self.profile.seed, batch=16)
+        if self.trainer.reference is not None:
+            self.trainer.reference.load_state_dict(self.trainer.model.state_dict())
+        self.trainer.reset_optimizer()
 
     def _shard_trainer(self) -> None:
         """TP: shards the trainer's (and reference's) full weights over the mesh; the optimizer is
@@ -195,6 +219,11 @@ class GRPOSystem:
 
     def _model_args(self, ckpt: Path | None) -> ModelArgs:
         where = f"profile {self.profile.name!r}"
+        if ckpt is None and not self.profile.model.config and self.profile.torchtitan.flavor:
+            raise ConformanceError(
+                f"{where} describes torchtitan's {self.profile.torchtitan.flavor!r} flavor and no model.config: "
+                "run it with --tc-system torchtitan."
+            )
         if ckpt is None:
             args = ModelArgs.from_hf_config(self.profile.model.config, source=f"{where} model.config")
         else:
@@ -304,7 +333,7 @@ class GRPOSystem:
 
     def cudagraph_sizes(self) -> tuple[list[int], list[int]]:
         """(what the capture-size policy yields, what the generator actually captured)."""
-        return self.profile.capture_sizes, sorted(self.generator.graphs)
+        return self.profile.capture_sizes, sorted(getattr(self.generator, "graphs", {}))
 
     def probe_decode(self, batch: int, how: str):
         """One decode step's logprobs [batch, V] from a fixed state: graph, compiled or eager."""

@@ -37,6 +37,10 @@ class ModelSection:
     """HF config.json keys of the architecture, used when checkpoint = "random"."""
     dtype: str = "float32"
     """Parameter and activation dtype of trainer and generator: float32 or bfloat16."""
+    warmup_steps: int = 0
+    """Supervised steps (16 demonstrations each) on the toy task after the weights load, before the
+    run: random weights sample near-uniformly over the vocabulary, so every completion would earn
+    the same zero reward and a GRPO step would change nothing a check can see."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,16 @@ class ParallelSection:
     plain Tensors before each compiled block. Off, block 0 sees an AsyncCollectiveTensor and the
     others a Tensor: one compiled graph per type, and on torch 2.13 a backward through the
     AsyncCollectiveTensor-traced graph fails with Inductor or aot_eager."""
+
+
+@dataclass(frozen=True)
+class TorchtitanSection:
+    """The model of the torchtitan provider (`--tc-system torchtitan`); other providers ignore it."""
+
+    flavor: str = ""
+    """A Qwen3 flavor of torchtitan's model registry (`debugmodel`, `0.6B`, ...); empty: the profile
+    is not meant for the torchtitan provider. With checkpoint = "random" the weights come from
+    torchtitan's own init; a checkpoint must be an HF-layout one of this flavor's shape."""
 
 
 @dataclass(frozen=True)
@@ -193,6 +207,7 @@ class Profile:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     validation: ValidationSection = field(default_factory=ValidationSection)
     parallel: ParallelSection = field(default_factory=ParallelSection)
+    torchtitan: TorchtitanSection = field(default_factory=TorchtitanSection)
     run: RunSection = field(default_factory=RunSection)
     tolerances: Tolerances = field(default_factory=Tolerances)
     budgets: Budgets = field(default_factory=Budgets)
@@ -249,9 +264,11 @@ def _check(profile: Profile) -> None:
     s, g = profile.sampling, profile.generator
     rules = [
         (profile.model.dtype in DTYPES, "model.dtype", f"one of {DTYPES}"),
-        (profile.model.checkpoint != "random" or bool(profile.model.config), "model.config",
-         "a table of HF config keys when checkpoint = \"random\""),
+        (profile.model.checkpoint != "random" or bool(profile.model.config) or bool(profile.torchtitan.flavor),
+         "model.config", "a table of HF config keys when checkpoint = \"random\" (or set torchtitan.flavor)"),
         (profile.parallel.tp >= 1, "parallel.tp", ">= 1"),
+        (profile.model.warmup_steps >= 0, "model.warmup_steps", ">= 0"),
+        (profile.model.warmup_steps == 0 or profile.parallel.tp == 1, "model.warmup_steps", "0 when parallel.tp > 1"),
         (profile.run.steps >= 1, "run.steps", ">= 1"),
         (s.num_prompts_per_step >= 1, "sampling.num_prompts_per_step", ">= 1"),
         (s.n >= 2, "sampling.n", ">= 2 (GRPO normalizes advantages within a group)"),
@@ -288,7 +305,7 @@ def _check(profile: Profile) -> None:
         policy_capture_sizes(profile.max_num_seqs, profile.cudagraph.max_capture_size, profile.cudagraph.sizes)
     except ConformanceError as e:
         raise ConformanceError(f"Profile {profile.name!r}: {e}") from None
-    if profile.model.checkpoint == "random":
+    if profile.model.checkpoint == "random" and profile.model.config:
         heads = ModelArgs.from_hf_config(profile.model.config, source=f"profile {profile.name!r} model.config")
         check_tp(heads, profile.parallel.tp, f"profile {profile.name!r}")
 

@@ -1,0 +1,155 @@
+"""The torchtitan provider: built from torchtitan's own registry, init, apply_compile, logprob
+function, GRPO loss and capture-size policy; its checks pass, and fail on faults planted on
+torchtitan's path (generator RoPE, generator compile config, a policy without max_num_seqs)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from pathlib import Path
+
+import pytest
+import torch
+
+import faults
+from titan_conformance.checks.compile_config import compile_config_verdict
+from titan_conformance.checks.cudagraphs import capture_policy_verdict
+from titan_conformance.checks.invariance import check_prefill_decode
+from titan_conformance.checks.parity import check_logprob_parity
+from titan_conformance.checks.recompiles import check_recompile_budget
+from titan_conformance.checks.weight_sync import check_weight_sync
+from titan_conformance.errors import ConformanceError
+from titan_conformance.run import perform_run
+from titan_conformance.system.profile import load_profile
+
+torchtitan = pytest.importorskip("torchtitan", reason="the torchtitan provider needs torchtitan (make install-torchtitan)")
+
+from titan_conformance.torchtitan_system import compat  # noqa: E402
+from titan_conformance.torchtitan_system.capture_policy import torchtitan_capture_policy  # noqa: E402
+from titan_conformance.torchtitan_system.models import CacheAttention  # noqa: E402
+from titan_conformance.torchtitan_system.system import TorchtitanSystem  # noqa: E402
+
+PROFILE = Path(__file__).resolve().parent.parent / "suites" / "torchtitan-debugmodel.toml"
+
+
+def tt_profile(steps: int = 2):
+    base = load_profile(str(PROFILE))
+    return dataclasses.replace(base, run=dataclasses.replace(base.run, steps=steps))
+
+
+@pytest.fixture(scope="module")
+def tt_run():
+    prof = tt_profile()
+    system = TorchtitanSystem(prof)
+    yield perform_run(system, prof.run.steps), prof
+    system.close()
+
+
+def test_built_from_torchtitan_components(tt_run):
+    run, _ = tt_run
+    system = run.system
+    from torchtitan.models.qwen3.model import Qwen3Model, Qwen3TransformerBlock
+
+    for model in (system.trainer.model, system.generator.model):
+        assert isinstance(model, Qwen3Model)
+        for block in model.layers.values():
+            assert isinstance(block, Qwen3TransformerBlock)
+            assert block._compiled_call_impl is not None  # compiled in place by torchtitan's apply_compile
+    assert isinstance(system.generator.model.layers["0"].attention.inner_attention, CacheAttention)
+    assert type(system.trainer.loss_fn).__module__.startswith("torchtitan.experiments.rl.losses")
+    assert system.describe()["provider"] == f"torchtitan {torchtitan.__version__}"
+    # Each role compiles its own private copy of torchtitan's block forward: one graph for 8 layers.
+    counts = system.ledger.counts()
+    assert set(counts) == {"trainer.Qwen3TransformerBlock", "generator.Qwen3TransformerBlock"}, counts
+
+
+def test_checks_pass_on_torchtitan(tt_run):
+    run, prof = tt_run
+    assert check_logprob_parity(run, prof).passed
+    assert check_recompile_budget(run, prof).passed
+    assert compile_config_verdict(run.system.ledger).passed
+    assert capture_policy_verdict(run.system.cudagraph_sizes()[0], prof.max_num_seqs).passed
+    for check in (check_prefill_decode, check_weight_sync):
+        result = check(run.system, prof)
+        assert result.passed, result.message
+
+
+def test_trainer_logprobs_are_torchtitans_compute_logprobs_of_the_eager_model(tt_run):
+    run, prof = tt_run
+    system = run.system
+    tokens = torch.tensor([[1, 5, 9, 3, 12, 4, 2], [1, 7, 7, 8, 2, 0, 0]])
+    with torch.no_grad(), torch.compiler.set_stance("force_eager"):
+        logits = system.trainer.model(tokens)[:, :-1].float() / prof.sampling.temperature
+    expected = system.api.compute_logprobs(logits, tokens[:, 1:])
+    torch.testing.assert_close(system.trainer.logprobs(tokens), expected, atol=1e-5, rtol=0)
+
+
+def test_capture_sizes_are_torchtitans_policy(tt_run):
+    run, prof = tt_run
+    policy = torchtitan_capture_policy(prof.max_num_seqs)
+    assert run.system.cudagraph_sizes()[0] == policy.sizes == [1, 2, 4, 8, 16, 20]
+    assert policy.full_mode_sizes[-1] == 2048  # torchtitan's FULL mode also graphs prefill tokens
+    assert "agrees with ours" in run.system.describe()["capture_policy"]
+
+
+def test_parity_catches_a_generator_rope_mismatch(tt_run):
+    run, prof = tt_run
+    system = run.system
+    faults.scale_generator_rope_theta(system, 2.0)
+    try:
+        broken = perform_run(system, 1)
+        result = check_logprob_parity(broken, prof)
+    finally:
+        faults.scale_generator_rope_theta(system, 0.5)
+    assert not result.passed and "differ beyond tolerance" in result.message
+    assert result.metrics["max_abs"] > 1e-3
+
+
+def test_compile_config_check_catches_a_generator_compiled_differently():
+    prof = tt_profile()
+    with faults.torchtitan_generator_compiled_differently(prof) as system:
+        result = compile_config_verdict(system.ledger)
+    assert not result.passed
+    assert "generator.Qwen3TransformerBlock" in result.message and "backend 'aot_eager' vs 'inductor'" in result.message
+
+
+def test_capture_policy_check_catches_a_policy_without_max_num_seqs():
+    prof = tt_profile()
+    with faults.torchtitan_policy_without_max_num_seqs(prof) as system:
+        result = capture_policy_verdict(system.cudagraph_sizes()[0], prof.max_num_seqs)
+    assert not result.passed and "leaves out max_num_seqs = 20" in result.message
+    assert "runs every decode step without a graph" in result.message  # 20 is above [1, 2, 4, 8, 16]
+
+
+def test_a_profile_without_a_flavor_is_refused_with_what_to_do():
+    with pytest.raises(ConformanceError, match="torchtitan-debugmodel"):
+        TorchtitanSystem(load_profile("tiny-cpu"))
+
+
+def test_missing_torchtitan_names_what_to_install(monkeypatch):
+    monkeypatch.setattr(compat, "torchtitan_version", lambda: None)
+    with pytest.raises(ConformanceError, match=r"torchtitan is not installed.*pip install torchtitan==0\.3\.0"):
+        compat.load_torchtitan()
+
+
+def test_an_import_error_names_found_and_supported_versions(monkeypatch):
+    real = importlib.import_module
+
+    def failing(name, *args):
+        if name == "torchtitan.models.qwen3":
+            raise ImportError("No module named 'triton'")
+        return real(name, *args)
+
+    monkeypatch.setattr(compat.importlib, "import_module", failing)
+    with pytest.raises(ConformanceError) as e:
+        compat.load_torchtitan()
+    assert f"version {torchtitan.__version__}" in str(e.value) and "triton" in str(e.value)
+    assert "verified: 0.3.0" in str(e.value)
+
+
+def test_a_moved_api_is_named(monkeypatch):
+    import torchtitan.distributed.compile as tt_compile
+
+    monkeypatch.delattr(tt_compile, "apply_compile")
+    with pytest.raises(ConformanceError, match="has no 'apply_compile' \\(the API moved\\)"):
+        compat.load_torchtitan()

@@ -1,0 +1,133 @@
+"""Finding torchtitan and the parts of its API the provider uses, with one clear error when it can't.
+
+Whatever `import torchtitan` finds is used as is: a PyPI release, or a checkout installed with
+`pip install -e` (how a torchtitan pull request is gated). Versions are reported, not enforced; what
+is enforced is the API: every symbol below must exist where 0.3 keeps it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import sys
+import types
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from titan_conformance.errors import ConformanceError
+
+VERIFIED_VERSIONS = ("0.3.0",)
+"""torchtitan releases this provider was run against (CPU torch 2.13 in CI)."""
+SUPPORTED_API = "0.3"
+INSTALL_HINT = (
+    "Install it with `pip install torchtitan==0.3.0 triton` (torchtitan's model code imports triton "
+    "even on CPU), or `pip install -e <your torchtitan checkout>`."
+)
+
+
+@dataclass(frozen=True)
+class TorchtitanAPI:
+    """The torchtitan callables the provider builds from."""
+
+    version: str
+    location: str
+    model_registry: Callable[..., Any]
+    """torchtitan.models.qwen3.model_registry(flavor) -> ModelSpec."""
+    apply_compile: Callable[..., None]
+    """torchtitan.distributed.compile.apply_compile: regional compile, one block at a time."""
+    CompileConfig: type
+    ParallelDims: type
+    compute_logprobs: Callable[..., Any]
+    """torchtitan.components.loss.compute_logprobs(logits, labels)."""
+    GRPOLoss: type
+    """torchtitan.experiments.rl.losses.GRPOLoss."""
+    ScaledDotProductAttention: type
+    """torchtitan's causal SDPA inner attention (the trainer's on every device: see system.py)."""
+
+
+def torchtitan_version() -> str | None:
+    """The installed torchtitan's version, None when it is not installed (no import)."""
+    if importlib.util.find_spec("torchtitan") is None:
+        return None
+    try:
+        return importlib.metadata.version("torchtitan")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed as a distribution)"
+
+
+def _unsupported(found: str, detail: str) -> ConformanceError:
+    return ConformanceError(
+        f"The torchtitan provider cannot use the torchtitan found here (version {found}): {detail}. "
+        f"It supports the torchtitan {SUPPORTED_API} API (verified: {', '.join(VERIFIED_VERSIONS)}). "
+        f"{INSTALL_HINT}"
+    )
+
+
+def load_torchtitan() -> TorchtitanAPI:
+    """Imports what the provider needs; a ConformanceError names what is missing and the versions."""
+    version = torchtitan_version()
+    if version is None:
+        raise ConformanceError(f"--tc-system torchtitan: torchtitan is not installed. {INSTALL_HINT}")
+    needed = [
+        ("torchtitan.models.qwen3", "model_registry"),
+        ("torchtitan.distributed.compile", "apply_compile"),
+        ("torchtitan.config", "CompileConfig"),
+        ("torchtitan.distributed", "ParallelDims"),
+        ("torchtitan.components.loss", "compute_logprobs"),
+        ("torchtitan.models.common.attention", "ScaledDotProductAttention"),
+    ]
+    found = {}
+    for module_name, attr in needed:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise _unsupported(version, f"`import {module_name}` failed ({type(e).__name__}: {e})") from None
+        if not hasattr(module, attr):
+            raise _unsupported(version, f"{module_name} has no {attr!r} (the API moved)")
+        found[attr] = getattr(module, attr)
+    import torchtitan
+
+    return TorchtitanAPI(
+        version=version,
+        location=str(Path(torchtitan.__file__).parent),
+        GRPOLoss=_rl_losses(version).GRPOLoss,
+        **found,
+    )
+
+
+def _rl_losses(version: str) -> types.ModuleType:
+    """torchtitan.experiments.rl.losses. The rl package's __init__ imports vLLM and registers
+    torchtitan's model with it, while the losses need only torchtitan's core: the losses package is
+    loaded from its files under a placeholder parent package that is removed again afterwards."""
+    name = "torchtitan.experiments.rl.losses"
+    spec = importlib.util.find_spec("torchtitan.experiments")
+    rl_dir = Path(next(iter(spec.submodule_search_locations))) / "rl" if spec else None
+    if rl_dir is None or not (rl_dir / "losses" / "__init__.py").exists():
+        raise _unsupported(version, f"{name} is not there")
+    try:
+        with _placeholder_package("torchtitan.experiments.rl", rl_dir):
+            module = importlib.import_module(name)
+    except ImportError as e:
+        raise _unsupported(version, f"`import {name}` failed ({type(e).__name__}: {e})") from None
+    if not hasattr(module, "GRPOLoss"):
+        raise _unsupported(version, f"{name} has no 'GRPOLoss' (the API moved)")
+    return module
+
+
+@contextmanager
+def _placeholder_package(name: str, path: Path) -> Iterator[None]:
+    """Lets submodules of package `name` import without running its __init__; afterwards the
+    placeholder is gone, so a later real `import name` (with vLLM present) runs normally."""
+    if name in sys.modules:
+        yield
+        return
+    placeholder = types.ModuleType(name)
+    placeholder.__path__ = [str(path)]
+    sys.modules[name] = placeholder
+    try:
+        yield
+    finally:
+        sys.modules.pop(name, None)
