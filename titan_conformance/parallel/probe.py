@@ -8,6 +8,8 @@ it and returns one `RankResult` per rank.
 from __future__ import annotations
 
 import dataclasses
+import sys
+import traceback
 from dataclasses import dataclass, field
 
 import torch
@@ -70,6 +72,7 @@ def tp_rank_run(rank: int, world_size: int, profile, steps: int, device: str, pr
         system = GRPOSystem(profile, device=device, ledger=ledger)
     except Exception as e:  # e.g. a failing compile in warm-up: a verdict, with the ledger so far
         out.error = f"building the system failed: {type(e).__name__}: {e}".splitlines()[0]
+        _print_traceback(rank)
         return _with_ledger(out, ledger, rank)
     with system:
         out.startup = dict(system.startup)
@@ -86,7 +89,14 @@ def tp_rank_run(rank: int, world_size: int, profile, steps: int, device: str, pr
                 out.tp1_logprobs = _tp1_logprobs(system, weights, completions, profile)
         except Exception as e:  # the checks report it (a recompile-limit failure is a verdict)
             out.error = f"{type(e).__name__}: {e}".splitlines()[0]
+            _print_traceback(rank)
     return _with_ledger(out, ledger, rank)
+
+
+def _print_traceback(rank: int) -> None:
+    """The caught exception's traceback on this rank's stderr (the verdict keeps one line)."""
+    sys.stderr.write(f"--- rank {rank} caught ---\n{traceback.format_exc()}")
+    sys.stderr.flush()
 
 
 def _with_ledger(out: RankResult, ledger: CompileLedger, rank: int) -> RankResult:
