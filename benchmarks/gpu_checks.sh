@@ -3,7 +3,8 @@
 # Optional parts: STARTUP=1 (generator startup, cold then warm Inductor cache), BENCH=1 (benchmark
 # table; BENCH_SKIP=compile,capture leaves out the slow comparisons), EXACTNESS=1, TP=1 (needs 2
 # GPUs: the TP profile's suite on NCCL and the recompile measurement at the qwen3-0.6b shape),
-# SUITES=0 (skip the single-GPU tests and suites).
+# SUITES=0 (skip the single-GPU tests and suites). PART_TIMEOUT (seconds, default 420) bounds each
+# part; TP_TIMEOUT (seconds) bounds each TP configuration of the recompile measurement.
 # Logs go to $OUT and are packed into $OUT/logs.tgz; a short table is printed last.
 set -u
 OUT=${OUT:-$(mktemp -d)}
@@ -18,7 +19,7 @@ python3 -c 'import torch, sys; print("torch", torch.__version__, "python", sys.v
 run() {  # name, then the command
   local name=$1; shift
   local start=$SECONDS
-  timeout 420 "$@" > "$LOGS/$name.log" 2>&1
+  timeout "${PART_TIMEOUT:-420}" "$@" > "$LOGS/$name.log" 2>&1
   local rc=$?
   echo "$name rc=$rc $((SECONDS - start))s $(grep -E '(passed|failed|error)' "$LOGS/$name.log" | tail -1)" >> "$LOGS/summary.txt"
 }
@@ -42,7 +43,8 @@ fi
 if [ "${TP:-0}" = 1 ]; then
   suite suite-tp2 tiny-cpu-tp2 -n 1
   run tp-qwen3 python3 benchmarks/tp_recompiles.py --suite qwen3-0.6b --tp 2 --device cuda --steps 2 \
-    --configs "${TP_CONFIGS:-inductor:unwrap,inductor:no-unwrap,eager:no-unwrap}" --json "$LOGS/tp-qwen3.json"
+    --configs "${TP_CONFIGS:-inductor:unwrap,inductor:no-unwrap,eager:no-unwrap}" --json "$LOGS/tp-qwen3.json" \
+    ${TP_TIMEOUT:+--timeout "$TP_TIMEOUT"}
 fi
 if [ "${EXACTNESS:-0}" = 1 ]; then
   python3 benchmarks/graph_exactness.py > "$LOGS/exactness.txt" 2>&1

@@ -7,7 +7,11 @@ parity numbers (trainer TP vs generator TP, TP vs TP=1) and the launch timing.
 
     python benchmarks/tp_recompiles.py [--suite suites/tiny-cpu-tp2.toml] [--device cpu|cuda]
         [--steps 3] [--configs inductor:unwrap,eager:no-unwrap] [--json out.json]
-        [--tp N] [--cudagraph MODE]
+        [--tp N] [--cudagraph MODE] [--timeout SECONDS]
+
+`--timeout` bounds each configuration (a rank that hangs in a collective is killed then and the
+next configuration runs); the JSON is rewritten after every configuration, so a run cut short
+keeps what it measured.
 
 `--tp` and `--cudagraph` override the profile's, e.g. to run the qwen3-0.6b shape at TP=2.
 
@@ -37,7 +41,7 @@ from titan_conformance.system.profile import load_profile
 DEFAULT_SUITE = Path(__file__).resolve().parent.parent / "suites" / "tiny-cpu-tp2.toml"
 
 
-def measure(profile, backend: str, unwrap: bool, steps: int, device: str) -> dict:
+def measure(profile, backend: str, unwrap: bool, steps: int, device: str, timeout: float = 560.0) -> dict:
     profile = dataclasses.replace(
         profile,
         compile=dataclasses.replace(profile.compile, backend=backend, recompile_limit=64),
@@ -45,9 +49,10 @@ def measure(profile, backend: str, unwrap: bool, steps: int, device: str) -> dic
     )
     timing, start = LaunchTiming(), time.perf_counter()
     try:
-        results = run_tp(profile, steps=steps, device=device, timing=timing, timeout=560)
-    except RankError as e:
-        return {"error": str(e).splitlines()[0], "seconds": time.perf_counter() - start}
+        results = run_tp(profile, steps=steps, device=device, timing=timing, timeout=timeout)
+    except RankError as e:  # the first line names the failure; the rest holds the ranks' tracebacks
+        return {"error": str(e).splitlines()[0], "error_detail": str(e)[-6000:],
+                "seconds": time.perf_counter() - start}
     recompiles = tp_recompile_verdict(results, profile)
     out = {
         "seconds": time.perf_counter() - start,
@@ -76,6 +81,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--tp", type=int, default=None)
     ap.add_argument("--cudagraph", default=None, help="NONE, FULL or FULL_DECODE_ONLY")
+    ap.add_argument("--timeout", type=float, default=560.0, help="seconds per configuration")
     args = ap.parse_args(argv)
     profile = load_profile(args.suite)
     if args.tp is not None:
@@ -95,17 +101,17 @@ def main(argv=None) -> int:
           + ", ".join(f"{s:.2f}s" for s in spawn), flush=True)
     for config in args.configs.split(","):
         backend_name, mode = config.split(":")
-        result = measure(profile, backend_name, mode == "unwrap", args.steps, args.device)
+        result = measure(profile, backend_name, mode == "unwrap", args.steps, args.device, args.timeout)
         report[config] = result
         print(f"\n=== {config}: {result['seconds']:.1f}s", flush=True)
         for key in ("error", "errors", "compiles_per_region", "observed_max", "recommended_recompile_limit",
-                    "parity", "tp_vs_tp1_max_abs", "startup_rank0"):
+                    "parity", "tp_vs_tp1_max_abs", "startup_rank0", "launch", "error_detail"):
             if key in result:
                 print(f"{key}: {result[key]}")
         if "ledger" in result:
             print(result["ledger"])
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1, default=str))
+        if args.json:  # after every configuration: a run cut short keeps what it measured
+            Path(args.json).write_text(json.dumps(report, indent=1, default=str))
     return 0
 
 

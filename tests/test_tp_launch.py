@@ -56,3 +56,6 @@ def test_plan_matches_the_unsharded_model(tied):
     for r in run_ranks(eager_plan_probe, 2, (args,)):
         assert r["logits_max_abs"] < 1e-5 and r["weights_round_trip"]
         assert r["lm_head_shares_embedding"] == tied
+        # Dynamo's guards name a hook by its index in the plain dict's order (torch 2.11 failed
+        # building guards when `prepend=True` had reordered the OrderedDict)
+        assert r["hooks_in_dict_order"] and r["flatten_first"]

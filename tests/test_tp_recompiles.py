@@ -105,3 +105,20 @@ def test_limit_below_the_observed_count_fails_with_the_ledger(runs):
     assert "GLOBAL_STATE changed: grad_mode" in result.message
     assert "region " in result.message and "reason: first compilation" in result.message  # the ledger
     assert result.metrics["observed_max"] == {"train.TransformerBlock": 2}
+
+
+def test_a_run_that_failed_early_fails_the_tp_budget_check():
+    """A system that died in its first compile made no recompiles; that is no pass (the NCCL suite
+    reported one when a Dynamo error stopped both ranks' builds)."""
+    import dataclasses
+    from pathlib import Path
+
+    from titan_conformance.checks.tp import tp_recompile_verdict
+    from titan_conformance.parallel.probe import RankResult
+    from titan_conformance.system.profile import load_profile
+
+    profile = load_profile(str(Path(__file__).resolve().parent.parent / "suites" / "tiny-cpu-tp2.toml"))
+    failed = [RankResult(r, error="building the system failed: InternalTorchDynamoError: boom") for r in (0, 1)]
+    result = tp_recompile_verdict(failed, profile)
+    assert not result.passed and "failed before it finished" in result.message
+    assert tp_recompile_verdict([dataclasses.replace(r, error=None) for r in failed], profile).passed

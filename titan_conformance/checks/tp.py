@@ -28,11 +28,19 @@ def run_error(results) -> str | None:
 
 
 def tp_recompile_verdict(results, profile) -> CheckResult:
-    """Per region and rank: compiles <= recompile_limit and the limit never hit."""
+    """Per region and rank: compiles <= recompile_limit and the limit never hit, over a run that
+    finished (a rank's error fails it: a build that died in its first compile counts no recompiles)."""
     events = [e for r in results for e in r.events]
     hits = [h for r in results for h in r.limit_hits]
-    verdict = recompile_verdict(events, hits, profile.compile.recompile_limit, run_error(results))
-    if not verdict.passed and "_local_tensor" in (run_error(results) or ""):
+    error = run_error(results)
+    verdict = recompile_verdict(events, hits, profile.compile.recompile_limit, error)
+    if verdict.passed and error:  # counts of a run that stopped early say nothing about the budget
+        verdict.passed = False
+        verdict.message = (
+            f"the TP run failed before it finished ({error}); the recompile budget was not measured "
+            f"over the whole run (compiles so far: {verdict.metrics['compiles_per_region']})."
+        )
+    if not verdict.passed and "_local_tensor" in (error or ""):
         verdict.message = verdict.message.replace("\n", UNWRAP_BACKWARD_HINT + "\n", 1)
     return verdict
 

@@ -160,6 +160,7 @@ def smoke(rank: int, world_size: int, fail_on_rank: int | None = None) -> dict[s
     `fail_on_rank` raises there instead, leaving the other ranks waiting in the all-reduce."""
     if rank == fail_on_rank:
         raise RuntimeError(f"planted failure on rank {rank}")
-    t = torch.tensor([float(rank + 1)])
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"  # NCCL: CUDA only
+    t = torch.tensor([float(rank + 1)], device=device)
     dist.all_reduce(t)
     return {"rank": rank, "world_size": dist.get_world_size(), "backend": dist.get_backend(), "sum": float(t)}

@@ -8,6 +8,8 @@ it and returns one `RankResult` per rank.
 from __future__ import annotations
 
 import dataclasses
+import sys
+import traceback
 from dataclasses import dataclass, field
 
 import torch
@@ -70,6 +72,7 @@ def tp_rank_run(rank: int, world_size: int, profile, steps: int, device: str, pr
         system = GRPOSystem(profile, device=device, ledger=ledger)
     except Exception as e:  # e.g. a failing compile in warm-up: a verdict, with the ledger so far
         out.error = f"building the system failed: {type(e).__name__}: {e}".splitlines()[0]
+        _print_traceback(rank)
         return _with_ledger(out, ledger, rank)
     with system:
         out.startup = dict(system.startup)
@@ -86,7 +89,14 @@ def tp_rank_run(rank: int, world_size: int, profile, steps: int, device: str, pr
                 out.tp1_logprobs = _tp1_logprobs(system, weights, completions, profile)
         except Exception as e:  # the checks report it (a recompile-limit failure is a verdict)
             out.error = f"{type(e).__name__}: {e}".splitlines()[0]
+            _print_traceback(rank)
     return _with_ledger(out, ledger, rank)
+
+
+def _print_traceback(rank: int) -> None:
+    """The caught exception's traceback on this rank's stderr (the verdict keeps one line)."""
+    sys.stderr.write(f"--- rank {rank} caught ---\n{traceback.format_exc()}")
+    sys.stderr.flush()
 
 
 def _with_ledger(out: RankResult, ledger: CompileLedger, rank: int) -> RankResult:
@@ -155,10 +165,17 @@ def scenario_rank_run(rank: int, world_size: int, args, scenarios: list[Scenario
 
 def eager_plan_probe(rank: int, world_size: int, args, seed: int = 0) -> dict:
     """Per rank, eagerly: the sharded model's logits against the unsharded model's (same seeded
-    weights), whether its gathered weights are the originals, and whether a tied lm_head still
-    shares the embedding's (sharded) parameter."""
+    weights), whether its gathered weights are the originals, whether a tied lm_head still
+    shares the embedding's (sharded) parameter, and whether every module's hooks run in insertion
+    order with the flatten before the parallel style's input hook."""
     from titan_conformance.model import Qwen3Model
-    from titan_conformance.parallel.tp_plan import apply_tp, full_state_dict, tp_mesh
+    from titan_conformance.parallel.tp_plan import (
+        BLOCK_PLAN,
+        apply_tp,
+        full_state_dict,
+        hooks_in_dict_order,
+        tp_mesh,
+    )
 
     full, sharded = Qwen3Model(args), Qwen3Model(args)
     full.init_weights(seed)
@@ -174,4 +191,9 @@ def eager_plan_probe(rank: int, world_size: int, args, seed: int = 0) -> dict:
         "weights_round_trip": gathered.keys() == original.keys()
         and all(torch.equal(t, original[n]) for n, t in gathered.items()),
         "lm_head_shares_embedding": sharded.lm_head.weight is sharded.embed_tokens.weight,
+        "hooks_in_dict_order": all(hooks_in_dict_order(m) for m in sharded.modules()),
+        "flatten_first": all(
+            next(iter(b.get_submodule(n)._forward_pre_hooks.values())).__name__ == "_flatten"
+            for b in sharded.layers for n in BLOCK_PLAN
+        ),
     }

@@ -77,9 +77,12 @@ def apply_tp(model: Qwen3Model, mesh: DeviceMesh) -> Qwen3Model:
     if args.tie_word_embeddings:  # both shard the vocabulary (dim 0) over the mesh: one parameter
         model.lm_head.weight = model.embed_tokens.weight
     for block in model.layers:
+        linears = [block.get_submodule(name) for name in BLOCK_PLAN]
+        for linear in linears:  # before the parallel style's hooks: the flatten runs first
+            flatten_input(linear)
         parallelize_module(block, mesh, BLOCK_PLAN)
-        for name in BLOCK_PLAN:
-            flatten_around_dtensor(block.get_submodule(name))
+        for linear in linears:  # after them: the unflatten runs last
+            unflatten_output(linear)
         for norm in (block.self_attn.q_norm, block.self_attn.k_norm):
             if norm.weight.requires_grad:  # a frozen model (generator, reference) has no gradients
                 norm.weight.register_hook(functools.partial(_sum_over_ranks, mesh.get_group()))
@@ -103,19 +106,42 @@ def _unflatten(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tenso
     return out.view(*module._tc_leading_shape, out.shape[-1])
 
 
-def flatten_around_dtensor(linear: nn.Module) -> None:
-    """Feeds the parallel style a 2-D [tokens, features] input and restores [B, S, features] after
-    it, so DTensor only ever sees 2-D activations.
+def flatten_input(linear: nn.Module) -> None:
+    """Feeds the parallel style a 2-D [tokens, features] input; `unflatten_output` restores
+    [B, S, features] after it, so DTensor only ever sees 2-D activations. Register this BEFORE
+    `parallelize_module` and `unflatten_output` after it: hook order is registration order.
 
-    Why: with dynamic batch AND sequence dims, AOTAutograd's backward trace of a DTensor linear
+    Why 2-D: with dynamic batch AND sequence dims, AOTAutograd's backward trace of a DTensor linear
     on a 3-D input (its [B, S, D] -> [B*S, D] view) recurses without end (RecursionError in
     proxy_tensor's `_compute_proxy`; torch 2.13 CPU; seen with aot_eager, and Inductor shares that
-    AOTAutograd trace). The 2-D form
-    compiles fwd+bwd once for every (B, S). The leading shape rides on the module between the two
-    hooks; Dynamo traces that as an ordinary attribute write within the compiled block.
+    AOTAutograd trace). The 2-D form compiles fwd+bwd once for every (B, S). The leading shape
+    rides on the module between the two hooks; Dynamo traces that as an ordinary attribute write
+    within the compiled block.
+
+    Why not `register_forward_pre_hook(..., prepend=True)` after parallelizing: prepend reorders
+    the hooks OrderedDict with `move_to_end`, which leaves the plain dict's insertion order behind.
+    Dynamo names a traced hook `hooks[list(dict.keys(hooks))[i]]` with i its position in the
+    OrderedDict's order, so that guard resolves to the other hook; on torch 2.11 (CUDA) building
+    the block's guards then failed: `InternalTorchDynamoError: TypeError: 'NoneType' object is not
+    subscriptable` for `..._forward_pre_hooks[list(dict.keys(...))[1]].__closure__[0].cell_contents`
+    (the style's lambda is hook 1 in the OrderedDict, our closure-less `_flatten` in the dict).
     """
-    linear.register_forward_pre_hook(_flatten, prepend=True)
+    linear.register_forward_pre_hook(_flatten)
+
+
+def unflatten_output(linear: nn.Module) -> None:
+    """Restores the [B, S] leading shape that `flatten_input` took off (register after
+    `parallelize_module`, so it runs after the style's output hook)."""
     linear.register_forward_hook(_unflatten)
+
+
+def hooks_in_dict_order(module: nn.Module) -> bool:
+    """Whether `module`'s hook dicts iterate in insertion order (no `prepend`): the order Dynamo's
+    guards assume (see `flatten_input`)."""
+    return all(
+        list(dict.keys(hooks)) == list(hooks.keys())
+        for hooks in (module._forward_pre_hooks, module._forward_hooks)
+    )
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
