@@ -59,3 +59,17 @@ def test_plan_matches_the_unsharded_model(tied):
         # Dynamo's guards name a hook by its index in the plain dict's order (torch 2.11 failed
         # building guards when `prepend=True` had reordered the OrderedDict)
         assert r["hooks_in_dict_order"] and r["flatten_first"]
+
+
+def test_adamw_foreach_takes_sharded_and_plain_parameters():
+    """CUDA's default AdamW (foreach) over a TP model: DTensor and plain parameters in one foreach
+    list raised `_foreach_lerp_ got mixed torch.Tensor and DTensor` on NCCL; forced here on gloo.
+    Separate param groups give the per-tensor loop's update."""
+    from titan_conformance.model import ModelArgs
+    from titan_conformance.parallel.probe import optimizer_step_probe
+
+    args = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32, hidden_dim=128,
+                     vocab_size=16, tie_word_embeddings=True)
+    for r in run_ranks(optimizer_step_probe, 2, (args,)):
+        assert r["foreach_error"] is None
+        assert r["groups"] == 2 and r["max_abs"] < 1e-6

@@ -197,3 +197,37 @@ def eager_plan_probe(rank: int, world_size: int, args, seed: int = 0) -> dict:
             for b in sharded.layers for n in BLOCK_PLAN
         ),
     }
+
+
+def optimizer_step_probe(rank: int, world_size: int, args, seed: int = 0) -> dict:
+    """Per rank: one trainer-like step (fwd+bwd, clip, AdamW) of a sharded model, once with
+    AdamW's foreach kernels (torch's default on CUDA) and once with the per-tensor loop (its
+    default on CPU). Returns the foreach run's error, if any, and the largest difference of the
+    updated full weights between the two."""
+    from titan_conformance.model import Qwen3Model
+    from titan_conformance.parallel.grads import clip_grad_norm_
+    from titan_conformance.parallel.tp_plan import apply_tp, full_state_dict, tp_mesh
+    from titan_conformance.trainer.grpo import GRPOConfig
+    from titan_conformance.trainer.trainer import Trainer
+
+    mesh = tp_mesh(world_size)
+    tokens = torch.randint(0, args.vocab_size, (3, 7), generator=torch.Generator().manual_seed(seed))
+    updated, error = {}, None
+    for foreach in (True, False):
+        model = Qwen3Model(args)
+        model.init_weights(seed)
+        apply_tp(model, mesh)
+        trainer = Trainer(model, GRPOConfig(lr=1e-2, weight_decay=0.1), 1.0)
+        trainer.reset_optimizer(foreach=foreach)
+        model(tokens).float().pow(2).mean().backward()
+        clip_grad_norm_(model.parameters(), 1.0)
+        try:
+            trainer.optimizer.step()
+        except RuntimeError as e:
+            error = f"{type(e).__name__}: {e}".splitlines()[0]
+        updated[foreach] = full_state_dict(model)
+    return {
+        "foreach_error": error,
+        "groups": len(trainer.optimizer.param_groups),
+        "max_abs": max(float((updated[True][n] - t).abs().max()) for n, t in updated[False].items()),
+    }

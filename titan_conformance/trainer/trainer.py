@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from titan_conformance.model.qwen3 import Qwen3Model
 from titan_conformance.parallel.grads import clip_grad_norm_
@@ -33,10 +34,21 @@ class Trainer:
         self.reference = reference
         self.reset_optimizer()
 
-    def reset_optimizer(self) -> None:
-        """A fresh AdamW over the model's current parameters (after a TP plan replaced them)."""
+    def reset_optimizer(self, foreach: bool | None = None) -> None:
+        """A fresh AdamW over the model's current parameters (after a TP plan replaced them).
+
+        Under TP the DTensor (sharded) and plain (replicated norm) parameters form two param
+        groups: AdamW's foreach kernels, torch's default for CUDA parameters, take one list per
+        group and refuse a list that mixes both (`aten._foreach_lerp_.Scalar: got mixed
+        torch.Tensor and DTensor`; NCCL, torch 2.11). On CPU torch defaults to the per-tensor
+        loop, which is why gloo runs never hit it. `foreach`: AdamW's option (None: torch's default).
+        """
+        params = list(self.model.parameters())
+        sharded = [p for p in params if isinstance(p, DTensor)]
+        plain = [p for p in params if not isinstance(p, DTensor)]
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay, betas=(0.9, 0.99)
+            [{"params": group} for group in (sharded, plain) if group],
+            lr=self.config.lr, weight_decay=self.config.weight_decay, betas=(0.9, 0.99), foreach=foreach,
         )
 
     def logprobs(self, tokens: torch.Tensor) -> torch.Tensor:
