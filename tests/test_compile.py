@@ -63,3 +63,17 @@ def test_generator_decode_compiles_once_for_generate_and_graph_inputs():
         static = (torch.zeros(4, 1, dtype=torch.long), torch.full((4, 1), 5), torch.zeros(4, 16))
         gen.decode_step(*static, *sampling_tensors(1.0, torch.device("cpu")))
     assert ledger.counts() == {"generator.TransformerBlock": 2}, ledger.format()  # prefill, decode
+
+
+def test_compile_config_check_catches_an_eagerly_run_generator():
+    from titan_conformance.checks.compile_config import compile_config_verdict
+
+    ledger = CompileLedger()
+    apply_regional_compile(Qwen3Model(ARGS), CompileConfig(), ledger, role="trainer")
+    apply_regional_compile(Qwen3Model(ARGS), CompileConfig(enable=False), ledger, role="generator")
+    verdict = compile_config_verdict(ledger)
+    assert not verdict.passed and "enable False vs True" in verdict.message
+    ledger = CompileLedger()
+    for role in ("trainer", "generator"):
+        apply_regional_compile(Qwen3Model(ARGS), CompileConfig(), ledger, role=role)
+    assert compile_config_verdict(ledger).passed

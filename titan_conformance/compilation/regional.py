@@ -51,9 +51,10 @@ def apply_regional_compile(
 ) -> str | None:
     """Compiles every block of `model` in place; returns the region name (None when disabled)."""
     if not config.enable:
+        ledger.record_uncompiled(f"{role}.TransformerBlock")
         return None
     torch._dynamo.config.recompile_limit = config.recompile_limit
-    settings = {"backend": config.backend, "fullgraph": config.fullgraph, "dynamic": config.dynamic}
+    settings = {"enable": True, "backend": config.backend, "fullgraph": config.fullgraph, "dynamic": config.dynamic}
     region, name = private_region(ledger, role, "TransformerBlock", settings)
     forward = _private_function(TransformerBlock.forward, name)
     backend = ledger.backend(region, config.backend)

@@ -20,7 +20,8 @@ from typing import Any, Callable, Iterator
 from titan_conformance.errors import ConformanceError
 
 VERIFIED_VERSIONS = ("0.3.0",)
-"""torchtitan releases this provider was run against (CPU torch 2.13 in CI)."""
+"""torchtitan releases this provider was run against."""
+VERIFIED_TORCH = "2.13.0"
 SUPPORTED_API = "0.3"
 INSTALL_HINT = (
     "Install it with `pip install torchtitan==0.3.0 triton` (torchtitan's model code imports triton "
@@ -59,10 +60,13 @@ def torchtitan_version() -> str | None:
 
 
 def _unsupported(found: str, detail: str) -> ConformanceError:
+    import torch
+
     return ConformanceError(
-        f"The torchtitan provider cannot use the torchtitan found here (version {found}): {detail}. "
-        f"It supports the torchtitan {SUPPORTED_API} API (verified: {', '.join(VERIFIED_VERSIONS)}). "
-        f"{INSTALL_HINT}"
+        f"The torchtitan provider cannot use the torchtitan found here (version {found}, with torch "
+        f"{torch.__version__}): {detail}. It supports the torchtitan {SUPPORTED_API} API (verified: "
+        f"{', '.join(VERIFIED_VERSIONS)} with torch {VERIFIED_TORCH}; torchtitan tracks recent torch, and "
+        f"0.3.0 does not import on torch 2.11). {INSTALL_HINT}"
     )
 
 

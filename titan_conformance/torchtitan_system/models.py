@@ -123,11 +123,12 @@ def use_kv_cache(model: nn.Module, rows: int, max_len: int, dtype: torch.dtype, 
 def compile_blocks(api: TorchtitanAPI, model: nn.Module, config: CompileConfig, ledger: CompileLedger, role: str) -> str | None:
     """torchtitan's `apply_compile` over the model, each role with its own code object and budget
     (see compilation.regional) and a counting backend; returns the region (None: compile off)."""
-    if not config.enable:
-        return None
     blocks = list(model.layers.values())
+    if not config.enable:
+        ledger.record_uncompiled(f"{role}.{type(blocks[0]).__name__}")
+        return None
     # apply_compile always compiles with fullgraph=True and leaves `dynamic` at torch.compile's default.
-    settings = {"backend": config.backend, "fullgraph": True, "dynamic": None}
+    settings = {"enable": True, "backend": config.backend, "fullgraph": True, "dynamic": None}
     region, name = private_region(ledger, role, type(blocks[0]).__name__, settings)
     make_forward_private(blocks, name)
     torch._dynamo.config.recompile_limit = config.recompile_limit

@@ -24,6 +24,7 @@ from titan_conformance.torchtitan_system.models import (
     build_model, compile_blocks, flavor_spec, load_hf_checkpoint, use_kv_cache,
 )
 from titan_conformance.torchtitan_system.trainer import TorchtitanTrainer
+from titan_conformance.torchtitan_system.vllm_path import CUDA_ONLY, vllm_registration_status
 
 DEFAULT_SUITE = "torchtitan-debugmodel"
 """The suite `--tc-system torchtitan` runs when no --tc-suite is given."""
@@ -38,13 +39,17 @@ class TorchtitanSystem(GRPOSystem):
             (not p.torchtitan.flavor, f"it sets no torchtitan.flavor; run --tc-suite {DEFAULT_SUITE} or add "
              "[torchtitan] flavor = \"debugmodel\" (or another Qwen3 flavor)"),
             (p.parallel.tp > 1, "parallel.tp > 1 is not built by the torchtitan provider in this version"),
-            (p.generator.backend != "native", "the torchtitan provider runs the native generator only "
-             "(torchtitan's own vLLM path needs CUDA vLLM; see the README)"),
             (p.grpo.kl_coef > 0, "torchtitan's GRPOLoss has no KL term; set grpo.kl_coef = 0"),
         ]
         for bad, why in problems:
             if bad:
                 raise ConformanceError(f"{where} cannot run on the torchtitan provider: {why}.")
+        if p.generator.backend != "native":
+            raise ConformanceError(
+                f"{where} asks for the {p.generator.backend} generator; the torchtitan provider runs the native "
+                f"generator over torchtitan's model. {CUDA_ONLY}, and this version does not drive it; here, "
+                f"{vllm_registration_status(p.torchtitan.flavor)}. Use --tc-generator native."
+            )
 
     def _build(self, ckpt: Path | None) -> None:
         self._check_profile()
