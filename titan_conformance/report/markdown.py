@@ -44,6 +44,7 @@ def _environment(env: dict[str, Any]) -> str:
         ("driver", env.get("driver")), ("vLLM", env.get("vllm")),
         ("backend", ", ".join(f"{k}={v}" for k, v in backend.items() if v)),
         ("titan_conformance", env.get("titan_conformance")),
+        *(env.get("system_details") or {}).items(),
     ]
     return "\n".join(f"| {k} | {cell(v if v not in (None, '') else '-')} |" for k, v in rows)
 

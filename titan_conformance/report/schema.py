@@ -5,7 +5,8 @@ A report is a JSON object:
 - `schema` ("titan_conformance.report"), `schema_version` (int), `created` (ISO 8601, UTC);
 - `partial` (bool) and `partial_reason`: true when the run was interrupted or did not run every
   collected test; `exitstatus` (pytest's);
-- `environment`: versions (python, torch, CUDA, driver, vLLM), GPU name, profile, device, backends;
+- `environment`: versions (python, torch, CUDA, driver, vLLM), GPU name, profile, device, backends,
+  `system_details` (what the provider says about itself, e.g. torchtitan's version and capture policy);
 - `workers`: worker id -> {`status`: finished | crashed | interrupted | running, `error`};
 - `summary`: counts of test outcomes;
 - `tests`: one record per test: `nodeid`, `property`, `outcome`, `duration_s`, `worker`,
