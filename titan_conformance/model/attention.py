@@ -88,17 +88,15 @@ class KVCacheAttention(nn.Module):
         """One query token per row against the whole cache row, grouped by KV head: q [B, 1, H, D],
         keys/values [B, L, KV, D], visible [B, 1, L] -> [B, 1, H, D].
 
-        Decode reads every cached key and value once per step, so this is memory-bound: the
-        query heads of a group share their KV head here instead of expanding K/V to H heads (which
-        would copy the whole cache every layer). Scores and softmax are fp32 whatever the cache
-        dtype, as in fused attention kernels; Inductor turns the products and sums into reductions.
+        Decode reads every cached key and value once per step, so this is memory-bound. The query
+        heads of a KV head's group become that head's query rows (head h = kv * rep + r, as in
+        `_expand_kv`), so one fused SDPA call reads each cached key and value once, instead of
+        expanding K/V to every query head (a copy of the whole cache every layer).
         """
         bsz, _, n_heads, head_dim = q.shape
         n_kv = keys.shape[2]
-        qg = q.view(bsz, n_kv, n_heads // n_kv, 1, head_dim).float()  # [B, KV, rep, 1, D]
-        k = keys.transpose(1, 2).unsqueeze(2)  # [B, KV, 1, L, D]
-        scores = (qg * k.float()).sum(-1) * (head_dim**-0.5 if scale is None else scale)  # [B, KV, rep, L]
-        scores = scores.masked_fill(~visible.view(bsz, 1, 1, -1), float("-inf"))
-        probs = scores.softmax(-1).unsqueeze(-1)  # [B, KV, rep, L, 1]
-        out = (probs * values.transpose(1, 2).unsqueeze(2).float()).sum(-2)  # [B, KV, rep, D]
-        return out.to(q.dtype).view(bsz, 1, n_heads, head_dim)
+        grouped = q.reshape(bsz, n_kv, n_heads // n_kv, head_dim)  # [B, KV, rep, D]
+        out = F.scaled_dot_product_attention(
+            grouped, keys.transpose(1, 2), values.transpose(1, 2), attn_mask=visible.view(bsz, 1, 1, -1), scale=scale
+        )
+        return out.reshape(bsz, 1, n_heads, head_dim)
