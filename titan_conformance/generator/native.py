@@ -58,10 +58,11 @@ class CaptureReport:
     memory_bytes: dict[int, int] = field(default_factory=dict)
 
 
-def cache_rows(max_num_seqs: int, capture_sizes: list[int]) -> int:
+def cache_rows(max_num_seqs: int, cudagraph_mode: str, capture_sizes: list[int] | None, device) -> int:
     """KV-cache rows a generator needs: padded rows of a captured batch need rows of their own,
-    never a real row's."""
-    return max([max_num_seqs, *capture_sizes])
+    never a real row's (no graphs are captured off CUDA or in mode NONE)."""
+    captured = capture_sizes if effective_mode(cudagraph_mode, device) != "NONE" else None
+    return max([max_num_seqs, *(captured or [])])
 
 
 class NativeGenerator:
@@ -108,8 +109,7 @@ class NativeGenerator:
         """Our Qwen3 with a static KV cache, regionally compiled under the role `generator`.
         `tp_mesh`: shard the model over this 1-D DeviceMesh (each rank caches its own KV heads);
         `unwrap_async`: resolve AsyncCollectiveTensor block inputs before each compiled block."""
-        sizes = capture_sizes if effective_mode(cudagraph_mode, device) != "NONE" else []
-        rows = cache_rows(max_num_seqs, sizes or [])
+        rows = cache_rows(max_num_seqs, cudagraph_mode, capture_sizes, device)
         with torch.device(device):
             model = Qwen3Model(args).to(dtype)
         model.requires_grad_(False).eval()
@@ -125,7 +125,7 @@ class NativeGenerator:
             from titan_conformance.parallel import unwrap_async_inputs
 
             unwrap_async_inputs(model)
-        gen = cls(model, args.vocab_size, max_num_seqs, max_model_len, device, cudagraph_mode, sizes)
+        gen = cls(model, args.vocab_size, max_num_seqs, max_model_len, device, cudagraph_mode, capture_sizes)
         gen.region = apply_regional_compile(model, compile_config, ledger, role="generator")
         return gen
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from titan_conformance.errors import ConformanceError
-from titan_conformance.generator.capture_sizes import effective_mode
 from titan_conformance.generator.native import NativeGenerator, cache_rows
 from titan_conformance.system.grpo_system import GRPOSystem
 from titan_conformance.system.profile import Profile
@@ -62,15 +61,14 @@ class TorchtitanSystem(GRPOSystem):
         trainer_model = build_model(self.spec, self.device, self.dtype, p.seed)
         self.trainer = TorchtitanTrainer(trainer_model, self.api, p.grpo, p.sampling.temperature)
         self._policy_sizes = self._capture_sizes()
-        sizes = self._policy_sizes if effective_mode(p.cudagraph.mode, self.device) != "NONE" else []
-        rows = cache_rows(p.max_num_seqs, sizes)
+        rows = cache_rows(p.max_num_seqs, p.cudagraph.mode, self._policy_sizes, self.device)
         gen_model = build_model(self.spec, self.device, self.dtype, p.seed)
         gen_model.requires_grad_(False).eval()
         use_kv_cache(gen_model, rows, p.generator.max_model_len, self.dtype, self.device)
         compile_blocks(self.api, gen_model, p.compile, self.ledger, "generator")
         self.generator = NativeGenerator(
             gen_model, self.spec.model.vocab_size, p.max_num_seqs, p.generator.max_model_len, self.device,
-            p.cudagraph.mode, sizes,
+            p.cudagraph.mode, self._policy_sizes,
             forward=lambda tokens, positions: gen_model(tokens, positions=positions, attention_masks=positions),
         )
 
