@@ -16,9 +16,9 @@ import logging
 import math
 import typing
 from dataclasses import dataclass
-from pathlib import Path
 
 from titan_conformance.generator.capture_sizes import policy_capture_sizes
+from titan_conformance.torchtitan_system.compat import experiments_rl_dir
 
 POLICY_MODULE = "torchtitan.experiments.rl.actors.generator"
 POLICY_CLASS = "VLLMCudagraphConfig"
@@ -64,8 +64,10 @@ def _policy_class() -> tuple[type, str]:
             return getattr(importlib.import_module(POLICY_MODULE), POLICY_CLASS), f"{POLICY_MODULE}.{POLICY_CLASS} (imported)"
         except ImportError:
             pass
-    spec = importlib.util.find_spec("torchtitan.experiments")
-    path = Path(next(iter(spec.submodule_search_locations))) / "rl" / "actors" / "generator.py"
+    rl_dir = experiments_rl_dir()
+    if rl_dir is None:
+        raise LookupError("torchtitan has no experiments package")
+    path = rl_dir / "actors" / "generator.py"
     tree = ast.parse(path.read_text(), str(path))
     wanted = [
         node for node in tree.body

@@ -102,13 +102,19 @@ def load_torchtitan() -> TorchtitanAPI:
     )
 
 
+def experiments_rl_dir() -> Path | None:
+    """The folder of torchtitan's `experiments/rl`, found without importing the rl package (whose
+    __init__ needs vLLM)."""
+    spec = importlib.util.find_spec("torchtitan.experiments")
+    return Path(next(iter(spec.submodule_search_locations))) / "rl" if spec else None
+
+
 def _rl_losses(version: str) -> types.ModuleType:
     """torchtitan.experiments.rl.losses. The rl package's __init__ imports vLLM and registers
     torchtitan's model with it, while the losses need only torchtitan's core: the losses package is
     loaded from its files under a placeholder parent package that is removed again afterwards."""
     name = "torchtitan.experiments.rl.losses"
-    spec = importlib.util.find_spec("torchtitan.experiments")
-    rl_dir = Path(next(iter(spec.submodule_search_locations))) / "rl" if spec else None
+    rl_dir = experiments_rl_dir()
     if rl_dir is None or not (rl_dir / "losses" / "__init__.py").exists():
         raise _unsupported(version, f"{name} is not there")
     try:

@@ -7,6 +7,7 @@ import torch
 from titan_conformance.parallel.grads import clip_grad_norm_
 from titan_conformance.torchtitan_system.compat import TorchtitanAPI
 from titan_conformance.trainer import GRPOConfig, RolloutBatch, Trainer
+from titan_conformance.trainer.logprobs import tempered
 from titan_conformance.trainer.trainer import TrainStepResult
 
 
@@ -21,8 +22,7 @@ class TorchtitanTrainer(Trainer):
         self.loss_fn = api.GRPOLoss.Config(clip_eps=config.clip_eps).build()
 
     def _scaled_logits(self, tokens: torch.Tensor) -> torch.Tensor:
-        logits = self.model(tokens)[:, :-1].float()
-        return logits / (self.temperature if self.temperature > 0 else 1.0)
+        return tempered(self.model(tokens)[:, :-1], self.temperature)
 
     def logprobs(self, tokens: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -7,11 +7,15 @@ import torch
 from titan_conformance.model.qwen3 import Qwen3Model
 
 
+def tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """fp32 logits / temperature: the distribution the generator samples from. temperature 0 means
+    1 (greedy sampling reports the untempered distribution)."""
+    return logits.float() / (temperature if temperature > 0 else 1.0)
+
+
 def logprobs_from_logits(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log p(target) under softmax(logits / temperature), in fp32. temperature 0 means 1 (greedy
-    sampling reports the untempered distribution)."""
-    scaled = logits.float() / (temperature if temperature > 0 else 1.0)
-    return torch.log_softmax(scaled, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    """log p(target) under softmax(logits / temperature), in fp32."""
+    return torch.log_softmax(tempered(logits, temperature), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
 def token_logprobs(model: Qwen3Model, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
