@@ -17,6 +17,7 @@ import pytest
 
 from titan_conformance.errors import ConformanceError
 from titan_conformance.report.session import ReportSession, progress, record_check
+from titan_conformance.torchtitan_system import DEFAULT_SUITE as TORCHTITAN_DEFAULT_SUITE
 from titan_conformance.vllm_support import INSTALL_HINT, vllm_version
 
 GENERATORS = ("native", "vllm", "auto")
@@ -89,7 +90,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 _BACKEND = pytest.StashKey[str]()
-DEFAULT_SUITES = {"torchtitan": "torchtitan-debugmodel"}
+DEFAULT_SUITES = {"torchtitan": TORCHTITAN_DEFAULT_SUITE}
 """The suite a system runs when --tc-suite is not given (others: tiny-cpu)."""
 NATIVE_ONLY_SYSTEMS = {"torchtitan"}
 """Systems without a vLLM backend: `--tc-generator auto` keeps their profile's generator."""

@@ -17,6 +17,7 @@ from titan_conformance.generator.native import NativeGenerator, cache_rows
 from titan_conformance.system.grpo_system import GRPOSystem
 from titan_conformance.system.profile import Profile
 from titan_conformance.task.sort_letters import VOCAB_SIZE
+from titan_conformance.torchtitan_system import DEFAULT_SUITE
 from titan_conformance.torchtitan_system.capture_policy import torchtitan_capture_policy
 from titan_conformance.torchtitan_system.compat import load_torchtitan
 from titan_conformance.torchtitan_system.models import (
@@ -24,10 +25,6 @@ from titan_conformance.torchtitan_system.models import (
 )
 from titan_conformance.torchtitan_system.trainer import TorchtitanTrainer
 from titan_conformance.torchtitan_system.vllm_path import CUDA_ONLY, vllm_registration_status
-
-DEFAULT_SUITE = "torchtitan-debugmodel"
-"""The suite `--tc-system torchtitan` runs when no --tc-suite is given."""
-
 
 class TorchtitanSystem(GRPOSystem):
     name = "torchtitan"
