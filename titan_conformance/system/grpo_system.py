@@ -189,7 +189,6 @@ class GRPOSystem:
         warm_up(self.trainer.model, self.task, self.profile.model.warmup_steps, self.profile.seed, batch=16)
         if self.trainer.reference is not None:
             self.trainer.reference.load_state_dict(self.trainer.model.state_dict())
-        self.trainer.reset_optimizer()
 
     def _shard_trainer(self) -> None:
         """TP: shards the trainer's (and reference's) full weights over the mesh; the optimizer is
