@@ -79,3 +79,24 @@ def test_grouped_decode_attention_matches_sdpa_over_expanded_heads(dtype):
     torch.testing.assert_close(out.double(), expected, atol=tol, rtol=tol)
     # Row 0 sees slot 0 only: its output is exactly that slot's value.
     torch.testing.assert_close(out[0, 0].double(), _expand_kv(values[:1, :1].transpose(1, 2), 2)[0, :, 0].double())
+
+
+def test_fused_projections_match_reference_and_follow_weight_writes():
+    """The generator's stacked q/k/v and gate/up weights: same logits as the independent reference
+    (float64, exactly as the unfused model), and the per-projection parameters stay views of the
+    stacks, so a weight sync by name reaches the GEMM that the blocks run."""
+    path = fixture_path("tiny-qwen3")
+    tensors, cfg = load_file(str(path / "model.safetensors")), json.loads((path / "config.json").read_text())
+    model = Qwen3Model(read_model_args(path)).to(torch.float64)
+    model.fuse_projections()
+    load_checkpoint(model, path)
+    attn, mlp = model.layers[0].self_attn, model.layers[0].mlp
+    assert attn.q_proj.weight.untyped_storage().data_ptr() == attn.qkv_weight.untyped_storage().data_ptr()
+    assert mlp.up_proj.weight.untyped_storage().data_ptr() == mlp.gate_up_weight.untyped_storage().data_ptr()
+    assert "layers.0.self_attn.qkv_weight" not in model.state_dict()  # checkpoint layout unchanged
+    expected = reference_logits(tensors, cfg, TOKENS)
+    torch.testing.assert_close(model(torch.tensor([TOKENS]))[0], expected, rtol=0, atol=1e-10)
+    with torch.no_grad():
+        attn.v_proj.weight.zero_()  # as a weight sync writes: in place, by name
+    assert attn.qkv_weight[-attn.v_proj.out_features :].abs().max() == 0
+    assert (model(torch.tensor([TOKENS]))[0] - expected).abs().max() > 1e-3

@@ -113,6 +113,8 @@ class NativeGenerator:
         with torch.device(device):
             model = Qwen3Model(args).to(dtype)
         model.requires_grad_(False).eval()
+        if tp_mesh is None:
+            model.fuse_projections()
         kv_heads = args.n_kv_heads // (tp_mesh.size() if tp_mesh is not None else 1)
         model.set_inner_attention(
             lambda _: KVCacheAttention(rows, max_model_len, kv_heads, args.head_dim, dtype, device)
@@ -190,26 +192,28 @@ class NativeGenerator:
         report.sizes = sorted(self.graphs)
         return report
 
-    def run_decode(self, tokens, positions, noise, divisor, noise_scale, use_graph: bool = True):
+    def run_decode(
+        self, tokens, positions, noise, divisor, noise_scale, use_graph: bool = True, all_logprobs: bool = False
+    ):
         """One decode step for a batch of B rows: graph replay at the padded size when one was
-        captured for it, else the step itself. Returns the B real rows."""
+        captured for it, else the step itself. Returns the B real rows: (tokens, their logprobs,
+        all logprobs [B, V] when `all_logprobs`, else None)."""
         bsz = tokens.shape[0]
         size = padded_size(bsz, self.capture_sizes) if use_graph and self.graphs else None
         if size is None:
-            return self.decode_step(tokens, positions, noise, divisor, noise_scale)
+            out = self.decode_step(tokens, positions, noise, divisor, noise_scale)
+            return out if all_logprobs else (*out[:2], None)
         g = self.graphs[size]
-        s_tokens, s_positions, s_noise, s_divisor, s_scale = g.inputs
-        s_tokens.zero_()
-        s_positions.zero_()
-        s_noise.zero_()
-        s_tokens[:bsz].copy_(tokens)
-        s_positions[:bsz].copy_(positions)
-        s_noise[:bsz].copy_(noise)
-        s_divisor.copy_(divisor)
-        s_scale.copy_(noise_scale)
+        for static, value in zip(g.inputs, (tokens, positions, noise)):
+            static[:bsz].copy_(value)
+            static[bsz:].zero_()  # padding rows: deterministic, and never read by a real row
+        for static, value in zip(g.inputs[3:], (divisor, noise_scale)):
+            static.copy_(value)
         g.graph.replay()
-        # The outputs are the graph's static buffers, overwritten by the next replay: copy them out.
-        return tuple(out[:bsz].clone() for out in g.outputs)
+        # The outputs are the graph's static buffers, overwritten by the next replay: copy them out
+        # (all logprobs, [B, V] fp32, only on request: a decode loop has no use for them).
+        tokens_out, logp, all_logp = g.outputs
+        return tokens_out[:bsz].clone(), logp[:bsz].clone(), all_logp[:bsz].clone() if all_logprobs else None
 
     # --- generation --------------------------------------------------------------------------
 
@@ -312,4 +316,4 @@ class NativeGenerator:
             for buffer, value in zip(static, args):
                 buffer.copy_(value)
             return self.decode_step(*static)[2].float().cpu()
-        return self.run_decode(*args, use_graph=how == "graph")[2].float().cpu()
+        return self.run_decode(*args, use_graph=how == "graph", all_logprobs=True)[2].float().cpu()

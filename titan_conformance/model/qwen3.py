@@ -46,6 +46,17 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def fuse_linears(owner: nn.Module, linears: list[nn.Linear], name: str) -> None:
+    """Stacks the weights of `linears` (which all read the same input) into one buffer `name` of
+    `owner`, and makes each linear's weight a view of its rows: one GEMM instead of several, while
+    the named parameters (checkpoint layout, weight sync) still read and write the same values.
+    For inference copies only: the views are not trainable."""
+    fused = torch.cat([lin.weight.detach() for lin in linears])
+    for lin, rows in zip(linears, fused.split([lin.out_features for lin in linears])):
+        lin.weight = nn.Parameter(rows, requires_grad=False)
+    owner.register_buffer(name, fused, persistent=False)
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x: [B, S, H, D]; cos/sin: [B, S, D]."""
     cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
@@ -63,14 +74,24 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(args.head_dim, args.norm_eps)
         self.k_norm = RMSNorm(args.head_dim, args.norm_eps)
         self.inner_attention: nn.Module = CausalAttention()
+        # [q; k; v] weights stacked, once `fuse_projections` ran (the generator's copy).
+        self.register_buffer("qkv_weight", None, persistent=False)
+
+    def fuse_projections(self) -> None:
+        fuse_linears(self, [self.q_proj, self.k_proj, self.v_proj], "qkv_weight")
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor
     ) -> torch.Tensor:
         bsz, seqlen, _ = x.shape
-        q = self.q_norm(self.q_proj(x).view(bsz, seqlen, -1, self.head_dim))
-        k = self.k_norm(self.k_proj(x).view(bsz, seqlen, -1, self.head_dim))
-        v = self.v_proj(x).view(bsz, seqlen, -1, self.head_dim)
+        if self.qkv_weight is None:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        else:
+            kv_size = self.n_kv_heads * self.head_dim
+            q, k, v = F.linear(x, self.qkv_weight).split([self.n_heads * self.head_dim, kv_size, kv_size], -1)
+        q = self.q_norm(q.view(bsz, seqlen, -1, self.head_dim))
+        k = self.k_norm(k.view(bsz, seqlen, -1, self.head_dim))
+        v = v.view(bsz, seqlen, -1, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         out = self.inner_attention(q, k, v, positions)
         return self.o_proj(out.reshape(bsz, seqlen, -1))
@@ -82,9 +103,18 @@ class FeedForward(nn.Module):
         self.gate_proj = nn.Linear(args.dim, args.hidden_dim, bias=False)
         self.up_proj = nn.Linear(args.dim, args.hidden_dim, bias=False)
         self.down_proj = nn.Linear(args.hidden_dim, args.dim, bias=False)
+        # [gate; up] weights stacked, once `fuse_projections` ran (the generator's copy).
+        self.register_buffer("gate_up_weight", None, persistent=False)
+
+    def fuse_projections(self) -> None:
+        fuse_linears(self, [self.gate_proj, self.up_proj], "gate_up_weight")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_weight is None:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        else:
+            gate, up = F.linear(x, self.gate_up_weight).chunk(2, -1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class TransformerBlock(nn.Module):
@@ -117,6 +147,15 @@ class Qwen3Model(nn.Module):
         """Swaps every block's inner attention op (factory receives the layer index)."""
         for i, block in enumerate(self.layers):
             block.self_attn.inner_attention = factory(i)
+
+    def fuse_projections(self) -> None:
+        """One GEMM for q/k/v and one for gate/up in every block, as vLLM's QKVParallelLinear and
+        MergedColumnParallelLinear do: at decode batch sizes each GEMM is latency-bound, so fewer,
+        wider ones are faster (H100/H200 decode step). Parameter names and in-place weight sync are
+        unchanged; not for a tensor-parallel model (its shards are not stacked this way)."""
+        for block in self.layers:
+            block.self_attn.fuse_projections()
+            block.mlp.fuse_projections()
 
     def hidden_states(
         self, tokens: torch.Tensor, positions: torch.Tensor | None = None, embeddings: torch.Tensor | None = None

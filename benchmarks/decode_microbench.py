@@ -1,0 +1,159 @@
+"""Decode-step building blocks at the qwen3-0.6b shape, each timed in a CUDA graph of 28 layers.
+
+    python benchmarks/decode_microbench.py
+
+Batch 40, cache length 128, 8 KV heads x 2 query heads each, head_dim 128, bf16; every layer has a
+cache (or weights) of its own, so nothing is served from L2 that a real step would read from HBM.
+Rows at positions drawn from 20..127. Prints one line per variant: the decode attention ops that
+PyTorch offers for one query per row over a static cache (SDPA with a mask under each backend, the
+flash and memory-efficient varlen kernels with per-row key lengths, Inductor-compiled math, flex
+attention), with max error against an fp32 reference; then 7 GEMMs per block against q/k/v and
+gate/up stacked into one GEMM each. Numbers of one H200 run: benchmarks/results/2026-11-28-h200.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+B, L, KV, REP, D, LAYERS = 40, 128, 8, 2, 128, 28
+H = KV * REP
+DTYPE, DEVICE = torch.bfloat16, "cuda"
+
+
+def graph_us(fn, reps: int = 200) -> float:
+    """Microseconds per call of `fn` replayed as one CUDA graph."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    for _ in range(10):
+        graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps * 1000
+
+
+def hidden_slots(pos):
+    """[B, 1, 1, L]: cache slots past each row's position."""
+    return torch.arange(L, device=DEVICE).view(1, 1, 1, L) > pos.view(B, 1, 1, 1)
+
+
+def reference(q, k, v, pos):
+    scores = q.float().reshape(B, KV, REP, D) @ k.float().permute(0, 2, 3, 1) / D**0.5
+    scores = scores.masked_fill(hidden_slots(pos), float("-inf"))
+    return (scores.softmax(-1) @ v.float().permute(0, 2, 1, 3)).reshape(B, 1, H, D)
+
+
+def sdpa_mask(q, k, v, pos):
+    visible = torch.arange(L, device=DEVICE).view(1, -1) <= pos.view(-1, 1)
+    out = F.scaled_dot_product_attention(
+        q.reshape(B, KV, REP, D), k.transpose(1, 2), v.transpose(1, 2), attn_mask=visible.view(B, 1, 1, L)
+    )
+    return out.reshape(B, 1, H, D)
+
+
+def with_backend(fn, backend):
+    def run(*args):
+        with sdpa_kernel(backend):
+            return fn(*args)
+
+    return run
+
+
+ROWS = torch.arange(B + 1, device=DEVICE, dtype=torch.int32)
+
+
+def flash_varlen(q, k, v, pos):
+    out = torch.ops.aten._flash_attention_forward(
+        q.view(B, H, D), k.view(B * L, KV, D), v.view(B * L, KV, D), ROWS, ROWS * L, 1, L, 0.0, False, False,
+        seqused_k=(pos + 1).to(torch.int32),
+    )[0]
+    return out.view(B, 1, H, D)
+
+
+def efficient_varlen(q, k, v, pos):
+    grouped = q.view(B, KV, REP, D).transpose(1, 2).reshape(1, B * REP, KV, D)
+    out = torch.ops.aten._efficient_attention_forward(
+        grouped, k.view(1, B * L, KV, D), v.view(1, B * L, KV, D), None, ROWS * REP, ROWS * L, REP, L, 0.0, 0,
+        False, seqlen_k=(pos + 1).to(torch.int32),
+    )[0]
+    return out.view(B, REP, KV, D).transpose(1, 2).reshape(B, 1, H, D)
+
+
+def math_grouped(q, k, v, pos):
+    scores = torch.einsum("bgrd,blgd->bgrl", q.reshape(B, KV, REP, D).float(), k.float()) / D**0.5
+    scores = scores.masked_fill(hidden_slots(pos), float("-inf"))
+    return torch.einsum("bgrl,blgd->bgrd", scores.softmax(-1), v.float()).to(DTYPE).reshape(B, 1, H, D)
+
+
+def flex(q, k, v, pos):
+    mask = create_block_mask(lambda b, h, qi, ki: ki <= pos[b], B, None, 1, L, device=DEVICE)
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    return flex_attention(q, k, v, block_mask=mask, enable_gqa=True).transpose(1, 2)
+
+
+def attention_rows() -> None:
+    torch.manual_seed(0)
+    caches = [
+        tuple(torch.randn(B, L, KV, D, device=DEVICE, dtype=DTYPE) for _ in range(2)) for _ in range(LAYERS)
+    ]
+    q = torch.randn(B, 1, H, D, device=DEVICE, dtype=DTYPE)
+    pos = torch.randint(20, L, (B,), device=DEVICE)
+    variants = {
+        "SDPA + mask (default backend)": sdpa_mask,
+        "SDPA + mask, efficient backend": with_backend(sdpa_mask, SDPBackend.EFFICIENT_ATTENTION),
+        "SDPA + mask, cuDNN backend": with_backend(sdpa_mask, SDPBackend.CUDNN_ATTENTION),
+        "flash varlen, seqused_k": flash_varlen,
+        "efficient varlen, seqlen_k": efficient_varlen,
+        "compiled math, grouped": torch.compile(math_grouped, fullgraph=True),
+        "compiled SDPA + mask": torch.compile(sdpa_mask, fullgraph=True),
+        "compiled flex attention": torch.compile(flex, fullgraph=True),
+    }
+    expected = reference(q, *caches[0], pos)
+    for name, fn in variants.items():
+        try:
+            err = (fn(q, *caches[0], pos).float() - expected).abs().max().item()
+            per_step = graph_us(lambda: [fn(q, k, v, pos) for k, v in caches])
+            per_layer = per_step / LAYERS
+            print(f"attention | {name:32s} | {per_layer:7.2f} us/layer | max err {err:.2e}", flush=True)
+        except Exception as e:  # an op this torch build lacks: say so, time the rest
+            print(f"attention | {name:32s} | failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
+
+
+def gemm_rows() -> None:
+    torch.manual_seed(0)
+
+    def weight(rows, cols):
+        return torch.randn(rows, cols, device=DEVICE, dtype=DTYPE) * 0.02
+
+    layers = []
+    for _ in range(LAYERS):
+        w = dict(q=weight(2048, 1024), k=weight(1024, 1024), v=weight(1024, 1024), o=weight(1024, 2048),
+                 g=weight(3072, 1024), u=weight(3072, 1024), d=weight(1024, 3072))
+        w["qkv"], w["gu"] = torch.cat([w["q"], w["k"], w["v"]]), torch.cat([w["g"], w["u"]])
+        layers.append(w)
+    x, a, m = (torch.randn(B, n, device=DEVICE, dtype=DTYPE) for n in (1024, 2048, 3072))
+
+    separate = ((x, "q"), (x, "k"), (x, "v"), (a, "o"), (x, "g"), (x, "u"), (m, "d"))
+    stacked = ((x, "qkv"), (a, "o"), (x, "gu"), (m, "d"))
+    for name, gemms in (("7 GEMMs per block", separate), ("4 per block, q/k/v and gate/up stacked", stacked)):
+        per_block = graph_us(lambda: [[F.linear(i, w[n]) for i, n in gemms] for w in layers]) / LAYERS
+        print(f"gemm | {name:44s} | {per_block:6.2f} us/block", flush=True)
+
+
+if __name__ == "__main__":
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
+    attention_rows()
+    gemm_rows()
