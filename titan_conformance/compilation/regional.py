@@ -35,6 +35,11 @@ def private_region(ledger: CompileLedger, role: str, block_name: str, settings: 
     return region, name
 
 
+def prepare_compiler(config: CompileConfig) -> None:
+    """Process-wide setup before a role compiles: Dynamo's recompile limit, from the profile."""
+    torch._dynamo.config.recompile_limit = config.recompile_limit
+
+
 def make_forward_private(blocks, name: str) -> None:
     """Gives `blocks` (all of one class) a subclass whose forward is a private copy named `name`,
     for code that compiles blocks itself (e.g. with `Module.compile`): the blocks run the same code
@@ -53,7 +58,7 @@ def apply_regional_compile(
     if not config.enable:
         ledger.record_uncompiled(f"{role}.TransformerBlock")
         return None
-    torch._dynamo.config.recompile_limit = config.recompile_limit
+    prepare_compiler(config)
     settings = {"enable": True, "backend": config.backend, "fullgraph": config.fullgraph, "dynamic": config.dynamic}
     region, name = private_region(ledger, role, "TransformerBlock", settings)
     forward = _private_function(TransformerBlock.forward, name)

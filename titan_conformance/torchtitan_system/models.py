@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from titan_conformance.compilation import CompileConfig, CompileLedger
-from titan_conformance.compilation.regional import make_forward_private, private_region
+from titan_conformance.compilation.regional import make_forward_private, prepare_compiler, private_region
 from titan_conformance.errors import ConformanceError
 from titan_conformance.model.attention import KVCacheAttention
 from titan_conformance.model.checkpoint import read_checkpoint
@@ -131,7 +131,7 @@ def compile_blocks(api: TorchtitanAPI, model: nn.Module, config: CompileConfig, 
     settings = {"enable": True, "backend": config.backend, "fullgraph": True, "dynamic": None}
     region, name = private_region(ledger, role, type(blocks[0]).__name__, settings)
     make_forward_private(blocks, name)
-    torch._dynamo.config.recompile_limit = config.recompile_limit
+    prepare_compiler(config)
     tt_config = api.CompileConfig(enable=True, backend=ledger.backend(region, config.backend))
     parallel_dims = api.ParallelDims(dp_replicate=1, dp_shard=1, cp=1, tp=1, pp=1, ep=1, world_size=1)
     api.apply_compile(model, compile_config=tt_config, parallel_dims=parallel_dims)
