@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One device call: the GPU-only tests, then the conformance suite on CUDA for both profiles.
-# Optional parts: STARTUP=1 (generator startup, cold then warm Inductor cache), BENCH=1 (benchmark
-# table; BENCH_SKIP=compile,capture leaves out the slow comparisons), EXACTNESS=1, TP=1 (needs 2
-# GPUs: the TP profile's suite on NCCL and the recompile measurement at the qwen3-0.6b shape),
-# SUITES=0 (skip the single-GPU tests and suites). PART_TIMEOUT (seconds, default 420) bounds each
+# Optional parts: STARTUP=1 (generator startup: cold without and with Python bytecode, then warm),
+# BENCH=1 (benchmark table; BENCH_SKIP=compile,capture leaves out the slow comparisons),
+# EXACTNESS=1, TP=1 (needs 2 GPUs: the TP profile's suite on NCCL and the recompile measurement at
+# the qwen3-0.6b shape), SUITES=0 (skip the single-GPU tests and suites). PART_TIMEOUT (seconds, default 420) bounds each
 # part; TP_TIMEOUT (seconds) bounds each TP configuration of the recompile measurement.
 # Logs go to $OUT and are packed into $OUT/logs.tgz; a short table is printed last.
 set -u
@@ -28,7 +28,7 @@ suite() {  # name, suite, then extra pytest options
   run "$name" python3 -m pytest --pyargs titan_conformance --tc-suite "$profile" --tc-device cuda \
     --tc-report-dir "$LOGS/report-$name" -p no:cacheprovider -rA "$@"
 }
-if [ "${STARTUP:-0}" = 1 ]; then
+if [ "${STARTUP:-0}" = 1 ]; then (  # a subshell: the parts after it run in the image's environment
   # The GPU image sets PYTHONDONTWRITEBYTECODE, so each process compiles the sources of every
   # torch module it imports again (8.6 s of a cold start under cProfile on an H200); a runner's
   # installed torch has its .pyc. The first run fills a bytecode prefix that the runs after it read.
@@ -39,8 +39,7 @@ if [ "${STARTUP:-0}" = 1 ]; then
   fresh_caches; run startup-no-bytecode python3 benchmarks/startup.py --label no-bytecode --out "$LOGS"
   fresh_caches; run startup-cold python3 benchmarks/startup.py --label cold --out "$LOGS"
   run startup-warm python3 benchmarks/startup.py --label warm --out "$LOGS"
-  unset TORCHINDUCTOR_CACHE_DIR TRITON_CACHE_DIR
-fi
+) fi
 [ "${BENCH:-0}" = 1 ] && run bench python3 benchmarks/bench_gpu.py --out "$LOGS" --skip "${BENCH_SKIP:-}"
 if [ "${SUITES:-1}" = 1 ]; then
   run gpu-tests python3 -m pytest tests/test_cudagraph_faults.py tests/test_cudagraph_policy.py -q -p no:cacheprovider

@@ -87,7 +87,7 @@ def test_fused_projections_match_reference_and_follow_weight_writes():
     stacks, so a weight sync by name reaches the GEMM that the blocks run."""
     path = fixture_path("tiny-qwen3")
     tensors, cfg = load_file(str(path / "model.safetensors")), json.loads((path / "config.json").read_text())
-    model = Qwen3Model(read_model_args(path)).to(torch.float64)
+    model = Qwen3Model(read_model_args(path)).to(torch.float64).requires_grad_(False)
     model.fuse_projections()
     load_checkpoint(model, path)
     attn, mlp = model.layers[0].self_attn, model.layers[0].mlp
@@ -100,3 +100,6 @@ def test_fused_projections_match_reference_and_follow_weight_writes():
         attn.v_proj.weight.zero_()  # as a weight sync writes: in place, by name
     assert attn.qkv_weight[-attn.v_proj.out_features :].abs().max() == 0
     assert (model(torch.tensor([TOKENS]))[0] - expected).abs().max() > 1e-3
+    trainable = Qwen3Model(read_model_args(path))
+    with pytest.raises(ValueError, match="frozen, unsharded"):  # a trainer's would lose its gradients
+        trainable.fuse_projections()

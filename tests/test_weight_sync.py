@@ -31,3 +31,24 @@ def test_skipped_weight_sync_is_caught(compiled_system):
         system.sync_weights = real_sync
         real_sync()
     assert stale.abs().max() > 10 * TOLERANCE
+
+
+def test_weights_detached_from_their_stack_are_caught():
+    """Planted fault: the generator's parameters replaced after its q/k/v and gate/up weights were
+    stacked (here by `Module.to()` to another dtype), so a sync would write where no GEMM reads."""
+    import pytest
+
+    from titan_conformance.compilation import CompileConfig, CompileLedger
+    from titan_conformance.errors import ConformanceError
+    from titan_conformance.generator.native import NativeGenerator
+    from titan_conformance.model import ModelArgs
+
+    args = ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, hidden_dim=64, vocab_size=50)
+    gen = NativeGenerator.for_qwen3(
+        args, CompileConfig(enable=False), CompileLedger(), 2, 16, torch.device("cpu"), torch.float32
+    )
+    weights = [(n, p.clone()) for n, p in gen.model.named_parameters()]
+    gen.load_weights(weights)  # healthy: views of the stacks
+    gen.model.to(torch.float64)
+    with pytest.raises(ConformanceError, match=r"layers\.0\.self_attn\.q_proj\.weight.*no longer a view"):
+        gen.load_weights(weights)

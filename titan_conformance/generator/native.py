@@ -21,7 +21,7 @@ from titan_conformance.generator.capture_sizes import effective_mode, padded_siz
 from titan_conformance.generator.sampling import gumbel_noise, sample_tokens, sampling_tensors
 from titan_conformance.model.args import ModelArgs
 from titan_conformance.model.attention import KVCacheAttention
-from titan_conformance.model.qwen3 import Qwen3Model
+from titan_conformance.model.qwen3 import Qwen3Model, detached_from_stack
 from titan_conformance.trainer.logprobs import logprobs_from_logits
 
 
@@ -144,6 +144,13 @@ class NativeGenerator:
                 seen.add(name)
         if missing := sorted(set(params) - seen):
             raise ConformanceError(f"Weight sync did not send {missing[0]!r} ({len(missing)} missing).")
+        if detached := detached_from_stack(self.model):
+            raise ConformanceError(
+                f"Weight sync wrote {detached}, which is no longer a view of its stacked q/k/v or gate/up "
+                "weight, so the generator's GEMMs never see it. Something replaced the generator's "
+                "parameters after fuse_projections (Module.to() to another dtype or device, deepcopy, "
+                "load_state_dict(assign=True)): build the generator on its final device and dtype."
+            )
 
     @torch.no_grad()
     def forward_step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -193,7 +200,8 @@ class NativeGenerator:
         return report
 
     def run_decode(
-        self, tokens, positions, noise, divisor, noise_scale, use_graph: bool = True, all_logprobs: bool = False
+        self, tokens, positions, noise, divisor, noise_scale,
+        use_graph: bool = True, all_logprobs: bool = False,
     ):
         """One decode step for a batch of B rows: graph replay at the padded size when one was
         captured for it, else the step itself. Returns the B real rows: (tokens, their logprobs,

@@ -46,15 +46,38 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def fuse_linears(owner: nn.Module, linears: list[nn.Linear], name: str) -> None:
-    """Stacks the weights of `linears` (which all read the same input) into one buffer `name` of
-    `owner`, and makes each linear's weight a view of its rows: one GEMM instead of several, while
-    the named parameters (checkpoint layout, weight sync) still read and write the same values.
-    For inference copies only: the views are not trainable."""
+def fuse_linears(owner: nn.Module, names: list[str], stack: str) -> list[int]:
+    """Stacks the weights of `owner`'s linears `names` (which all read the same input) into one
+    buffer `stack`, and makes each linear's weight a view of its rows: one GEMM instead of several,
+    while the named parameters (checkpoint layout, weight sync) still read and write the same
+    values. For frozen, unsharded inference copies only. Returns the rows of each part."""
+    linears = [getattr(owner, n) for n in names]
+    for name, lin in zip(names, linears):
+        if lin.weight.requires_grad or type(lin.weight.data) is not torch.Tensor:
+            raise ValueError(
+                f"Stacking {name} needs a frozen, unsharded weight (got {type(lin.weight.data).__name__}, "
+                f"requires_grad={lin.weight.requires_grad}): a trainer's would stop receiving gradients."
+            )
     fused = torch.cat([lin.weight.detach() for lin in linears])
-    for lin, rows in zip(linears, fused.split([lin.out_features for lin in linears])):
+    sizes = [lin.out_features for lin in linears]
+    for lin, rows in zip(linears, fused.split(sizes)):
         lin.weight = nn.Parameter(rows, requires_grad=False)
-    owner.register_buffer(name, fused, persistent=False)
+    owner.register_buffer(stack, fused, persistent=False)
+    owner.stacked_parts = {**getattr(owner, "stacked_parts", {}), stack: names}
+    return sizes
+
+
+def detached_from_stack(model: nn.Module) -> str | None:
+    """The first projection weight that is no longer a view of its stack, else None. `Module.to()`
+    with a new dtype or device, deepcopy and `load_state_dict(assign=True)` replace parameters: a
+    weight sync would then write where the blocks' GEMMs never read."""
+    for prefix, module in model.named_modules():
+        for stack, names in getattr(module, "stacked_parts", {}).items():
+            storage = getattr(module, stack).untyped_storage().data_ptr()
+            for name in names:
+                if getattr(module, name).weight.untyped_storage().data_ptr() != storage:
+                    return f"{prefix}.{name}.weight"
+    return None
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -76,9 +99,10 @@ class Attention(nn.Module):
         self.inner_attention: nn.Module = CausalAttention()
         # [q; k; v] weights stacked, once `fuse_projections` ran (the generator's copy).
         self.register_buffer("qkv_weight", None, persistent=False)
+        self.qkv_rows: list[int] = []
 
     def fuse_projections(self) -> None:
-        fuse_linears(self, [self.q_proj, self.k_proj, self.v_proj], "qkv_weight")
+        self.qkv_rows = fuse_linears(self, ["q_proj", "k_proj", "v_proj"], "qkv_weight")
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor
@@ -87,8 +111,7 @@ class Attention(nn.Module):
         if self.qkv_weight is None:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         else:
-            kv_size = self.n_kv_heads * self.head_dim
-            q, k, v = F.linear(x, self.qkv_weight).split([self.n_heads * self.head_dim, kv_size, kv_size], -1)
+            q, k, v = F.linear(x, self.qkv_weight).split(self.qkv_rows, -1)
         q = self.q_norm(q.view(bsz, seqlen, -1, self.head_dim))
         k = self.k_norm(k.view(bsz, seqlen, -1, self.head_dim))
         v = v.view(bsz, seqlen, -1, self.head_dim)
@@ -107,7 +130,7 @@ class FeedForward(nn.Module):
         self.register_buffer("gate_up_weight", None, persistent=False)
 
     def fuse_projections(self) -> None:
-        fuse_linears(self, [self.gate_proj, self.up_proj], "gate_up_weight")
+        fuse_linears(self, ["gate_proj", "up_proj"], "gate_up_weight")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up_weight is None:
