@@ -93,17 +93,14 @@ class ExpandingKVCacheAttention(KVCacheAttention):
 
 def baseline_generator(args, dtype, device, profile, attention: type | None = None, fused: bool = True) -> NativeGenerator:
     """A generator with one FULL graph at max_num_seqs, its decode attention `attention`'s (None:
-    ours) and, unless `fused`, separate q/k/v and gate/up GEMMs (the weights stay views of the
-    stacked ones; the blocks just stop reading the stacks)."""
+    ours) and, unless `fused`, separate q/k/v and gate/up GEMMs."""
     gen = NativeGenerator.for_qwen3(
         args, CompileConfig(), CompileLedger(), profile.max_num_seqs, profile.generator.max_model_len,
-        device, dtype, "FULL", [profile.max_num_seqs],
+        device, dtype, "FULL", [profile.max_num_seqs], stacked=fused,
     )
-    for block in gen.model.layers:
-        if attention is not None:
+    if attention is not None:
+        for block in gen.model.layers:
             block.self_attn.inner_attention.__class__ = attention
-        if not fused:
-            block.self_attn.qkv_weight = block.mlp.gate_up_weight = None
     gen.model.init_weights(0)
     gen.capture()
     return gen

@@ -105,15 +105,17 @@ class NativeGenerator:
         capture_sizes: list[int] | None = None,
         tp_mesh=None,
         unwrap_async: bool = False,
+        stacked: bool = True,
     ) -> "NativeGenerator":
         """Our Qwen3 with a static KV cache, regionally compiled under the role `generator`.
         `tp_mesh`: shard the model over this 1-D DeviceMesh (each rank caches its own KV heads);
-        `unwrap_async`: resolve AsyncCollectiveTensor block inputs before each compiled block."""
+        `unwrap_async`: resolve AsyncCollectiveTensor block inputs before each compiled block;
+        `stacked`: q/k/v and gate/up as one GEMM each (`Qwen3Model.fuse_projections`; never under TP)."""
         rows = cache_rows(max_num_seqs, cudagraph_mode, capture_sizes, device)
         with torch.device(device):
             model = Qwen3Model(args).to(dtype)
         model.requires_grad_(False).eval()
-        if tp_mesh is None:
+        if stacked and tp_mesh is None:
             model.fuse_projections()
         kv_heads = args.n_kv_heads // (tp_mesh.size() if tp_mesh is not None else 1)
         model.set_inner_attention(
