@@ -5,9 +5,9 @@
 Rows: regional (per-block) vs whole-model compile, cold (Inductor caches off); 7 FULL decode graphs
 from our capture-size policy (max_num_seqs = 8 x 5 = 40) vs the 35 sizes vLLM's default policy
 captures at max_num_seqs = 128; FULL-graph vs compiled vs eager decode at batch 40; the decode
-attention (SDPA over the query heads grouped by KV head) vs the K/V-expanding SDPA it replaced; the
-generator's fused q/k/v and gate/up GEMMs vs 7 GEMMs per block; and the GRPO system's startup and
-step time by phase. Decode steps run with each row at its own position, spread over the cache as in
+attention (our Triton kernel) vs the two SDPA formulations before it; the generator's fused q/k/v
+and gate/up GEMMs vs 7 GEMMs per block; our sampling kernels vs PyTorch's ops; and the GRPO
+system's startup and step time by phase. Decode steps run with each row at its own position, spread over the cache as in
 a generation (a kernel that reads only the visible slots must not be timed at position 8). Prints
 one table; writes JSON + Markdown to --out. `--skip` leaves out the slow compile and capture
 comparisons (the whole-model compile alone takes minutes).
@@ -32,7 +32,8 @@ from titan_conformance.generator.capture_sizes import vllm_default_capture_sizes
 from titan_conformance.generator.native import NativeGenerator  # noqa: E402
 from titan_conformance.generator.sampling import sampling_tensors  # noqa: E402
 from titan_conformance.model import ModelArgs, Qwen3Model  # noqa: E402
-from titan_conformance.model.attention import KVCacheAttention, _expand_kv  # noqa: E402
+from titan_conformance.generator import sampling  # noqa: E402
+from titan_conformance.model.attention import KVCacheAttention, _expand_kv, grouped_sdpa_decode, visible_slots  # noqa: E402
 from titan_conformance.system.grpo_system import STARTUP_PHASES, GRPOSystem  # noqa: E402
 from titan_conformance.system.profile import load_profile  # noqa: E402
 
@@ -79,21 +80,30 @@ def capture_time(args, dtype, device, max_num_seqs: int, sizes: list[int]) -> tu
 
 
 class ExpandingKVCacheAttention(KVCacheAttention):
-    """Baseline: the decode attention before grouping, which copies K/V to every query head."""
+    """Baseline: SDPA over K/V copied to every query head (the first decode attention)."""
 
     @staticmethod
-    def decode_attention(q, keys, values, visible, scale=None):
+    def decode_attention(q, keys, values, positions, scale=None):
         n_rep = q.shape[2] // keys.shape[2]
         keys, values = (_expand_kv(t.transpose(1, 2), n_rep) for t in (keys, values))
         out = torch.nn.functional.scaled_dot_product_attention(
-            q.transpose(1, 2), keys, values, attn_mask=visible.unsqueeze(1), scale=scale
+            q.transpose(1, 2), keys, values, attn_mask=visible_slots(keys.shape[2], positions).unsqueeze(1), scale=scale
         )
         return out.transpose(1, 2)
 
 
-def baseline_generator(args, dtype, device, profile, attention: type | None = None, fused: bool = True) -> NativeGenerator:
+class GroupedSdpaKVCacheAttention(KVCacheAttention):
+    """Baseline: one SDPA call over the query heads grouped by KV head (before the Triton kernel)."""
+
+    decode_attention = staticmethod(grouped_sdpa_decode)
+
+
+def baseline_generator(
+    args, dtype, device, profile, attention: type | None = None, fused: bool = True, torch_sampler: bool = False
+) -> NativeGenerator:
     """A generator with one FULL graph at max_num_seqs, its decode attention `attention`'s (None:
-    ours) and, unless `fused`, separate q/k/v and gate/up GEMMs."""
+    ours), separate q/k/v and gate/up GEMMs unless `fused`, and PyTorch's sampling ops captured
+    instead of our kernels when `torch_sampler`."""
     gen = NativeGenerator.for_qwen3(
         args, CompileConfig(), CompileLedger(), profile.max_num_seqs, profile.generator.max_model_len,
         device, dtype, "FULL", [profile.max_num_seqs], stacked=fused,
@@ -102,7 +112,12 @@ def baseline_generator(args, dtype, device, profile, attention: type | None = No
         for block in gen.model.layers:
             block.self_attn.inner_attention.__class__ = attention
     gen.model.init_weights(0)
-    gen.capture()
+    kernel = sampling.sampling_kernel
+    sampling.sampling_kernel = None if torch_sampler else kernel
+    try:
+        gen.capture()
+    finally:
+        sampling.sampling_kernel = kernel
     return gen
 
 
@@ -179,20 +194,31 @@ def main() -> None:
     torch._dynamo.reset()
     bsz = profile.max_num_seqs
     baselines = {}
-    for name, kwargs in (("expanding", {"attention": ExpandingKVCacheAttention}), ("unfused", {"fused": False})):
+    variants = {
+        "expanding": {"attention": ExpandingKVCacheAttention},
+        "grouped_sdpa": {"attention": GroupedSdpaKVCacheAttention},
+        "unfused": {"fused": False},
+        "torch_sampler": {"torch_sampler": True},
+    }
+    for name, kwargs in variants.items():
         baseline = baseline_generator(args, dtype, device, profile, **kwargs)
         baselines[name] = decode_ms(baseline, bsz, "graph")
         del baseline
         torch.cuda.empty_cache()
-    expanding, unfused = baselines["expanding"], baselines["unfused"]
     system = GRPOSystem(profile, device="cuda")
     graph, replay, compiled, eager = (decode_ms(system.generator, bsz, how) for how in ("graph", "replay", "compiled", "eager"))
     rows.append((f"decode step, batch {bsz}", f"graph {graph:.2f} ms", f"eager {eager:.2f} ms", f"{eager / graph:.1f}x"))
     rows.append((f"decode step, batch {bsz}", f"graph {graph:.2f} ms", f"compiled, no graph {compiled:.2f} ms", f"{compiled / graph:.1f}x"))
     rows.append((f"decode step, batch {bsz}", f"graph replay alone {replay:.2f} ms", f"with input copies + sync {graph:.2f} ms", f"{graph / replay:.2f}x"))
     kernel_table(system.generator, bsz, opts.out / "decode_kernels.txt")
-    rows.append((f"decode attention, batch {bsz} (graph)", f"SDPA over grouped queries {graph:.2f} ms", f"K/V expanded to heads {expanding:.2f} ms", f"{expanding / graph:.2f}x"))
-    rows.append((f"decode GEMMs, batch {bsz} (graph)", f"q/k/v and gate/up fused {graph:.2f} ms", f"7 per block {unfused:.2f} ms", f"{unfused / graph:.2f}x"))
+    for name, what, ours, theirs in (
+        ("grouped_sdpa", "decode attention", "Triton kernel", "SDPA, grouped queries + mask"),
+        ("expanding", "decode attention", "Triton kernel", "SDPA, K/V expanded to heads"),
+        ("unfused", "decode GEMMs", "q/k/v and gate/up fused", "7 per block"),
+        ("torch_sampler", "sampling", "Triton kernels", "PyTorch ops"),
+    ):
+        other = baselines[name]
+        rows.append((f"{what}, batch {bsz} (graph)", f"{ours} {graph:.2f} ms", f"{theirs} {other:.2f} ms", f"{other / graph:.2f}x"))
 
     startup = {p: system.startup.get(p, 0.0) for p in STARTUP_PHASES}
     records = [system.step() for _ in range(opts.steps)]
@@ -214,7 +240,8 @@ def main() -> None:
     width = [max(len(r[i]) for r in rows) for i in range(4)]
     table = "\n".join(" | ".join(c.ljust(width[i]) for i, c in enumerate(r)) for r in rows)
     results.update(env=env, rows=rows, startup=startup, step_phases=phases, step=step, compiles=ledger,
-                   decode_ms={"graph": graph, "replay": replay, "compiled": compiled, "eager": eager, "graph_expanding_kv": expanding, "graph_unfused": unfused})
+                   decode_ms={"graph": graph, "replay": replay, "compiled": compiled, "eager": eager,
+                              **{f"graph_{name}": ms for name, ms in baselines.items()}})
     (opts.out / "bench.json").write_text(json.dumps(results, indent=2))
     md = "| what | ours | baseline | ratio |\n| --- | --- | --- | --- |\n" + "\n".join(f"| {' | '.join(r)} |" for r in rows)
     (opts.out / "bench.md").write_text(f"# {env['date']} {env['device']}, torch {env['torch']}\n\n{md}\n")

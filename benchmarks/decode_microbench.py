@@ -16,7 +16,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+
+from titan_conformance.generator.sampling import sample_tokens, sampling_tensors
+from titan_conformance.model.decode_kernel import launch_decode_attention
 
 B, L, KV, REP, D, LAYERS = 40, 128, 8, 2, 128, 28
 H = KV * REP
@@ -104,6 +107,26 @@ def flex(q, k, v, pos):
     return flex_attention(q, k, v, block_mask=mask, enable_gqa=True).transpose(1, 2)
 
 
+def flex_batch_free(q, k, v, pos):
+    """Flex with every KV block marked partial: the mask is evaluated in the kernel for each row, so
+    the BlockMask does not depend on the batch size (create_block_mask's does: a recompile per size)."""
+    blocks = (L + 127) // 128
+    mask = BlockMask.from_kv_blocks(
+        torch.full((1, 1, 1), blocks, dtype=torch.int32, device=DEVICE),
+        torch.arange(blocks, dtype=torch.int32, device=DEVICE).view(1, 1, 1, blocks),
+        mask_mod=lambda b, h, qi, ki: ki <= pos[b], seq_lengths=(1, L),
+    )
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    return flex_attention(q, k, v, block_mask=mask, enable_gqa=True).transpose(1, 2)
+
+
+def triton_decode(block_l, num_warps, num_stages):
+    def run(q, k, v, pos):
+        return launch_decode_attention(q, k, v, pos.view(B, 1), D**-0.5, block_l, num_warps, num_stages)
+
+    return run
+
+
 def attention_rows() -> None:
     torch.manual_seed(0)
     caches = [
@@ -120,7 +143,12 @@ def attention_rows() -> None:
         "compiled math, grouped": torch.compile(math_grouped, fullgraph=True),
         "compiled SDPA + mask": torch.compile(sdpa_mask, fullgraph=True),
         "compiled flex attention": torch.compile(flex, fullgraph=True),
+        "compiled flex, batch-free mask": torch.compile(flex_batch_free, fullgraph=True),
     }
+    for block_l in (32, 64, 128):
+        for warps in (4, 8):
+            for stages in (1, 2, 3):
+                variants[f"triton L{block_l} w{warps} s{stages}"] = triton_decode(block_l, warps, stages)
     expected = reference(q, *caches[0], pos)
     for name, fn in variants.items():
         try:
@@ -153,7 +181,25 @@ def gemm_rows() -> None:
         print(f"gemm | {name:44s} | {per_block:6.2f} us/block", flush=True)
 
 
+def sampler_rows() -> None:
+    """Log-softmax + Gumbel argmax over the vocabulary at batch B: eager (7 kernels over [B, V] fp32)
+    against Inductor's fusion of the same function."""
+    torch.manual_seed(0)
+    vocab = 151936
+    logits = torch.randn(B, vocab, device=DEVICE, dtype=DTYPE)
+    noise = torch.rand(B, vocab, device=DEVICE).log().neg().log().neg()
+    divisor, scale = sampling_tensors(1.0, DEVICE)
+    expected = sample_tokens(logits, noise, divisor, scale)
+    for name, fn in (("eager", sample_tokens), ("compiled", torch.compile(sample_tokens, fullgraph=True))):
+        out = fn(logits, noise, divisor, scale)
+        same = bool((out[0] == expected[0]).all())
+        err = (out[1] - expected[1]).abs().max().item()
+        us = graph_us(lambda: fn(logits, noise, divisor, scale))
+        print(f"sampler | {name:10s} | {us:7.1f} us | same tokens {same} | logprob err {err:.1e}", flush=True)
+
+
 if __name__ == "__main__":
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
     attention_rows()
     gemm_rows()
+    sampler_rows()

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One device call: the GPU-only tests, then the conformance suite on CUDA for both profiles.
-# Optional parts: STARTUP=1 (generator startup: cold without and with Python bytecode, then warm),
+# Optional parts: STARTUP=1 (generator startup: cold without and with Python bytecode, a fresh runner
+# restoring the compile cache the cold run saved, then warm),
 # BENCH=1 (benchmark table; BENCH_SKIP=compile,capture leaves out the slow comparisons),
-# EXACTNESS=1, TP=1 (needs 2 GPUs: the TP profile's suite on NCCL and the recompile measurement at
+# EXACTNESS=1, GPU_TESTS (default: SUITES) runs the GPU-only tests, TP=1 (needs 2 GPUs: the TP profile's suite on NCCL and the recompile measurement at
 # the qwen3-0.6b shape), SUITES=0 (skip the single-GPU tests and suites). PART_TIMEOUT (seconds, default 420) bounds each
 # part; TP_TIMEOUT (seconds) bounds each TP configuration of the recompile measurement.
 # Logs go to $OUT and are packed into $OUT/logs.tgz; a short table is printed last.
@@ -36,13 +37,17 @@ if [ "${STARTUP:-0}" = 1 ]; then (  # a subshell: the parts after it run in the 
   export PYTHONPYCACHEPREFIX TORCHINDUCTOR_CACHE_DIR TRITON_CACHE_DIR
   PYTHONPYCACHEPREFIX=$(mktemp -d)
   fresh_caches() { TORCHINDUCTOR_CACHE_DIR=$(mktemp -d); TRITON_CACHE_DIR=$(mktemp -d); }
+  cache_file=$(mktemp -d)/compile.bin  # what a runner would keep between jobs
   fresh_caches; run startup-no-bytecode python3 benchmarks/startup.py --label no-bytecode --out "$LOGS"
-  fresh_caches; run startup-cold python3 benchmarks/startup.py --label cold --out "$LOGS"
+  fresh_caches; run startup-cold python3 benchmarks/startup.py --label cold --out "$LOGS" --compile-cache "$cache_file"
+  fresh_caches; run startup-restored python3 benchmarks/startup.py --label restored --out "$LOGS" --compile-cache "$cache_file"
   run startup-warm python3 benchmarks/startup.py --label warm --out "$LOGS"
 ) fi
 [ "${BENCH:-0}" = 1 ] && run bench python3 benchmarks/bench_gpu.py --out "$LOGS" --skip "${BENCH_SKIP:-}"
+if [ "${GPU_TESTS:-${SUITES:-1}}" = 1 ]; then
+  run gpu-tests python3 -m pytest tests/test_cudagraph_faults.py tests/test_cudagraph_policy.py tests/test_cuda_kernels.py -q -p no:cacheprovider
+fi
 if [ "${SUITES:-1}" = 1 ]; then
-  run gpu-tests python3 -m pytest tests/test_cudagraph_faults.py tests/test_cudagraph_policy.py -q -p no:cacheprovider
   suite suite-qwen3 qwen3-0.6b -n 1
   suite suite-tiny tiny-cpu -n 1
 fi
@@ -58,6 +63,6 @@ if [ "${EXACTNESS:-0}" = 1 ]; then
   grep "size" "$LOGS/exactness.txt" >> "$LOGS/summary.txt"
 fi
 grep -h "compile+capture" "$LOGS"/startup-*.log >> "$LOGS/summary.txt" 2>/dev/null
-[ -f "$LOGS/bench.log" ] && tail -9 "$LOGS/bench.log" >> "$LOGS/summary.txt"
+[ -f "$LOGS/bench.log" ] && tail -13 "$LOGS/bench.log" >> "$LOGS/summary.txt"
 tar czf "$OUT/logs.tgz" -C "$OUT" logs && cp "$LOGS/summary.txt" "$OUT/summary.txt" && rm -rf "$LOGS"
 cat "$OUT/summary.txt"

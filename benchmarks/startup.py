@@ -1,13 +1,16 @@
 """Generator startup, as a generator process pays it: build, weights, compile, FULL-graph capture.
 
     python benchmarks/startup.py [--suite qwen3-0.6b] [--label cold] [--out DIR] [--device cuda]
+                                 [--compile-cache FILE] [--cprofile]
 
 In an RL deployment the generator is a process of its own (vLLM's startup is what the seed PR cut
 from ~50 s to ~15 s), so this builds the native generator alone: the same regionally compiled
 blocks, prefill + decode compiled by a first short generate, then one FULL graph per capture size.
 Run it twice with one TORCHINDUCTOR_CACHE_DIR to see cold (empty cache) and warm (a runner's second
-run) startup. Prints one line per phase and each compilation with its backend seconds; writes
-startup-<label>.json to --out.
+run) startup, or with fresh cache dirs and one --compile-cache FILE to see a new runner that restores
+the file a previous job saved (`compilation/cache.py`). Prints one line per phase and each
+compilation with its backend seconds; writes startup-<label>.json (with Dynamo's compile-time
+breakdown and the Inductor cache counters) to --out, and with --cprofile the top functions.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 import torch
 
 from titan_conformance.compilation import CompileLedger
+from titan_conformance.compilation.cache import compile_cache_counters, restore_compile_cache, save_compile_cache
 from titan_conformance.data_files import resolve_checkpoint
 from titan_conformance.generator.native import NativeGenerator
 from titan_conformance.model import ModelArgs
@@ -35,7 +39,20 @@ def main() -> None:
     parser.add_argument("--label", default="run")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "benchmarks/results")))
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--cprofile", action="store_true", help="write startup-<label>.prof.txt: top functions")
+    parser.add_argument("--compile-cache", type=Path, help="as --tc-compile-cache: restored when present, saved after")
     opts = parser.parse_args()
+    if opts.cprofile:
+        import cProfile
+        import io
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.enable()
+    if opts.compile_cache:
+        restore_start = time.perf_counter()
+        cache_use = restore_compile_cache(opts.compile_cache)
+        print(f"restored {cache_use.restored_bytes} bytes of compile cache in {time.perf_counter() - restore_start:.2f}s")
     process_start = time.perf_counter()
     device = torch.device(opts.device)
     profile = load_profile(opts.suite)
@@ -59,6 +76,17 @@ def main() -> None:
             report = gen.capture()
         with timed(phases, "first_generate", device):
             gen.generate([[1] * 9] * s.num_prompts_per_step, s.n, s.max_tokens, s.temperature, 1, eos_id=-1)
+    if opts.compile_cache:
+        save_compile_cache(opts.compile_cache, cache_use)
+        print(f"saved {cache_use.saved_bytes} bytes of compile cache")
+    if opts.cprofile:
+        prof.disable()
+        text = io.StringIO()
+        stats = pstats.Stats(prof, stream=text).sort_stats("cumulative")
+        stats.print_stats(80)
+        stats.sort_stats("tottime").print_stats(40)
+        opts.out.mkdir(parents=True, exist_ok=True)
+        (opts.out / f"startup-{opts.label}.prof.txt").write_text(text.getvalue())
     compiles = [{"index": e.index, "seconds": e.seconds, "inputs": e.inputs, "reason": e.reason} for e in ledger.events]
     result = {
         "label": opts.label,
@@ -72,6 +100,8 @@ def main() -> None:
         "capture_seconds": report.seconds,
         "compiles": compiles,
         "process_seconds": time.perf_counter() - process_start,
+        "compile_times": torch._dynamo.utils.compile_times(repr="str", aggregate=True),
+        "compile_cache": compile_cache_counters(),
     }
     opts.out.mkdir(parents=True, exist_ok=True)
     (opts.out / f"startup-{opts.label}.json").write_text(json.dumps(result, indent=1))

@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +33,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "with --tc-system torchtitan)",
     )
     group.addoption("--tc-model-path", default=None, help="HF checkpoint directory overriding the profile's model")
+    group.addoption(
+        "--tc-compile-cache", default=None, metavar="FILE",
+        help="torch.compile artifacts kept between runs: loaded before the system compiles (when the file "
+        "exists), rewritten after startup. Keep FILE between CI jobs to start warm",
+    )
     group.addoption(
         "--tc-generator", default="auto", choices=GENERATORS,
         help="generator backend (auto: vLLM when it imports, except for systems without a vLLM backend)",
@@ -90,6 +96,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 _BACKEND = pytest.StashKey[str]()
+_CACHE_USE = pytest.StashKey["CompileCacheUse"]()
 DEFAULT_SUITES = {"torchtitan": TORCHTITAN_DEFAULT_SUITE}
 """The suite a system runs when --tc-suite is not given (others: tiny-cpu)."""
 NATIVE_ONLY_SYSTEMS = {"torchtitan"}
@@ -153,6 +160,7 @@ def tc_profile(request: pytest.FixtureRequest):
 @pytest.fixture(scope="session")
 def tc_system(request: pytest.FixtureRequest, tc_profile):
     """The system under test, built once per worker and shared by every check."""
+    from titan_conformance.compilation.cache import restore_compile_cache, save_compile_cache
     from titan_conformance.provider import load_factory
 
     opts = request.config
@@ -162,13 +170,19 @@ def tc_system(request: pytest.FixtureRequest, tc_profile):
             "(test_tensor_parallel.py) spawn a process group for it so far; the single-process checks "
             "run on unsharded profiles"
         )
+    cache_file = opts.getoption("--tc-compile-cache")
     try:
         factory = load_factory(opts.getoption("--tc-system"))
+        cache_use = restore_compile_cache(Path(cache_file)) if cache_file else None
         system = factory(tc_profile, device=opts.getoption("--tc-device"), model_path=opts.getoption("--tc-model-path"))
     except ConformanceError as e:
         _fail(e)
     startup = ", ".join(f"{k}={v:.1f}s" for k, v in system.startup.items())
     progress(request.config, f"built {system.name} system ({startup})")
+    if cache_use is not None:
+        save_compile_cache(Path(cache_file), cache_use)
+        opts.stash[_CACHE_USE] = cache_use
+        progress(request.config, f"compile cache: restored {cache_use.restored_bytes} bytes, saved {cache_use.saved_bytes}")
     yield system
     system.close()
 
@@ -178,7 +192,10 @@ def tc_run(request: pytest.FixtureRequest, tc_system, tc_profile):
     """The GRPO run every check reads (the profile's run.steps steps)."""
     from titan_conformance.run import perform_run
 
-    return perform_run(tc_system, tc_profile.run.steps, lambda m: progress(request.config, m))
+    run = perform_run(tc_system, tc_profile.run.steps, lambda m: progress(request.config, m))
+    if (use := request.config.stash.get(_CACHE_USE, None)) is not None:
+        run.compile_cache.update(restored_bytes=use.restored_bytes, saved_bytes=use.saved_bytes)
+    return run
 
 
 def require(system, capability: str) -> None:

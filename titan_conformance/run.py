@@ -6,6 +6,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Callable
 
+from titan_conformance.compilation.cache import compile_cache_counters
 from titan_conformance.compilation.ledger import CompileEvent
 from titan_conformance.provider import ConformanceSystem
 
@@ -24,6 +25,9 @@ class ConformanceRun:
     limit_hits: list[str] = field(default_factory=list)
     error: str | None = None
     """What stopped the run early, e.g. a recompile-limit failure under fullgraph."""
+    compile_cache: dict[str, int] = field(default_factory=dict)
+    """Inductor cache hits and misses in this process by the run's end (were its compile times
+    cold?), and the bytes of a `--tc-compile-cache` file restored and saved."""
 
 
 def perform_run(system: ConformanceSystem, steps: int, progress: Callable[[str], None] = lambda _: None) -> ConformanceRun:
@@ -37,6 +41,7 @@ def perform_run(system: ConformanceSystem, steps: int, progress: Callable[[str],
             run.post = system.validate()
     except Exception as e:  # the checks report it (a recompile-limit failure is a verdict, not a crash)
         run.error = f"{type(e).__name__}: {e}".splitlines()[0]
+    run.compile_cache = compile_cache_counters()
     if "compile_ledger" in system.capabilities:
         ledger = system.compile_ledger()
         run.compile_events = copy.deepcopy(ledger.events)

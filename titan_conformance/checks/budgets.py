@@ -32,16 +32,25 @@ def measured(startup: dict[str, float], step_times: list[dict[str, float]]) -> d
     return out
 
 
-def budget_verdict(values: dict[str, float], budget: Budget, device_cls: str) -> CheckResult:
+def compile_warmth(cache: dict[str, int]) -> str:
+    """Whether the compile phase was cold, as Inductor's FX-graph cache counted it."""
+    hits, misses = cache.get("fxgraph_cache_hit", 0), cache.get("fxgraph_cache_miss", 0)
+    if not hits and not misses:
+        return "no Inductor graphs"
+    return "cold compile" if not hits else f"{hits} of {hits + misses} Inductor graphs from cache"
+
+
+def budget_verdict(values: dict[str, float], budget: Budget, device_cls: str, warmth: str = "") -> CheckResult:
     limits = {k: v for k, v in budget.__dict__.items() if v is not None and k in values}
     over = {k: values[k] for k, limit in limits.items() if values[k] > limit}
+    note = f" ({warmth})" if warmth else ""
     if not over:
-        return CheckResult("budgets", True, f"all {len(limits)} budgets for {device_cls} met", values, limits)
+        return CheckResult("budgets", True, f"all {len(limits)} budgets for {device_cls} met{note}", values, limits)
     detail = "; ".join(
         f"{k} took {v:.3f}s, budget {limits[k]:.3f}s (over by {v - limits[k]:.3f}s, {v / limits[k]:.1f}x)"
         for k, v in over.items()
     )
-    return CheckResult("budgets", False, f"Time budget exceeded on {device_cls}: {detail}.", values, limits)
+    return CheckResult("budgets", False, f"Time budget exceeded on {device_cls}{note}: {detail}.", values, limits)
 
 
 def check_budgets(run, profile) -> CheckResult | str:
@@ -51,4 +60,4 @@ def check_budgets(run, profile) -> CheckResult | str:
     if budget is None or all(v is None for v in budget.__dict__.values()):
         return f"profile {profile.name!r} sets no budgets for device class {cls!r}"
     values = measured(run.system.startup, [r.times for r in run.records])
-    return budget_verdict(values, budget, cls)
+    return budget_verdict(values, budget, cls, compile_warmth(run.compile_cache))

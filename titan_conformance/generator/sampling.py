@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import torch
 
+try:  # the CUDA sampler (two Triton kernels)
+    from titan_conformance.generator import sampling_kernel
+except ImportError:  # no Triton (a CPU-only install): every device takes the PyTorch path
+    sampling_kernel = None
+
 
 def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
     """Gumbel(0, 1) noise on the generator's device: argmax(logp + noise) is an exact sample from
@@ -23,9 +28,18 @@ def sampling_tensors(temperature: float, device: torch.device) -> tuple[torch.Te
 
 def sample_tokens(
     logits: torch.Tensor, noise: torch.Tensor, divisor: torch.Tensor, noise_scale: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """logits [B, V] -> (token [B], its logprob [B], all logprobs [B, V]) under softmax(logits /
-    divisor): the processed logprob of the distribution actually sampled from."""
-    logp = torch.log_softmax(logits.float() / divisor, dim=-1)
-    tokens = (logp + noise * noise_scale).argmax(dim=-1)
-    return tokens, logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), logp
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [B, V] -> (token [B], its logprob [B]) under softmax(logits / divisor): the processed
+    logprob of the distribution actually sampled from. argmax(x + noise) = argmax(log_softmax(x) +
+    noise) row by row, so no [B, V] logprobs are formed; on CUDA two Triton kernels
+    (`sampling_kernel.py`)."""
+    if logits.is_cuda and sampling_kernel is not None:
+        return sampling_kernel.launch_sample(logits, noise, divisor, noise_scale)
+    x = logits.float() / divisor
+    tokens = (x + noise * noise_scale).argmax(dim=-1)
+    return tokens, x.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(x, dim=-1)
+
+
+def all_logprobs(logits: torch.Tensor, divisor: torch.Tensor) -> torch.Tensor:
+    """[B, V] fp32 logprobs of the distribution `sample_tokens` samples from."""
+    return torch.log_softmax(logits.float() / divisor, dim=-1)

@@ -213,6 +213,7 @@ def run_record(run: Any, profile: Any) -> dict[str, Any]:
             "counts": counts,
             "events": [e.to_dict() for e in run.compile_events],
             "limit_hits": list(run.limit_hits),
+            "cache": dict(run.compile_cache),
         },
         "capture": _capture(system, profile),
     })

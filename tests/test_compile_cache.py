@@ -1,0 +1,60 @@
+"""The compile cache kept between runs (`--tc-compile-cache`): a fresh process with an empty
+Inductor cache directory restores the file and compiles nothing; a corrupt file is a clear error."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from titan_conformance.checks.budgets import compile_warmth
+from titan_conformance.compilation.cache import restore_compile_cache
+from titan_conformance.errors import ConformanceError
+
+# One process of a CI job: restore the file (if any), compile, save, report the cache counters.
+_JOB = """
+import json, sys, torch
+from pathlib import Path
+from titan_conformance.compilation.cache import compile_cache_counters, restore_compile_cache, save_compile_cache
+from titan_conformance.model import ModelArgs, Qwen3Model
+from titan_conformance.compilation import CompileConfig, CompileLedger, apply_regional_compile
+
+path = Path(sys.argv[1])
+use = restore_compile_cache(path)
+model = Qwen3Model(ModelArgs(vocab_size=16, dim=16, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=8, hidden_dim=32))
+apply_regional_compile(model, CompileConfig(), CompileLedger(), role="job")
+model(torch.randint(0, 16, (2, 5)))
+save_compile_cache(path, use)
+print(json.dumps({"restored": use.restored_bytes, "saved": use.saved_bytes, **compile_cache_counters()}))
+"""
+
+
+def _job(cache_file, tmp_path, name):
+    # A fresh Inductor/Triton cache directory per job, as on a new runner: only the file carries over.
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / f"inductor-{name}"),
+               TRITON_CACHE_DIR=str(tmp_path / f"triton-{name}"))
+    proc = subprocess.run([sys.executable, "-c", _JOB, str(cache_file)], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_a_restored_cache_makes_a_fresh_runner_compile_nothing(tmp_path):
+    cache_file = tmp_path / "ci-cache" / "compile.bin"
+    cold = _job(cache_file, tmp_path, "cold")
+    assert cold["restored"] == 0 and cold["saved"] > 0 and cold["fxgraph_cache_miss"] >= 1
+    assert compile_warmth(cold) == "cold compile"
+    warm = _job(cache_file, tmp_path, "warm")
+    assert warm["restored"] == cold["saved"]
+    assert warm["fxgraph_cache_miss"] == 0 and warm["fxgraph_cache_hit"] == cold["fxgraph_cache_miss"], warm
+    assert compile_warmth(warm).endswith("Inductor graphs from cache")
+    assert not list(cache_file.parent.glob(".compile.bin.*"))  # the atomic write left no temp file
+
+
+def test_a_corrupt_cache_file_says_what_to_do(tmp_path):
+    bad = tmp_path / "compile.bin"
+    bad.write_bytes(b"not a cache")
+    with pytest.raises(ConformanceError, match="delete it"):
+        restore_compile_cache(bad)
+    assert restore_compile_cache(tmp_path / "absent.bin").restored_bytes == 0
