@@ -17,6 +17,6 @@ opts = parser.parse_args()
 system = GRPOSystem(load_profile(opts.suite), device="cuda")
 cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG", "default")
 for size in sorted(system.generator.graphs):
-    diff = (system.probe_decode(size, "graph") - system.probe_decode(size, "compiled")).abs().max().item()
+    diff = (system.probe_decode(size, "graph").logprobs - system.probe_decode(size, "compiled").logprobs).abs().max().item()
     print(f"CUBLAS_WORKSPACE_CONFIG={cublas} size {size:4d}: graph vs compiled max |diff| = {diff:.3e}")
 system.close()

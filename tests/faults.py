@@ -94,6 +94,21 @@ def stale_kv_cache_after_capture(profile, **kw) -> GRPOSystem:
     return system
 
 
+def sampler_ignores_noise(profile, **kw) -> GRPOSystem:
+    """A decode step whose sampler drops the Gumbel noise (greedy whatever the temperature), captured
+    in every graph: every mode agrees, only the sampler's own output gives it away."""
+    system = GRPOSystem(profile, **kw)
+    gen = system.generator
+
+    def greedy_step(tokens, positions, noise, divisor, noise_scale):
+        return type(gen).decode_step(gen, tokens, positions, noise, divisor, noise_scale * 0)
+
+    gen.decode_step = greedy_step
+    gen.graphs.clear()
+    gen.capture()
+    return system
+
+
 def capture_size_left_out(profile, **kw) -> GRPOSystem:
     system = GRPOSystem(profile, **kw)
     left_out = system.generator.capture_sizes[len(system.generator.capture_sizes) // 2]

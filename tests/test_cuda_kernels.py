@@ -1,9 +1,10 @@
 """The generator's Triton kernels (decode attention, sampling) against PyTorch references.
 
-CI has no GPU, so each kernel runs under Triton's interpreter, in a process of its own (the variable
-must be set before Triton is imported); inputs and outputs travel through torch.save. On a GPU the
-kernels run natively at the qwen3-0.6b shape in bf16 instead, and the suite's parity and
-graph-equivalence checks cover them inside the model.
+The edge cases (block boundaries, position 0, ties, NaN, small vocabularies) run natively on a GPU,
+and on CI, which has none, under Triton's interpreter in a process of its own (the variable must be
+set before Triton is imported; inputs and outputs travel through torch.save). On a GPU the kernels
+also run at the qwen3-0.6b shape in bf16, and the suite's parity and graph-equivalence checks cover
+them inside the model.
 """
 
 import os
@@ -24,10 +25,17 @@ torch.save(getattr(importlib.import_module(module), name)(*args, **kwargs), sys.
 """
 
 
-def interpreted(tmp_path, function: str, *args, **kwargs):
+def run_kernel(tmp_path, function: str, *args, **kwargs):
+    """`function` (module:name) on the given CPU tensors: natively on a GPU when there is one, else
+    under Triton's interpreter; returns CPU tensors."""
     pytest.importorskip("triton")
-    if torch.cuda.is_available():  # older interpreters (Triton 3.6) cannot loop to a loaded bound
-        pytest.skip("a GPU runs the kernels natively (the *_on_cuda tests)")
+    if torch.cuda.is_available():
+        import importlib
+
+        module, name = function.split(":")
+        on_gpu = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
+        out = getattr(importlib.import_module(module), name)(*on_gpu, **kwargs)
+        return tuple(t.cpu() for t in out) if isinstance(out, tuple) else out.cpu()
     torch.save((args, kwargs), tmp_path / "in.pt")
     proc = subprocess.run(
         [sys.executable, "-c", _INTERPRET, function, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
@@ -55,7 +63,7 @@ def test_decode_attention_matches_sdpa_over_expanded_heads(path, dtype, tmp_path
     if path == "sdpa":
         out = grouped_sdpa_decode(q, keys[:bsz], values[:bsz], positions)
     else:
-        out = interpreted(
+        out = run_kernel(
             tmp_path, "titan_conformance.model.decode_kernel:launch_decode_attention",
             q, keys, values, positions, head_dim**-0.5, block_l=16,
         )
@@ -80,22 +88,26 @@ def test_decode_attention_matches_sdpa_over_expanded_heads(path, dtype, tmp_path
 def test_sampling_kernel_matches_pytorch(vocab, temperature, dtype, tmp_path):
     """The CUDA sampler draws the same tokens as the PyTorch path and reports their logprob under
     softmax(logits / T), across its vocabulary splits; ties go to the first index as torch.argmax;
-    greedy (T = 0) is the plain argmax with the untempered logprob."""
+    a NaN logit wins with a NaN logprob (as torch), so a broken generator stays visible; greedy
+    (T = 0) is the plain argmax with the untempered logprob."""
     from titan_conformance.generator.sampling import sampling_tensors
 
     torch.manual_seed(0)
     logits = torch.randn(6, vocab) * 4
     logits[0, 7] = logits[0, vocab - 3] = logits[0].max() + 50  # a tie far above the noise
+    logits[1, [vocab // 2, 3]] = float("nan")  # NaN wins, first index first, logprob NaN: as torch
     logits = logits.to(dtype)
     noise = gumbel_noise((6, vocab), torch.Generator().manual_seed(1))
     noise[0, vocab - 3] = noise[0, 7]
     divisor, scale = sampling_tensors(temperature, torch.device("cpu"))
-    tokens, logp = interpreted(
+    tokens, logp = run_kernel(
         tmp_path, "titan_conformance.generator.sampling_kernel:launch_sample", logits, noise, divisor, scale
     )
     expected_tokens, expected_logp = sample_tokens(logits, noise, divisor, scale)
     assert tokens.dtype == torch.int64 and tokens.tolist() == expected_tokens.tolist()
-    assert tokens[0] == 7
+    assert tokens[0] == 7 and tokens[1] == 3 and logp[1].isnan() and expected_logp[1].isnan()
+    tokens, logp, expected_logp = tokens[2:], logp[2:], expected_logp[2:]
+    logits = logits[2:]
     if temperature == 0:
         assert tokens.tolist() == logits.argmax(-1).tolist()
     reference = torch.log_softmax(logits.double() / divisor.double(), -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)

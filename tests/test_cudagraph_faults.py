@@ -1,5 +1,6 @@
 """On a CUDA device: FULL-graph equivalence passes on the tiny profile and FAILS on each planted
-fault (a size left out, padding rows leaking into real rows, a stale KV cache after capture)."""
+fault (a size left out, padding rows leaking into real rows, a stale KV cache after capture, a
+sampler that drops its noise)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ def test_healthy_graphs_match_at_every_size():
         (faults.capture_size_left_out, lambda s: capture_set_verdict(*s.cudagraph_sizes()), "missing ["),
         (faults.padding_leaks_into_real_rows, lambda s: check_graph_equivalence(s, s.profile), "padding leaks"),
         (faults.stale_kv_cache_after_capture, lambda s: check_graph_equivalence(s, s.profile), "replay differs from the same compiled step"),
+        (faults.sampler_ignores_noise, lambda s: check_graph_equivalence(s, s.profile), "the captured sampler is wrong"),
     ],
 )
 def test_planted_graph_faults_fail(fault, check, cause):

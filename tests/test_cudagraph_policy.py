@@ -1,6 +1,7 @@
 """Capture-size policy and the capture-set verdict: the CPU-runnable parts of the CUDA-graph checks."""
 
 import pytest
+import torch
 
 from titan_conformance.checks.cudagraphs import capture_set_verdict
 from titan_conformance.errors import ConformanceError
@@ -30,3 +31,24 @@ def test_capture_set_verdict_names_a_size_left_out():
     result = capture_set_verdict([1, 2, 4, 8, 16, 32, 40], [1, 2, 4, 16, 32, 40])
     assert not result.passed and "missing [8]" in result.message
     assert capture_set_verdict([1, 2], [1, 2]).passed
+
+
+def test_sampler_errors_catch_a_sampler_that_drops_its_noise():
+    """The sampler part of the graph-equivalence check, on CPU: the PyTorch sampler's own output
+    passes; greedy tokens and a logprob at the wrong temperature are each caught."""
+    from titan_conformance.checks.cudagraphs import SAMPLER_MAX_ABS, sampler_errors
+    from titan_conformance.generator.native import DecodeProbe
+    from titan_conformance.generator.sampling import all_logprobs, gumbel_noise, sample_tokens, sampling_tensors
+
+    torch.manual_seed(0)
+    logits = torch.randn(8, 500) * 3
+    noise = gumbel_noise((8, 500), torch.Generator().manual_seed(0))
+    divisor, scale = sampling_tensors(1.0, torch.device("cpu"))
+    logp = all_logprobs(logits, divisor)
+    tokens, token_logp = sample_tokens(logits, noise, divisor, scale)
+    assert max(sampler_errors(DecodeProbe(logp, tokens, token_logp, noise))) <= SAMPLER_MAX_ABS
+    greedy = logits.argmax(-1)
+    shortfall, _ = sampler_errors(DecodeProbe(logp, greedy, logp.gather(-1, greedy[:, None])[:, 0], noise))
+    assert shortfall > 100 * SAMPLER_MAX_ABS
+    _, logprob_err = sampler_errors(DecodeProbe(logp, tokens, sample_tokens(logits, noise, divisor * 2, scale)[1], noise))
+    assert logprob_err > 100 * SAMPLER_MAX_ABS

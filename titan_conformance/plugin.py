@@ -177,14 +177,17 @@ def tc_system(request: pytest.FixtureRequest, tc_profile):
         system = factory(tc_profile, device=opts.getoption("--tc-device"), model_path=opts.getoption("--tc-model-path"))
     except ConformanceError as e:
         _fail(e)
-    startup = ", ".join(f"{k}={v:.1f}s" for k, v in system.startup.items())
-    progress(request.config, f"built {system.name} system ({startup})")
-    if cache_use is not None:
-        save_compile_cache(Path(cache_file), cache_use)
-        opts.stash[_CACHE_USE] = cache_use
-        progress(request.config, f"compile cache: restored {cache_use.restored_bytes} bytes, saved {cache_use.saved_bytes}")
-    yield system
-    system.close()
+    try:  # whatever happens from here on, the system's engines and process groups are released
+        startup = ", ".join(f"{k}={v:.1f}s" for k, v in system.startup.items())
+        progress(request.config, f"built {system.name} system ({startup})")
+        if cache_use is not None:
+            save_compile_cache(Path(cache_file), cache_use)
+            opts.stash[_CACHE_USE] = cache_use
+            progress(request.config, f"compile cache: restored {cache_use.restored_bytes} bytes, saved "
+                     f"{cache_use.saved_bytes}" + (f"; {cache_use.problem}" if cache_use.problem else ""))
+        yield system
+    finally:
+        system.close()
 
 
 @pytest.fixture(scope="session")
@@ -194,7 +197,7 @@ def tc_run(request: pytest.FixtureRequest, tc_system, tc_profile):
 
     run = perform_run(tc_system, tc_profile.run.steps, lambda m: progress(request.config, m))
     if (use := request.config.stash.get(_CACHE_USE, None)) is not None:
-        run.compile_cache.update(restored_bytes=use.restored_bytes, saved_bytes=use.saved_bytes)
+        run.compile_cache.update(restored_bytes=use.restored_bytes, saved_bytes=use.saved_bytes, problem=use.problem)
     return run
 
 

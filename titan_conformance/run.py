@@ -25,7 +25,7 @@ class ConformanceRun:
     limit_hits: list[str] = field(default_factory=list)
     error: str | None = None
     """What stopped the run early, e.g. a recompile-limit failure under fullgraph."""
-    compile_cache: dict[str, int] = field(default_factory=dict)
+    compile_cache: dict[str, int | str] = field(default_factory=dict)
     """Inductor cache hits and misses in this process by the run's end (were its compile times
     cold?), and the bytes of a `--tc-compile-cache` file restored and saved."""
 

@@ -35,6 +35,7 @@ def measured(startup: dict[str, float], step_times: list[dict[str, float]]) -> d
 def compile_warmth(cache: dict[str, int]) -> str:
     """Whether the compile phase was cold, as Inductor's FX-graph cache counted it."""
     hits, misses = cache.get("fxgraph_cache_hit", 0), cache.get("fxgraph_cache_miss", 0)
+    misses += cache.get("fxgraph_cache_bypass", 0)  # compiled without the cache: cold as well
     if not hits and not misses:
         return "no Inductor graphs"
     return "cold compile" if not hits else f"{hits} of {hits + misses} Inductor graphs from cache"

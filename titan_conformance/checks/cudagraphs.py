@@ -1,5 +1,6 @@
 """FULL CUDA-graph equivalence: at every capture size replay equals the compiled step exactly and
-eager within tolerance; padded batches between sizes give the same real rows; nothing non-finite."""
+eager within tolerance, and the captured sampler draws argmax(logprob + noise) with the right
+logprob; padded batches between sizes give the same real rows; nothing non-finite."""
 
 from __future__ import annotations
 
@@ -39,6 +40,22 @@ def capture_policy_verdict(policy: list[int], max_num_seqs: int) -> CheckResult:
     )
 
 
+SAMPLER_MAX_ABS = 1e-4
+"""fp32 rounding between the sampler's formulation (argmax of logits + noise, logit - logsumexp) and
+the reference one over the step's log-softmax; a wrong sampler is off by far more (a skipped noise
+term by ~1 per row, a wrong temperature by the logits' scale)."""
+
+
+def sampler_errors(probe) -> tuple[float, float]:
+    """(how far the sampled tokens fall short of maximizing logprob + noise, the largest error of
+    their reported logprobs against the log-softmax), over the rows of a `DecodeProbe`."""
+    perturbed = probe.logprobs.double() + probe.noise.double()
+    chosen = probe.tokens.unsqueeze(-1)
+    shortfall = (perturbed.max(-1).values - perturbed.gather(-1, chosen).squeeze(-1)).max()
+    logprob_err = (probe.token_logprobs.double() - probe.logprobs.double().gather(-1, chosen).squeeze(-1)).abs().max()
+    return float(shortfall), float(logprob_err)
+
+
 def _between(sizes: list[int]) -> list[int]:
     """One batch size strictly between each pair of neighbouring capture sizes."""
     return [(a + b) // 2 for a, b in zip(sizes, sizes[1:]) if b - a > 1]
@@ -51,12 +68,23 @@ def check_graph_equivalence(system, profile) -> CheckResult:
     per_size, causes = {}, []
     for size in captured:
         graph, compiled, eager = (system.probe_decode(size, how) for how in ("graph", "compiled", "eager"))
+        shortfall, logprob_err = sampler_errors(graph)
         row = {
-            "graph_vs_compiled_max_abs": float((graph - compiled).abs().max()),
-            "graph_vs_eager_max_abs": float((graph - eager).abs().max()),
-            "finite": bool(torch.isfinite(graph).all()),
+            "graph_vs_compiled_max_abs": float((graph.logprobs - compiled.logprobs).abs().max()),
+            "graph_vs_eager_max_abs": float((graph.logprobs - eager.logprobs).abs().max()),
+            "tokens_match_compiled": bool(torch.equal(graph.tokens, compiled.tokens)),
+            "sampler_argmax_shortfall": shortfall,
+            "sampler_logprob_max_abs": logprob_err,
+            "finite": bool(torch.isfinite(graph.logprobs).all()),
         }
         per_size[size] = row
+        if not row["tokens_match_compiled"]:
+            causes.append(f"size {size}: replay sampled other tokens than the same compiled step run without a graph")
+        if max(shortfall, logprob_err) > SAMPLER_MAX_ABS:
+            causes.append(
+                f"size {size}: the captured sampler is wrong: its tokens fall short of argmax(logprob + noise) by "
+                f"{shortfall:.3e} and its token logprobs are off by {logprob_err:.3e} (allowed {SAMPLER_MAX_ABS:.0e})"
+            )
         if not row["finite"]:
             causes.append(f"size {size}: replay produced NaN/inf")
         if row["graph_vs_compiled_max_abs"] > replay_tol:
@@ -65,12 +93,12 @@ def check_graph_equivalence(system, profile) -> CheckResult:
         if row["graph_vs_eager_max_abs"] > tol:
             causes.append(f"size {size}: replay differs from eager by {row['graph_vs_eager_max_abs']:.3e} > {tol:.1e}")
     for batch in _between(captured):
-        graph, eager = system.probe_decode(batch, "graph"), system.probe_decode(batch, "eager")
+        graph, eager = system.probe_decode(batch, "graph").logprobs, system.probe_decode(batch, "eager").logprobs
         diff = float((graph - eager).abs().max())
         per_size[f"{batch} (padded)"] = {"graph_vs_eager_max_abs": diff, "finite": bool(torch.isfinite(graph).all())}
         if diff > tol or not torch.isfinite(graph).all():
             causes.append(f"batch {batch} padded to the next capture size: real rows differ from eager by {diff:.3e} > {tol:.1e} (padding leaks into real rows?)")
     metrics = {"per_size": per_size}
     if not causes:
-        return CheckResult("cudagraph_equivalence", True, f"replay matches at {len(captured)} capture sizes and {len(_between(captured))} padded batches", metrics, {"max_abs": tol, "replay_max_abs": replay_tol})
+        return CheckResult("cudagraph_equivalence", True, f"replay matches at {len(captured)} capture sizes and {len(_between(captured))} padded batches", metrics, {"max_abs": tol, "replay_max_abs": replay_tol, "sampler_max_abs": SAMPLER_MAX_ABS})
     return CheckResult("cudagraph_equivalence", False, "FULL CUDA-graph replay is not equivalent: " + "; ".join(causes) + ".", metrics, {"max_abs": tol})

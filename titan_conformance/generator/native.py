@@ -8,6 +8,7 @@ above the largest runs without a graph.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -49,6 +50,20 @@ class CapturedGraph:
     """tokens [N], token logprobs [N], logits [N, V]."""
     seconds: float
     memory_bytes: int
+
+
+@dataclass
+class DecodeProbe:
+    """One decode step as `NativeGenerator.probe_decode` ran it (CPU tensors)."""
+
+    logprobs: torch.Tensor
+    """[B, V] fp32: log-softmax of the step's logits."""
+    tokens: torch.Tensor
+    """[B]: the tokens the step sampled."""
+    token_logprobs: torch.Tensor
+    """[B]: their logprobs as the sampler reported them."""
+    noise: torch.Tensor
+    """[B, V]: the Gumbel noise the step sampled with (temperature 1)."""
 
 
 @dataclass
@@ -313,10 +328,10 @@ class NativeGenerator:
         return out
 
     @torch.no_grad()
-    def probe_decode(self, batch: int, how: str, prompt_len: int = 7, seed: int = 0) -> torch.Tensor:
-        """All logprobs [batch, V] of one decode step from a fixed state (deterministic prompts
-        prefilled, then one decode), run `how`: "graph" (replay at the padded size), "compiled"
-        (the same compiled step, no graph) or "eager" (compile bypassed)."""
+    def probe_decode(self, batch: int, how: str, prompt_len: int = 7, seed: int = 0) -> DecodeProbe:
+        """One decode step from a fixed state (deterministic prompts prefilled, then one decode at
+        temperature 1), run `how`: "graph" (replay at the padded size), "compiled" (the same
+        compiled step, no graph) or "eager" (compile bypassed)."""
         rng = torch.Generator(device=self.device).manual_seed(seed)
         vocab = self.vocab_size
         prompts = torch.randint(0, vocab, (batch, prompt_len), generator=rng, device=self.device).tolist()
@@ -324,15 +339,16 @@ class NativeGenerator:
         tokens = logits.argmax(-1, keepdim=True)
         noise = gumbel_noise((batch, vocab), rng)
         args = (tokens, lengths.unsqueeze(1).clone(), noise, *sampling_tensors(1.0, self.device))
-        divisor = args[3]
-        if how == "eager":
-            with torch.compiler.set_stance("force_eager"):
-                return all_logprobs(self.decode_step(*args)[2], divisor).cpu()
-        if how == "compiled" and batch in self.graphs:
-            # The same compiled step on the graph's own input buffers: same addresses and alignment,
-            # so the same kernels are chosen; only the graph itself differs.
-            static = self.graphs[batch].inputs
-            for buffer, value in zip(static, args):
-                buffer.copy_(value)
-            return all_logprobs(self.decode_step(*static)[2], divisor).cpu()
-        return self.run_decode(*args, use_graph=how == "graph", want_all=True)[2].cpu()
+        if how == "graph" or how == "compiled" and batch not in self.graphs:
+            sampled, logp, all_logp = self.run_decode(*args, use_graph=how == "graph", want_all=True)
+        else:
+            if how == "compiled":
+                # The same compiled step on the graph's own input buffers: same addresses and
+                # alignment, so the same kernels are chosen; only the graph itself differs.
+                for buffer, value in zip(self.graphs[batch].inputs, args):
+                    buffer.copy_(value)
+                args = self.graphs[batch].inputs
+            with torch.compiler.set_stance("force_eager") if how == "eager" else contextlib.nullcontext():
+                sampled, logp, step_logits = self.decode_step(*args)
+            all_logp = all_logprobs(step_logits, args[3])
+        return DecodeProbe(all_logp.cpu(), sampled.cpu(), logp.float().cpu(), noise.cpu())

@@ -21,11 +21,11 @@ BLOCK = 1024
 
 @triton.jit
 def _partial_kernel(
-    logits_ptr, noise_ptr, divisor_ptr, scale_ptr, max_ptr, sum_ptr, best_ptr, index_ptr,
+    logits_ptr, noise_ptr, divisor_ptr, scale_ptr, max_ptr, sum_ptr, best_ptr, index_ptr, nan_ptr,
     vocab, stride_logits, stride_noise, chunk,
     SPLITS: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    row, split = tl.program_id(0), tl.program_id(1)
+    row, split = tl.program_id(0).to(tl.int64), tl.program_id(1)  # int64: row offsets of [B, V] pass 2**31
     divisor, scale = tl.load(divisor_ptr), tl.load(scale_ptr)
     begin = split * chunk
     end = tl.minimum(begin + chunk, vocab)
@@ -33,11 +33,15 @@ def _partial_kernel(
     lane_sum = tl.zeros([BLOCK], tl.float32)
     lane_best = tl.full([BLOCK], float("-inf"), tl.float32)
     lane_index = tl.zeros([BLOCK], tl.int32)
+    lane_nan = tl.full([BLOCK], vocab, tl.int32)  # first NaN logit's index (vocab: none)
     for start in range(begin, end, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         ok = cols < end
         x = tl.load(logits_ptr + row * stride_logits + cols, mask=ok, other=float("-inf")).to(tl.float32) / divisor
         noise = tl.load(noise_ptr + row * stride_noise + cols, mask=ok, other=0.0)
+        # max/min drop NaN, so NaN logits are tracked on their own and win in the combine, as in
+        # torch.argmax (the first NaN is the maximum) and logsumexp (NaN).
+        lane_nan = tl.minimum(lane_nan, tl.where(x != x, cols, vocab))
         new_max = tl.maximum(lane_max, x)
         # A lane that has seen only masked entries stays at -inf with sum 0 (exp(-inf - -inf) is NaN).
         seen = new_max > float("-inf")
@@ -56,14 +60,15 @@ def _partial_kernel(
     tl.store(sum_ptr + out, tl.sum(lane_sum * lane_scale, axis=0))
     tl.store(best_ptr + out, slice_best)
     tl.store(index_ptr + out, first)
+    tl.store(nan_ptr + out, tl.min(lane_nan, axis=0))
 
 
 @triton.jit
 def _combine_kernel(
-    logits_ptr, divisor_ptr, max_ptr, sum_ptr, best_ptr, index_ptr, token_ptr, logprob_ptr,
+    logits_ptr, divisor_ptr, max_ptr, sum_ptr, best_ptr, index_ptr, nan_ptr, token_ptr, logprob_ptr,
     vocab, stride_logits, SPLITS: tl.constexpr,
 ):
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)
     slices = row * SPLITS + tl.arange(0, SPLITS)
     slice_max, slice_sum = tl.load(max_ptr + slices), tl.load(sum_ptr + slices)
     slice_best, slice_index = tl.load(best_ptr + slices), tl.load(index_ptr + slices)
@@ -71,9 +76,11 @@ def _combine_kernel(
     total = tl.sum(tl.where(slice_max > float("-inf"), slice_sum * tl.exp(slice_max - row_max), 0.0), axis=0)
     best = tl.max(slice_best, axis=0)
     token = tl.min(tl.where(slice_best == best, slice_index, vocab), axis=0)
+    first_nan = tl.min(tl.load(nan_ptr + slices), axis=0)
+    token = tl.where(first_nan < vocab, first_nan, token)
     x = tl.load(logits_ptr + row * stride_logits + token).to(tl.float32) / tl.load(divisor_ptr)
     tl.store(token_ptr + row, token.to(tl.int64))
-    tl.store(logprob_ptr + row, x - (row_max + tl.log(total)))
+    tl.store(logprob_ptr + row, x - (row_max + tl.log(total)) + tl.where(first_nan < vocab, float("nan"), 0.0))
 
 
 def launch_sample(
@@ -87,14 +94,14 @@ def launch_sample(
     splits = min(64, triton.next_power_of_2(triton.cdiv(vocab, 2 * BLOCK)))
     chunk = triton.cdiv(vocab, splits)
     partial = [torch.empty(bsz, splits, device=logits.device, dtype=torch.float32) for _ in range(3)]
-    index = torch.empty(bsz, splits, device=logits.device, dtype=torch.int32)
+    index, nan = (torch.empty(bsz, splits, device=logits.device, dtype=torch.int32) for _ in range(2))
     _partial_kernel[(bsz, splits)](
-        logits, noise, divisor, noise_scale, *partial, index,
+        logits, noise, divisor, noise_scale, *partial, index, nan,
         vocab, logits.stride(0), noise.stride(0), chunk, SPLITS=splits, BLOCK=BLOCK,
     )
     tokens = torch.empty(bsz, device=logits.device, dtype=torch.int64)
     logprobs = torch.empty(bsz, device=logits.device, dtype=torch.float32)
     _combine_kernel[(bsz,)](
-        logits, divisor, *partial, index, tokens, logprobs, vocab, logits.stride(0), SPLITS=splits,
+        logits, divisor, *partial, index, nan, tokens, logprobs, vocab, logits.stride(0), SPLITS=splits,
     )
     return tokens, logprobs

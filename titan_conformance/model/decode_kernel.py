@@ -12,7 +12,10 @@ against 21.0 for Inductor-compiled SDPA with a mask and 13.6 for compiled flex a
 (`benchmarks/decode_microbench.py`).
 
 Registered as the custom op `titan_conformance::decode_attention`, so Dynamo and Inductor treat it
-as one opaque call inside the compiled block, and a FULL CUDA graph captures its launch.
+as one opaque call inside the compiled block, and a FULL CUDA graph captures its launch. (As a
+`torch.library.triton_op` Inductor would compile it into the block's code, and a restored compile
+cache would bring it along; on torch 2.11 Inductor passes `scale` as fp64 and the online softmax's
+loop-carried fp32 state then fails to compile: an fp32 cast of the scores is the fix to try.)
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ def _decode_attention_kernel(
     scale,
     REP: tl.constexpr, GROUP_P: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
-    row, kv_head = tl.program_id(0), tl.program_id(1)
+    row, kv_head = tl.program_id(0).to(tl.int64), tl.program_id(1)  # int64: row offsets of a big cache pass 2**31
     last = tl.load(pos_ptr + row * stride_pb)  # this row's query position: slots 0..last are its own
     group = tl.arange(0, GROUP_P)  # the group's query heads, padded to the tl.dot tile height
     heads = kv_head * REP + group  # query head h = kv_head * rep + r

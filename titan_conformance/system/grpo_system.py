@@ -335,7 +335,7 @@ class GRPOSystem:
         return self.profile.capture_sizes, sorted(getattr(self.generator, "graphs", {}))
 
     def probe_decode(self, batch: int, how: str):
-        """One decode step's logprobs [batch, V] from a fixed state: graph, compiled or eager."""
+        """One decode step from a fixed state (`DecodeProbe`): graph, compiled or eager."""
         return self.generator.probe_decode(batch, how)
 
     def validate(self) -> Reward:
