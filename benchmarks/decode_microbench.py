@@ -19,6 +19,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from titan_conformance.generator.sampling import sample_tokens, sampling_tensors
+from titan_conformance.model.attention import grouped_sdpa_decode, visible_slots
 from titan_conformance.model.decode_kernel import launch_decode_attention
 
 B, L, KV, REP, D, LAYERS = 40, 128, 8, 2, 128, 28
@@ -50,7 +51,7 @@ def graph_us(fn, reps: int = 200) -> float:
 
 def hidden_slots(pos):
     """[B, 1, 1, L]: cache slots past each row's position."""
-    return torch.arange(L, device=DEVICE).view(1, 1, 1, L) > pos.view(B, 1, 1, 1)
+    return ~visible_slots(L, pos.view(B, 1)).view(B, 1, 1, L)
 
 
 def reference(q, k, v, pos):
@@ -60,11 +61,8 @@ def reference(q, k, v, pos):
 
 
 def sdpa_mask(q, k, v, pos):
-    visible = torch.arange(L, device=DEVICE).view(1, -1) <= pos.view(-1, 1)
-    out = F.scaled_dot_product_attention(
-        q.reshape(B, KV, REP, D), k.transpose(1, 2), v.transpose(1, 2), attn_mask=visible.view(B, 1, 1, L)
-    )
-    return out.reshape(B, 1, H, D)
+    """The generator's decode attention without Triton: one SDPA over grouped queries, with a mask."""
+    return grouped_sdpa_decode(q, k, v, pos.view(B, 1))
 
 
 def with_backend(fn, backend):
