@@ -108,6 +108,7 @@ def baseline_generator(
         args, CompileConfig(), CompileLedger(), profile.max_num_seqs, profile.generator.max_model_len,
         device, dtype, "FULL", [profile.max_num_seqs], stacked=fused,
     )
+    gen.wait_warm_start()  # before the attention class and the sampler are swapped below
     if attention is not None:
         for block in gen.model.layers:
             block.self_attn.inner_attention.__class__ = attention

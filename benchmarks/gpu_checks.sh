@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: the GPU-only tests, then the conformance suite on CUDA for both profiles.
-# Optional parts: STARTUP=1 (generator startup: cold without and with Python bytecode, a fresh runner
-# restoring the compile cache the cold run saved, then warm),
+# Optional parts: STARTUP=1 (generator startup: cold without Python bytecode, then without and with the
+# warm start: cold twice, a fresh runner restoring the compile cache the last cold run saved, warm),
 # BENCH=1 (benchmark table; BENCH_SKIP=compile,capture leaves out the slow comparisons),
 # EXACTNESS=1, GPU_TESTS (default: SUITES) runs the GPU-only tests, TP=1 (needs 2 GPUs: the TP profile's suite on NCCL and the recompile measurement at
 # the qwen3-0.6b shape), SUITES=0 (skip the single-GPU tests and suites). PART_TIMEOUT (seconds, default 420) bounds each
@@ -39,13 +39,19 @@ if [ "${STARTUP:-0}" = 1 ]; then (  # a subshell: the parts after it run in the 
   fresh_caches() { TORCHINDUCTOR_CACHE_DIR=$(mktemp -d); TRITON_CACHE_DIR=$(mktemp -d); }
   cache_file=$(mktemp -d)/compile.bin  # what a runner would keep between jobs
   fresh_caches; run startup-no-bytecode python3 benchmarks/startup.py --label no-bytecode --out "$LOGS"
+  for i in 1 2; do  # warm start off and on, twice each: cold starts vary by a second or two
+    fresh_caches; run startup-cold-no-warm-start-$i python3 benchmarks/startup.py --label cold-no-warm-start-$i --out "$LOGS" --no-warm-start
+    fresh_caches; run startup-cold-$i python3 benchmarks/startup.py --label cold-$i --out "$LOGS"
+  done
   fresh_caches; run startup-cold python3 benchmarks/startup.py --label cold --out "$LOGS" --compile-cache "$cache_file"
+  fresh_caches; run startup-restored-no-warm-start python3 benchmarks/startup.py --label restored-no-warm-start --out "$LOGS" --compile-cache "$cache_file" --no-warm-start
   fresh_caches; run startup-restored python3 benchmarks/startup.py --label restored --out "$LOGS" --compile-cache "$cache_file"
+  run startup-warm-no-warm-start python3 benchmarks/startup.py --label warm-no-warm-start --out "$LOGS" --no-warm-start
   run startup-warm python3 benchmarks/startup.py --label warm --out "$LOGS"
 ) fi
 [ "${BENCH:-0}" = 1 ] && run bench python3 benchmarks/bench_gpu.py --out "$LOGS" --skip "${BENCH_SKIP:-}"
 if [ "${GPU_TESTS:-${SUITES:-1}}" = 1 ]; then
-  run gpu-tests python3 -m pytest tests/test_cudagraph_faults.py tests/test_cudagraph_policy.py tests/test_cuda_kernels.py -q -p no:cacheprovider
+  run gpu-tests python3 -m pytest tests/test_cudagraph_faults.py tests/test_cudagraph_policy.py tests/test_cuda_kernels.py tests/test_warm_start.py -q -p no:cacheprovider
 fi
 if [ "${SUITES:-1}" = 1 ]; then
   suite suite-qwen3 qwen3-0.6b -n 1

@@ -1,21 +1,24 @@
 """Generator startup, as a generator process pays it: build, weights, compile, FULL-graph capture.
 
     python benchmarks/startup.py [--suite qwen3-0.6b] [--label cold] [--out DIR] [--device cuda]
-                                 [--compile-cache FILE] [--cprofile]
+                                 [--compile-cache FILE] [--no-warm-start] [--cprofile]
 
 In an RL deployment the generator is a process of its own (vLLM's startup is what the seed PR cut
 from ~50 s to ~15 s), so this builds the native generator alone: the same regionally compiled
 blocks, prefill + decode compiled by a first short generate, then one FULL graph per capture size.
 Run it twice with one TORCHINDUCTOR_CACHE_DIR to see cold (empty cache) and warm (a runner's second
-run) startup, or with fresh cache dirs and one --compile-cache FILE to see a new runner that restores
-the file a previous job saved (`compilation/cache.py`). Prints one line per phase and each
-compilation with its backend seconds; writes startup-<label>.json (with Dynamo's compile-time
-breakdown and the Inductor cache counters) to --out, and with --cprofile the top functions.
+run) startup, or with fresh cache dirs and one --compile-cache FILE to see a new runner that
+restores the file a previous job saved (`compilation/cache.py`). --no-warm-start leaves Inductor's
+workers and our Triton kernels to the first compile and launch (`compilation/warm_start.py`). Prints
+one line per phase and each compilation with its backend seconds; writes startup-<label>.json (with
+Dynamo's compile-time breakdown and the Inductor cache counters) to --out, and with --cprofile the
+top functions.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -41,6 +44,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--cprofile", action="store_true", help="write startup-<label>.prof.txt: top functions")
     parser.add_argument("--compile-cache", type=Path, help="as --tc-compile-cache: restored when present, saved after")
+    parser.add_argument("--no-warm-start", action="store_true", help="compile.warm_start = false (the A/B baseline)")
     opts = parser.parse_args()
     if opts.cprofile:
         import cProfile
@@ -59,13 +63,14 @@ def main() -> None:
     ckpt = profile.model.checkpoint
     args = ModelArgs.from_hf_config(profile.model.config) if ckpt == "random" else read_model_args(resolve_checkpoint(ckpt))
     s = profile.sampling
+    compile_config = dataclasses.replace(profile.compile, warm_start=not opts.no_warm_start)
     phases: dict[str, float] = {}
     with CompileLedger() as ledger:
         with timed(phases, "device_init", device):
             torch.empty(1, device=device)
         with timed(phases, "build", device):
             gen = NativeGenerator.for_qwen3(
-                args, profile.compile, ledger, profile.max_num_seqs, profile.generator.max_model_len,
+                args, compile_config, ledger, profile.max_num_seqs, profile.generator.max_model_len,
                 device, getattr(torch, profile.model.dtype), profile.cudagraph.mode, profile.capture_sizes,
             )
         with timed(phases, "weight_load", device):  # seeded random: startup does not depend on values
@@ -94,6 +99,7 @@ def main() -> None:
         "torch": torch.__version__,
         "suite": profile.name,
         "inductor_cache_dir_set": "TORCHINDUCTOR_CACHE_DIR" in os.environ,
+        "warm_start": compile_config.warm_start,
         "phases": phases,
         "compile_plus_capture": phases["compile"] + phases["capture"],
         "capture_sizes": report.sizes,

@@ -18,6 +18,10 @@ class CompileConfig:
     dynamic: bool | None = True
     """torch.compile's `dynamic`: True marks batch and sequence dims dynamic up front, None lets
     Dynamo specialize first and go dynamic on the first shape change (one extra compile)."""
+    warm_start: bool = True
+    """Native generator on CUDA: from build on, while weights load, start Inductor's compile workers
+    and import its compiler, and compile our own Triton kernels in the background (`warm_start.py`);
+    False leaves all of it to the first compile and launch. The vLLM and torchtitan paths ignore it."""
     recompile_limit: int = 8
     """Dynamo's per-code-object recompile limit; past it a region falls back to eager (or, under
     fullgraph, raises). The recompile-budget check holds every region under it."""

@@ -11,15 +11,19 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
 from titan_conformance.compilation import CompileConfig, CompileLedger, apply_regional_compile
+from titan_conformance.compilation.warm_start import WarmStart, start_warm_start
 from titan_conformance.errors import ConformanceError
 from titan_conformance.generator.capture_sizes import effective_mode, padded_size
-from titan_conformance.generator.sampling import all_logprobs, gumbel_noise, sample_tokens, sampling_tensors
+from titan_conformance.generator.sampling import (
+    all_logprobs, gumbel_noise, sample_tokens, sampling_tensors, warm_up_sampler,
+)
 from titan_conformance.model.args import ModelArgs
 from titan_conformance.model.attention import KVCacheAttention
 from titan_conformance.model.qwen3 import Qwen3Model, detached_from_stack
@@ -108,6 +112,8 @@ class NativeGenerator:
         self.capture_sizes = sorted(capture_sizes or []) if self.cudagraph_mode != "NONE" else []
         self._forward = forward or model
         self.graphs: dict[int, CapturedGraph] = {}
+        self.warm_start: WarmStart | None = None
+        """Background kernel compiles started at build; the first forward waits for them."""
 
     @classmethod
     def for_qwen3(
@@ -135,7 +141,8 @@ class NativeGenerator:
         model.requires_grad_(False).eval()
         if stacked and tp_mesh is None:
             model.fuse_projections()
-        kv_heads = args.n_kv_heads // (tp_mesh.size() if tp_mesh is not None else 1)
+        tp = tp_mesh.size() if tp_mesh is not None else 1
+        kv_heads = args.n_kv_heads // tp  # each rank caches (and attends over) its own heads
         model.set_inner_attention(
             lambda _: KVCacheAttention(rows, max_model_len, kv_heads, args.head_dim, dtype, device)
         )
@@ -149,6 +156,12 @@ class NativeGenerator:
             unwrap_async_inputs(model)
         gen = cls(model, args.vocab_size, max_num_seqs, max_model_len, device, cudagraph_mode, capture_sizes)
         gen.region = apply_regional_compile(model, compile_config, ledger, role="generator")
+        if compile_config.warm_start:  # last: nothing here may fail once the thread runs
+            gen.warm_start = start_warm_start(
+                device, compile_config.backend if compile_config.enable else None,
+                [partial(model.layers[0].self_attn.inner_attention.warm_up, args.n_heads // tp),
+                 partial(warm_up_sampler, args.vocab_size, dtype, device)],
+            )
         return gen
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -175,7 +188,20 @@ class NativeGenerator:
     @torch.no_grad()
     def forward_step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Runs the blocks over [B, S] tokens at `positions`, writing the KV cache; returns logits."""
+        self.wait_warm_start()
         return self._forward(tokens, positions)
+
+    def wait_warm_start(self) -> None:
+        """Waits for the warm start if one is running: before the first forward (so the compile
+        phase counts whatever is left of it), before anything else compiles, and at close."""
+        if self.warm_start is not None:
+            self.warm_start, warm_start = None, self.warm_start
+            warm_start.wait()
+
+    def close(self) -> None:
+        """Waits for a warm start still running (a system whose startup failed before the first
+        forward); the graphs, cache and weights go with the object."""
+        self.wait_warm_start()
 
     def decode_step(self, tokens, positions, noise, divisor, noise_scale):
         """The whole decode step; what a FULL graph captures: (tokens, their logprobs, logits).

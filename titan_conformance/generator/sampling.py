@@ -43,3 +43,11 @@ def sample_tokens(
 def all_logprobs(logits: torch.Tensor, divisor: torch.Tensor) -> torch.Tensor:
     """[B, V] fp32 logprobs of the distribution `sample_tokens` samples from."""
     return torch.log_softmax(logits.float() / divisor, dim=-1)
+
+
+def warm_up_sampler(vocab: int, dtype: torch.dtype, device: torch.device) -> None:
+    """Compiles the sampler a generator of this vocabulary and logits dtype launches (one row)."""
+    sample_tokens(
+        torch.zeros(1, vocab, dtype=dtype, device=device), torch.zeros(1, vocab, device=device),
+        *sampling_tensors(1.0, device),
+    )

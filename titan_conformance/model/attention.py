@@ -84,6 +84,14 @@ class KVCacheAttention(nn.Module):
         )
         return out.transpose(1, 2)
 
+    def warm_up(self, n_heads: int) -> None:
+        """Compiles the decode kernel this cache's decode steps launch: one launch for one query on
+        the cache's first row (Triton specializes on dtypes and on which integers are 1 or multiples
+        of 16; a row's strides do not depend on the batch)."""
+        row = self.k_cache[:1]
+        q = row.new_zeros(1, 1, n_heads, row.shape[-1])
+        self.decode_attention(q, row, self.v_cache[:1], torch.zeros(1, 1, dtype=torch.long, device=row.device))
+
     @staticmethod
     def decode_attention(
         q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor,

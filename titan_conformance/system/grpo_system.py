@@ -136,6 +136,7 @@ class GRPOSystem:
                     self._warm_up_on_task()
                 self.sync_weights()
             with timed(self.startup, "compile", self.device):
+                self._wait_warm_start()
                 self._compile_trainer()
                 self._warm_up()
             with timed(self.startup, "capture", self.device):
@@ -175,9 +176,15 @@ class GRPOSystem:
             else:
                 load_checkpoint(model, ckpt)
         if self.tp_mesh is not None:
+            self._wait_warm_start()  # sharding imports DTensor's modules: not alongside the warm start's
             self._shard_trainer()
         if self.profile.generator.backend == "vllm":
             self.generator = self._start_vllm(ckpt)
+
+    def _wait_warm_start(self) -> None:
+        """Before the main thread compiles or imports much (`compilation/warm_start.py`)."""
+        if isinstance(getattr(self, "generator", None), NativeGenerator):
+            self.generator.wait_warm_start()
 
     def _compile_trainer(self) -> None:
         apply_regional_compile(self.trainer.model, self.profile.compile, self.ledger, "trainer")
