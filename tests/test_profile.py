@@ -22,6 +22,12 @@ def test_default_profile_loads_and_derives_max_num_seqs():
         ("[compile]\nrecompile_limit = 0\n", "compile.recompile_limit is invalid"),
         ("sampling = 3\n", "'sampling' must be a table"),
         ("[sampling\n", "not valid TOML"),
+        ('[budgets."NVIDIA A100"]\nstep = 1.0\n', "[budgets.NVIDIA A100] is not a device class"),
+        ("[budgets.h100]\nstep = -1.0\n", "budgets.h100.step = -1.0 is negative"),
+        ("[budgets.h100]\nsteps = 1.0\n", "Unknown profile key 'budgets.h100.steps'"),
+        ("budgets = 3\n", "'budgets' must be a table"),
+        ("[budgets.h100]\nstep = nan\n", "budgets.h100.step = nan is not a number"),
+        ("[budgets.h100]\nstep = inf\n", "budgets.h100.step is infinite"),
     ],
 )
 def test_bad_profiles_name_the_key(tmp_path, toml, fragment):
@@ -30,6 +36,13 @@ def test_bad_profiles_name_the_key(tmp_path, toml, fragment):
     with pytest.raises(ConformanceError, match=None) as info:
         load_profile(str(path))
     assert fragment in str(info.value)
+
+
+def test_budgets_of_any_gpu_class(tmp_path):
+    path = tmp_path / "a100.toml"
+    path.write_text("[budgets.a100]\nstep = 1.5\n\n[budgets.rtx4090]\nstartup = 90\n")
+    budgets = load_profile(str(path)).budgets
+    assert budgets["a100"].step == 1.5 and budgets["rtx4090"].startup == 90.0 and "h100" not in budgets
 
 
 def test_unknown_profile_lists_the_bundled_ones():

@@ -1,4 +1,5 @@
-"""`titan-conformance`: run the GRPO system, or compare two conformance reports."""
+"""`titan-conformance`: run the GRPO system, compare two conformance reports, or propose a profile's
+time budgets from a report."""
 
 from __future__ import annotations
 
@@ -52,6 +53,14 @@ def run_compare(opts: argparse.Namespace) -> int:
     return 1 if opts.fail_on_regression and any(r.regression for r in rows) else 0
 
 
+def run_budgets(opts: argparse.Namespace) -> int:
+    from titan_conformance.report.budget_proposal import propose_tables
+    from titan_conformance.report.schema import load_report
+
+    print(propose_tables(load_report(opts.report), opts.margin, opts.report), end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="titan-conformance", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     cmp.add_argument("--fail-on-regression", action="store_true", help="exit 1 when any regression is flagged")
     cmp.add_argument("--markdown", action="store_true", help="print a Markdown table (for a PR description)")
     cmp.set_defaults(run=run_compare)
+    bud = sub.add_parser("budgets", help="a profile's [budgets.<device class>] table from a report.json's measurement")
+    bud.add_argument("report", help="report.json of a conformance run on the device class to budget")
+    bud.add_argument("--margin", type=float, default=2.0, help="budget = margin x the slowest worker's time (default 2)")
+    bud.set_defaults(run=run_budgets)
     opts = parser.parse_args(argv)
     try:
         return opts.run(opts)

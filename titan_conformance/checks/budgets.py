@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 
 import torch
 
 from titan_conformance.checks.result import CheckResult
+from titan_conformance.device_class import gpu_class
 from titan_conformance.system.profile import Budget
 
 STARTUP = ("build", "weight_load", "compile", "capture", "first_generate")
@@ -14,11 +16,10 @@ STEP = ("generate", "train", "weight_sync")
 
 
 def device_class(device: torch.device) -> str:
-    """cpu, h100, h200, or the GPU's name in lower case (which no profile budgets)."""
+    """cpu, or the GPU's model (`gpu_class`)."""
     if device.type != "cuda":
         return "cpu"
-    name = torch.cuda.get_device_name(device).lower()
-    return next((c for c in ("h100", "h200") if c in name), name)
+    return gpu_class(torch.cuda.get_device_name(device))
 
 
 def measured(startup: dict[str, float], step_times: list[dict[str, float]]) -> dict[str, float]:
@@ -54,11 +55,28 @@ def budget_verdict(values: dict[str, float], budget: Budget, device_cls: str, wa
     return CheckResult("budgets", False, f"Time budget exceeded on {device_cls}{note}: {detail}.", values, limits)
 
 
+def proposed_budget(values: dict[str, float], margin: float) -> dict[str, float]:
+    """`margin` x each measured value, rounded up to two significant digits (at least 0.01 s), and
+    never below the value itself."""
+    out = {}
+    for key, value in values.items():
+        x = max(value * margin, 0.01)
+        unit = 10.0 ** (math.floor(math.log10(x)) - 1)
+        steps = math.ceil(x / unit - 1e-9)  # 0.1 * 3 is 0.30000000000000004: still 0.3
+        while (budget := round(steps * unit, 6)) < value:
+            steps += 1
+        out[key] = budget
+    return out
+
+
 def check_budgets(run, profile) -> CheckResult | str:
     """The verdict, or a reason to skip when the profile budgets nothing for this device class."""
     cls = device_class(run.system.device)
-    budget = getattr(profile.budgets, cls, None)
+    budget = profile.budgets.get(cls)
     if budget is None or all(v is None for v in budget.__dict__.values()):
-        return f"profile {profile.name!r} sets no budgets for device class {cls!r}"
+        return (
+            f"profile {profile.name!r} sets no budgets for device class {cls!r}: add a [budgets.{cls}] "
+            "table (`titan-conformance budgets REPORT.json` proposes one from this run's report)"
+        )
     values = measured(run.system.startup, [r.times for r in run.records])
     return budget_verdict(values, budget, cls, compile_warmth(run.compile_cache))

@@ -11,6 +11,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
+from titan_conformance.device_class import recorded_class
 from titan_conformance.errors import ConformanceError
 from titan_conformance.report.markdown import cell
 
@@ -108,9 +109,14 @@ def _judge(row: Row, threshold: float, min_seconds: float) -> None:
         row.note = "REGRESSION"
 
 
+def _environment(report: dict[str, Any], key: str) -> Any:
+    value = report["environment"].get(key)
+    return recorded_class(value, report["environment"].get("gpu")) if key == "device_class" else value
+
+
 def _check_comparable(base: dict[str, Any], head: dict[str, Any], names: tuple[str, str]) -> None:
     for key, what in (("profile", "profile"), ("device_class", "device class")):
-        b, h = base["environment"].get(key), head["environment"].get(key)
+        b, h = (_environment(report, key) for report in (base, head))
         if b and h and b != h:
             raise ConformanceError(
                 f"Incompatible reports: {names[0]} ran {what} {b!r} and {names[1]} ran {what} {h!r}, so their "

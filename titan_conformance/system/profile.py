@@ -7,6 +7,7 @@ values with the key's dotted name and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -16,13 +17,13 @@ from typing import Any
 
 from titan_conformance.compilation.config import CompileConfig
 from titan_conformance.data_files import data_dir
+from titan_conformance.device_class import DEVICE_CLASS_NAME
 from titan_conformance.errors import ConformanceError
 from titan_conformance.generator.capture_sizes import MODES, policy_capture_sizes
 from titan_conformance.model.args import ModelArgs
 from titan_conformance.trainer.grpo import GRPOConfig
 
 DTYPES = ("float32", "bfloat16")
-DEVICE_CLASSES = ("cpu", "h100", "h200")
 BACKENDS = ("native", "vllm")
 
 
@@ -181,15 +182,6 @@ class Budget:
 
 
 @dataclass(frozen=True)
-class Budgets:
-    """Budgets per device class (detected: cpu, h100, h200)."""
-
-    cpu: Budget = field(default_factory=Budget)
-    h100: Budget = field(default_factory=Budget)
-    h200: Budget = field(default_factory=Budget)
-
-
-@dataclass(frozen=True)
 class Profile:
     """A whole conformance profile."""
 
@@ -210,7 +202,9 @@ class Profile:
     torchtitan: TorchtitanSection = field(default_factory=TorchtitanSection)
     run: RunSection = field(default_factory=RunSection)
     tolerances: Tolerances = field(default_factory=Tolerances)
-    budgets: Budgets = field(default_factory=Budgets)
+    budgets: dict[str, Budget] = field(default_factory=dict)
+    """Time budgets per device class: `cpu`, or a GPU's model as `device_class.gpu_class` names it
+    (h100, h200, a100, b200, l40s, mi300x, ...): `[budgets.h100]`."""
 
     @property
     def max_num_seqs(self) -> int:
@@ -251,6 +245,11 @@ def _build(cls: type, data: Any, where: str) -> Any:
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value, dotted)
+        elif typing.get_origin(hint) is dict:  # a table of tables, each a dataclass: [budgets.h100]
+            if not isinstance(value, dict):
+                raise ConformanceError(f"Profile key {dotted!r} must be a table, got {value!r}.")
+            item = typing.get_args(hint)[1]
+            kwargs[key] = {name: _build(item, table, f"{dotted}.{name}") for name, table in value.items()}
         elif not _type_ok(value, hint):
             raise ConformanceError(
                 f"Profile key {dotted!r} must be {getattr(hint, '__name__', hint)}, got {value!r}."
@@ -292,14 +291,24 @@ def _check(profile: Profile) -> None:
     for ok, key, allowed in rules:
         if not ok:
             raise ConformanceError(f"Profile {profile.name!r}: {key} is invalid; it must be {allowed}.")
-    for section in ("tolerances.float32", "tolerances.bfloat16", *(f"budgets.{c}" for c in DEVICE_CLASSES)):
-        table = profile
-        for part in section.split("."):
-            table = getattr(table, part)
+    for cls in profile.budgets:
+        if not DEVICE_CLASS_NAME.fullmatch(cls):
+            raise ConformanceError(
+                f"Profile {profile.name!r}: [budgets.{cls}] is not a device class; name it cpu or the GPU's "
+                "model in lower case (h100, a100, rtx4090, mi300x), as the report's device_class shows it."
+            )
+    tables = {"tolerances.float32": profile.tolerances.float32, "tolerances.bfloat16": profile.tolerances.bfloat16}
+    tables.update({f"budgets.{cls}": budget for cls, budget in profile.budgets.items()})
+    for section, table in tables.items():
         for key, value in dataclasses.asdict(table).items():
-            if value is not None and value < 0:
+            if value is not None and not value >= 0:
+                what = "negative" if value < 0 else "not a number"
                 raise ConformanceError(
-                    f"Profile {profile.name!r}: {section}.{key} = {value} is negative; it must be >= 0."
+                    f"Profile {profile.name!r}: {section}.{key} = {value} is {what}; it must be >= 0."
+                )
+            if value is not None and math.isinf(value):
+                raise ConformanceError(
+                    f"Profile {profile.name!r}: {section}.{key} is infinite; leave the key out to not check it."
                 )
     try:
         policy_capture_sizes(profile.max_num_seqs, profile.cudagraph.max_capture_size, profile.cudagraph.sizes)

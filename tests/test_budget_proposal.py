@@ -1,0 +1,130 @@
+"""Device classes from GPU names, and `titan-conformance budgets`: the table it proposes from a report
+loads into a profile, passes the run it came from, and FAILS a run that got 3x slower."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from report_samples import sample_report
+from titan_conformance.checks.budgets import budget_verdict, gpu_class, measured, proposed_budget
+from titan_conformance.cli import main
+from titan_conformance.data_files import data_dir
+from titan_conformance.system.profile import load_profile
+
+
+@pytest.mark.parametrize(
+    "name, cls",
+    [
+        ("NVIDIA H100 80GB HBM3", "h100"),
+        ("NVIDIA H100 PCIe", "h100"),
+        ("NVIDIA H200", "h200"),
+        ("NVIDIA H200 NVL", "h200"),
+        ("NVIDIA A100-SXM4-80GB", "a100"),
+        ("Tesla V100-SXM2-16GB", "v100"),
+        ("NVIDIA B200", "b200"),
+        ("NVIDIA GH200 480GB", "gh200"),
+        ("NVIDIA L40S", "l40s"),
+        ("NVIDIA GeForce RTX 4090", "rtx4090"),
+        ("NVIDIA GeForce RTX 3090 Ti", "rtx3090ti"),
+        ("NVIDIA GeForce RTX 2080 SUPER", "rtx2080super"),
+        ("Quadro RTX 6000", "rtx6000"),
+        ("NVIDIA RTX 6000 Ada Generation", "rtx6000ada"),
+        ("NVIDIA RTX PRO 6000 Blackwell Server Edition", "rtxpro6000blackwell"),
+        ("NVIDIA RTX A6000", "a6000"),
+        ("AMD Instinct MI300X", "mi300x"),
+        ("AMD Instinct MI250X/MI250", "mi250x"),
+        ("NVIDIA H100 80GB HBM3 MIG 1g.10gb", "h100-mig-1g10gb"),
+        ("NVIDIA TITAN RTX", "titan-rtx"),
+        ("AMD Radeon Graphics", "radeon-graphics"),
+    ],
+)
+def test_gpu_class_is_the_model(name, cls):
+    assert gpu_class(name) == cls
+
+
+def test_proposal_rounds_up_to_two_significant_digits():
+    assert proposed_budget({"startup": 10.2, "train": 0.315, "weight_sync": 0.0001, "step": 0.5}, 2.0) == {
+        "startup": 21.0, "train": 0.63, "weight_sync": 0.01, "step": 1.0,
+    }
+    assert proposed_budget({"k": 0.1}, 3.0) == {"k": 0.3}  # not 0.31 for 0.30000000000000004
+    assert proposed_budget({"k": 0.1 * 3}, 1.0)["k"] >= 0.1 * 3  # never below the measurement
+
+
+def proposal_for(report: dict, tmp_path, capsys, *args: str) -> str:
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    assert main(["budgets", str(path), *args]) == 0
+    return capsys.readouterr().out
+
+
+def with_budgets(tmp_path, tables: str):
+    """The tiny-cpu profile with its own budgets replaced by `tables`."""
+    text = (data_dir("suites") / "tiny-cpu.toml").read_text()
+    path = tmp_path / "proposed.toml"
+    path.write_text(text[: text.index("[budgets.cpu]")] + tables)
+    return load_profile(str(path))
+
+
+def run_values(report: dict, worker: str) -> dict[str, float]:
+    run = report["runs"][worker]
+    return measured(run["startup"], [s["times"] for s in run["steps"]])
+
+
+def test_proposed_table_loads_passes_its_run_and_fails_a_slower_one(tmp_path, capsys):
+    report = sample_report()
+    report["runs"]["gw1"]["startup"]["compile"] = 9.0  # the slower worker sets compile's budget
+    tables = proposal_for(report, tmp_path, capsys)
+    assert "[budgets.cpu]" in tables and "2x the slowest of 2 worker(s)" in tables
+    budget = with_budgets(tmp_path, tables).budgets["cpu"]
+    assert budget.compile == 18.0 and budget.startup == 23.0 and budget.step == 1.7  # 2 x 9.0, 11.2, 0.835
+    for worker in report["runs"]:
+        assert budget_verdict(run_values(report, worker), budget, "cpu").passed
+    slower = budget_verdict(run_values(sample_report(slow=3.0), "gw0"), budget, "cpu")
+    assert not slower.passed and "compile took 24.000s, budget 18.000s" in slower.message
+
+
+def test_failed_runs_are_left_out_and_old_reports_get_the_model_class(tmp_path, capsys):
+    report = sample_report()
+    report["runs"]["gw0"]["error"] = "worker died in step 2"
+    report["runs"]["gw0"]["startup"]["compile"] = 99.0
+    for run in report["runs"].values():  # written before device classes were GPU models
+        run["device_class"], run["versions"]["gpu"] = "nvidia a100-sxm4-80gb", "NVIDIA A100-SXM4-80GB"
+    tables = proposal_for(report, tmp_path, capsys)
+    assert "[budgets.a100]" in tables and "1 failed worker(s) left out" in tables
+    assert "compile = 16.0" in tables  # gw1's 8.0, not the failed gw0's 99.0
+
+
+def test_a_cached_compile_is_called_out(tmp_path, capsys):
+    report = sample_report()
+    for run in report["runs"].values():
+        run["compile"]["cache"] = {"fxgraph_cache_hit": 2, "fxgraph_cache_miss": 1}
+    assert "partly cached in this run (2 of 3 Inductor graphs from cache)" in proposal_for(report, tmp_path, capsys)
+
+
+@pytest.mark.parametrize("margin", ["0.5", "nan", "inf", "1000"])
+def test_a_margin_out_of_range_is_an_error(margin, tmp_path, capsys):
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(sample_report()))
+    assert main(["budgets", str(path), "--margin", margin]) == 2
+    assert "out of range" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "damage, fragment",
+    [
+        (lambda run: run.update(startup={}, steps=[]), "no completed run with startup or step times"),
+        (lambda run: run.update(error="killed"), "no completed run with startup or step times (2 failed)"),
+        (lambda run: run["startup"].update(compile="8 s"), "malformed report"),
+        (lambda run: run.update(steps=["step 1"]), "malformed report"),
+    ],
+)
+def test_reports_without_usable_times_are_errors(damage, fragment, tmp_path, capsys):
+    report = sample_report()
+    for run in report["runs"].values():
+        damage(run)
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    assert main(["budgets", str(path)]) == 2
+    assert fragment in capsys.readouterr().err
