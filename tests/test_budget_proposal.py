@@ -111,11 +111,20 @@ def test_a_margin_out_of_range_is_an_error(margin, tmp_path, capsys):
     assert "out of range" in capsys.readouterr().err
 
 
+def test_a_report_without_runs_is_an_error(tmp_path, capsys):
+    report = sample_report()
+    report["runs"] = {}  # e.g. a TP profile, whose single-process checks skip
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    assert main(["budgets", str(path)]) == 2
+    assert "(no check of it built a system)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "damage, fragment",
     [
         (lambda run: run.update(startup={}, steps=[]), "no completed run with startup or step times"),
-        (lambda run: run.update(error="killed"), "no completed run with startup or step times (2 failed)"),
+        (lambda run: run.update(error="killed"), "no completed run with startup or step times (2 run(s), 2 failed)"),
         (lambda run: run["startup"].update(compile="8 s"), "malformed report"),
         (lambda run: run.update(steps=["step 1"]), "malformed report"),
     ],

@@ -39,9 +39,11 @@ def propose_tables(report: dict[str, Any], margin: float, source: str) -> str:
             cls = recorded_class(run.get("device_class"), run.get("versions", {}).get("gpu")) or "cpu"
             by_class.setdefault(cls, []).append((run, values))
     if not by_class:
+        runs = len(report.get("runs", {}))
+        what = f"{runs} run(s), {failed} failed" if runs else "no check of it built a system"
         raise ConformanceError(
-            f"{source} has no completed run with startup or step times ({failed} failed); propose budgets "
-            "from the report of a run that completed."
+            f"{source} has no completed run with startup or step times ({what}); propose budgets from "
+            "the report of a suite run that built the system and completed its steps."
         )
     return "\n".join(
         _table(cls, runs, margin, source, report.get("created", ""), failed) for cls, runs in by_class.items()
