@@ -7,8 +7,10 @@ cache (or weights) of its own, so nothing is served from L2 that a real step wou
 Rows at positions drawn from 20..127. Prints one line per variant: the decode attention ops that
 PyTorch offers for one query per row over a static cache (SDPA with a mask under each backend, the
 flash and memory-efficient varlen kernels with per-row key lengths, Inductor-compiled math, flex
-attention), with max error against an fp32 reference; then 7 GEMMs per block against q/k/v and
-gate/up stacked into one GEMM each. Numbers of one H200 run: benchmarks/results/2026-11-28-h200.
+attention) and our Triton kernel over a sweep of its tile configs, with max error against an fp32
+reference; then 7 GEMMs per block against q/k/v and gate/up stacked into one GEMM each; then the
+sampler: PyTorch's ops, eager and compiled, against our Triton kernels. Numbers of H200 runs:
+benchmarks/results/2026-11-28-h200 and -h200-kernels.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
-from titan_conformance.generator.sampling import sample_tokens, sampling_tensors
+from titan_conformance.generator.sampling import sampling_tensors, torch_sample_tokens
+from titan_conformance.generator.sampling_kernel import launch_sample
 from titan_conformance.model.attention import grouped_sdpa_decode, visible_slots
 from titan_conformance.model.decode_kernel import launch_decode_attention
 
@@ -180,20 +183,25 @@ def gemm_rows() -> None:
 
 
 def sampler_rows() -> None:
-    """Log-softmax + Gumbel argmax over the vocabulary at batch B: eager (7 kernels over [B, V] fp32)
-    against Inductor's fusion of the same function."""
+    """Gumbel argmax and the token's logprob over the vocabulary at batch B: PyTorch's ops eager
+    (kernels over [B, V] fp32) and fused by Inductor, against our two Triton kernels."""
     torch.manual_seed(0)
     vocab = 151936
     logits = torch.randn(B, vocab, device=DEVICE, dtype=DTYPE)
     noise = torch.rand(B, vocab, device=DEVICE).log().neg().log().neg()
     divisor, scale = sampling_tensors(1.0, DEVICE)
-    expected = sample_tokens(logits, noise, divisor, scale)
-    for name, fn in (("eager", sample_tokens), ("compiled", torch.compile(sample_tokens, fullgraph=True))):
+    expected = torch_sample_tokens(logits, noise, divisor, scale)
+    variants = {
+        "PyTorch ops": torch_sample_tokens,
+        "PyTorch ops, compiled": torch.compile(torch_sample_tokens, fullgraph=True),
+        "Triton kernels": launch_sample,
+    }
+    for name, fn in variants.items():
         out = fn(logits, noise, divisor, scale)
         same = bool((out[0] == expected[0]).all())
         err = (out[1] - expected[1]).abs().max().item()
         us = graph_us(lambda: fn(logits, noise, divisor, scale))
-        print(f"sampler | {name:10s} | {us:7.1f} us | same tokens {same} | logprob err {err:.1e}", flush=True)
+        print(f"sampler | {name:22s} | {us:7.1f} us | same tokens {same} | logprob err {err:.1e}", flush=True)
 
 
 if __name__ == "__main__":

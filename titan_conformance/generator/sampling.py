@@ -35,6 +35,14 @@ def sample_tokens(
     (`sampling_kernel.py`)."""
     if logits.is_cuda and sampling_kernel is not None:
         return sampling_kernel.launch_sample(logits, noise, divisor, noise_scale)
+    return torch_sample_tokens(logits, noise, divisor, noise_scale)
+
+
+def torch_sample_tokens(
+    logits: torch.Tensor, noise: torch.Tensor, divisor: torch.Tensor, noise_scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sample_tokens` in PyTorch ops, on any device: the CPU path, and the baseline our kernels are
+    timed against."""
     x = logits.float() / divisor
     tokens = (x + noise * noise_scale).argmax(dim=-1)
     return tokens, x.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(x, dim=-1)
