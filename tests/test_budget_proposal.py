@@ -52,10 +52,15 @@ def test_proposal_rounds_up_to_two_significant_digits():
     assert proposed_budget({"k": 0.1 * 3}, 1.0)["k"] >= 0.1 * 3  # never below the measurement
 
 
-def proposal_for(report: dict, tmp_path, capsys, *args: str) -> str:
+def budgets_command(report: dict, tmp_path, *args: str) -> int:
+    """`titan-conformance budgets` on `report` written to a file; its exit status."""
     path = tmp_path / "report.json"
     path.write_text(json.dumps(report))
-    assert main(["budgets", str(path), *args]) == 0
+    return main(["budgets", str(path), *args])
+
+
+def proposal_for(report: dict, tmp_path, capsys, *args: str) -> str:
+    assert budgets_command(report, tmp_path, *args) == 0
     return capsys.readouterr().out
 
 
@@ -105,18 +110,14 @@ def test_a_cached_compile_is_called_out(tmp_path, capsys):
 
 @pytest.mark.parametrize("margin", ["0.5", "nan", "inf", "1000"])
 def test_a_margin_out_of_range_is_an_error(margin, tmp_path, capsys):
-    path = tmp_path / "report.json"
-    path.write_text(json.dumps(sample_report()))
-    assert main(["budgets", str(path), "--margin", margin]) == 2
+    assert budgets_command(sample_report(), tmp_path, "--margin", margin) == 2
     assert "out of range" in capsys.readouterr().err
 
 
 def test_a_report_without_runs_is_an_error(tmp_path, capsys):
     report = sample_report()
     report["runs"] = {}  # e.g. a TP profile, whose single-process checks skip
-    path = tmp_path / "report.json"
-    path.write_text(json.dumps(report))
-    assert main(["budgets", str(path)]) == 2
+    assert budgets_command(report, tmp_path) == 2
     assert "(no check of it built a system)" in capsys.readouterr().err
 
 
@@ -133,7 +134,5 @@ def test_reports_without_usable_times_are_errors(damage, fragment, tmp_path, cap
     report = sample_report()
     for run in report["runs"].values():
         damage(run)
-    path = tmp_path / "report.json"
-    path.write_text(json.dumps(report))
-    assert main(["budgets", str(path)]) == 2
+    assert budgets_command(report, tmp_path) == 2
     assert fragment in capsys.readouterr().err

@@ -99,6 +99,7 @@ def check_graph_equivalence(system, profile) -> CheckResult:
         if diff > tol or not torch.isfinite(graph).all():
             causes.append(f"batch {batch} padded to the next capture size: real rows differ from eager by {diff:.3e} > {tol:.1e} (padding leaks into real rows?)")
     metrics = {"per_size": per_size}
+    limits = {"max_abs": tol, "replay_max_abs": replay_tol, "sampler_max_abs": SAMPLER_MAX_ABS}
     if not causes:
-        return CheckResult("cudagraph_equivalence", True, f"replay matches at {len(captured)} capture sizes and {len(_between(captured))} padded batches", metrics, {"max_abs": tol, "replay_max_abs": replay_tol, "sampler_max_abs": SAMPLER_MAX_ABS})
-    return CheckResult("cudagraph_equivalence", False, "FULL CUDA-graph replay is not equivalent: " + "; ".join(causes) + ".", metrics, {"max_abs": tol})
+        return CheckResult("cudagraph_equivalence", True, f"replay matches at {len(captured)} capture sizes and {len(_between(captured))} padded batches", metrics, limits)
+    return CheckResult("cudagraph_equivalence", False, "FULL CUDA-graph replay is not equivalent: " + "; ".join(causes) + ".", metrics, limits)

@@ -301,12 +301,14 @@ def _check(profile: Profile) -> None:
     tables.update({f"budgets.{cls}": budget for cls, budget in profile.budgets.items()})
     for section, table in tables.items():
         for key, value in dataclasses.asdict(table).items():
-            if value is not None and not value >= 0:
-                what = "negative" if value < 0 else "not a number"
+            if value is None:
+                continue
+            if math.isnan(value) or value < 0:
+                what = "not a number" if math.isnan(value) else "negative"
                 raise ConformanceError(
                     f"Profile {profile.name!r}: {section}.{key} = {value} is {what}; it must be >= 0."
                 )
-            if value is not None and math.isinf(value):
+            if math.isinf(value):
                 raise ConformanceError(
                     f"Profile {profile.name!r}: {section}.{key} is infinite; leave the key out to not check it."
                 )
