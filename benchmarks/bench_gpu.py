@@ -5,7 +5,7 @@
 Rows: regional (per-block) vs whole-model compile, cold (Inductor caches off); 7 FULL decode graphs
 from our capture-size policy (max_num_seqs = 8 x 5 = 40) vs the 35 sizes vLLM's default policy
 captures at max_num_seqs = 128; FULL-graph vs compiled vs eager decode at batch 40; the decode
-attention (our Triton kernel) vs the two SDPA formulations before it; the generator's fused q/k/v
+attention (our Triton kernel) vs its PyTorch path (gathered rows, SDPA with a mask); the generator's fused q/k/v
 and gate/up GEMMs vs 7 GEMMs per block; our sampling kernels vs PyTorch's ops; and the GRPO
 system's startup and step time by phase. Decode steps run with each row at its own position, spread over the cache as in
 a generation (a kernel that reads only the visible slots must not be timed at position 8). Prints
@@ -33,7 +33,8 @@ from titan_conformance.generator.native import NativeGenerator  # noqa: E402
 from titan_conformance.generator.sampling import sampling_tensors  # noqa: E402
 from titan_conformance.model import ModelArgs, Qwen3Model  # noqa: E402
 from titan_conformance.generator import sampling  # noqa: E402
-from titan_conformance.model.attention import KVCacheAttention, _expand_kv, grouped_sdpa_decode, visible_slots  # noqa: E402
+from titan_conformance.model.attention import KVCacheAttention  # noqa: E402
+from titan_conformance.model.cache_attention import sdpa_cache_attention  # noqa: E402
 from titan_conformance.system.grpo_system import STARTUP_PHASES, GRPOSystem  # noqa: E402
 from titan_conformance.system.profile import load_profile  # noqa: E402
 
@@ -79,29 +80,17 @@ def capture_time(args, dtype, device, max_num_seqs: int, sizes: list[int]) -> tu
     return total, len(report.sizes)
 
 
-class ExpandingKVCacheAttention(KVCacheAttention):
-    """Baseline: SDPA over K/V copied to every query head (the first decode attention)."""
+class SdpaKVCacheAttention(KVCacheAttention):
+    """Baseline: the cache attention's PyTorch path (each query's row gathered, one SDPA over the
+    query heads grouped by KV head, with a mask) traced into the block, not our Triton kernel."""
 
-    @staticmethod
-    def decode_attention(q, keys, values, positions, scale=None):
-        n_rep = q.shape[2] // keys.shape[2]
-        keys, values = (_expand_kv(t.transpose(1, 2), n_rep) for t in (keys, values))
-        out = torch.nn.functional.scaled_dot_product_attention(
-            q.transpose(1, 2), keys, values, attn_mask=visible_slots(keys.shape[2], positions).unsqueeze(1), scale=scale
-        )
-        return out.transpose(1, 2)
-
-
-class GroupedSdpaKVCacheAttention(KVCacheAttention):
-    """Baseline: one SDPA call over the query heads grouped by KV head (before the Triton kernel)."""
-
-    decode_attention = staticmethod(grouped_sdpa_decode)
+    attend = staticmethod(sdpa_cache_attention)
 
 
 def baseline_generator(
     args, dtype, device, profile, attention: type | None = None, fused: bool = True, torch_sampler: bool = False
 ) -> NativeGenerator:
-    """A generator with one FULL graph at max_num_seqs, its decode attention `attention`'s (None:
+    """A generator with one FULL graph at max_num_seqs, its cache attention `attention`'s (None:
     ours), separate q/k/v and gate/up GEMMs unless `fused`, and PyTorch's sampling ops captured
     instead of our kernels when `torch_sampler`."""
     gen = NativeGenerator.for_qwen3(
@@ -196,8 +185,7 @@ def main() -> None:
     bsz = profile.max_num_seqs
     baselines = {}
     variants = {
-        "expanding": {"attention": ExpandingKVCacheAttention},
-        "grouped_sdpa": {"attention": GroupedSdpaKVCacheAttention},
+        "sdpa": {"attention": SdpaKVCacheAttention},
         "unfused": {"fused": False},
         "torch_sampler": {"torch_sampler": True},
     }
@@ -213,8 +201,7 @@ def main() -> None:
     rows.append((f"decode step, batch {bsz}", f"graph replay alone {replay:.2f} ms", f"with input copies + sync {graph:.2f} ms", f"{graph / replay:.2f}x"))
     kernel_table(system.generator, bsz, opts.out / "decode_kernels.txt")
     for name, what, ours, theirs in (
-        ("grouped_sdpa", "decode attention", "Triton kernel", "SDPA, grouped queries + mask"),
-        ("expanding", "decode attention", "Triton kernel", "SDPA, K/V expanded to heads"),
+        ("sdpa", "cache attention", "Triton kernel", "gathered rows, grouped SDPA + mask"),
         ("unfused", "decode GEMMs", "q/k/v and gate/up fused", "7 per block"),
         ("torch_sampler", "sampling", "Triton kernels", "PyTorch ops"),
     ):

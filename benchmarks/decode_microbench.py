@@ -5,9 +5,10 @@
 Batch 40, cache length 128, 8 KV heads x 2 query heads each, head_dim 128, bf16; every layer has a
 cache (or weights) of its own, so nothing is served from L2 that a real step would read from HBM.
 Rows at positions drawn from 20..127. Prints one line per variant: the decode attention ops that
-PyTorch offers for one query per row over a static cache (SDPA with a mask under each backend, the
-flash and memory-efficient varlen kernels with per-row key lengths, Inductor-compiled math, flex
-attention) and our Triton kernel over a sweep of its tile configs, with max error against an fp32
+PyTorch offers for one query per row over a static cache (SDPA with a mask under each backend, our
+cache attention's PyTorch path, which gathers each query's row first, the flash and
+memory-efficient varlen kernels with per-row key lengths, Inductor-compiled math, flex attention)
+and our Triton kernel over a sweep of its tile configs, with max error against an fp32
 reference; then 7 GEMMs per block against q/k/v and gate/up stacked into one GEMM each; then the
 sampler: PyTorch's ops, eager and compiled, against our Triton kernels. Numbers of H200 runs:
 benchmarks/results/2026-11-28-h200 and -h200-kernels.
@@ -22,8 +23,8 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex
 
 from titan_conformance.generator.sampling import sampling_tensors, torch_sample_tokens
 from titan_conformance.generator.sampling_kernel import launch_sample
-from titan_conformance.model.attention import grouped_sdpa_decode, visible_slots
-from titan_conformance.model.decode_kernel import launch_decode_attention
+from titan_conformance.model.cache_attention import sdpa_cache_attention
+from titan_conformance.model.cache_attention_kernel import launch_cache_attention
 
 B, L, KV, REP, D, LAYERS = 40, 128, 8, 2, 128, 28
 H = KV * REP
@@ -54,7 +55,7 @@ def graph_us(fn, reps: int = 200) -> float:
 
 def hidden_slots(pos):
     """[B, 1, 1, L]: cache slots past each row's position."""
-    return ~visible_slots(L, pos.view(B, 1)).view(B, 1, 1, L)
+    return (torch.arange(L, device=pos.device) > pos.view(B, 1)).view(B, 1, 1, L)
 
 
 def reference(q, k, v, pos):
@@ -64,8 +65,15 @@ def reference(q, k, v, pos):
 
 
 def sdpa_mask(q, k, v, pos):
-    """The generator's decode attention without Triton: one SDPA over grouped queries, with a mask."""
-    return grouped_sdpa_decode(q, k, v, pos.view(B, 1))
+    """One SDPA over the query heads grouped by KV head, with a mask, straight over the cache."""
+    grouped = q.reshape(B, KV, REP, D)
+    out = F.scaled_dot_product_attention(grouped, k.transpose(1, 2), v.transpose(1, 2), attn_mask=~hidden_slots(pos))
+    return out.reshape(B, 1, H, D)
+
+
+def sdpa_gathered(q, k, v, slots):
+    """The generator's cache attention without Triton: each query's row gathered, then as above."""
+    return sdpa_cache_attention(q.view(B, H, D), k, v, slots, D**-0.5).view(B, 1, H, D)
 
 
 def with_backend(fn, backend):
@@ -121,9 +129,9 @@ def flex_batch_free(q, k, v, pos):
     return flex_attention(q, k, v, block_mask=mask, enable_gqa=True).transpose(1, 2)
 
 
-def triton_decode(block_l, num_warps, num_stages):
+def triton_decode(slots, block_l, num_warps, num_stages):
     def run(q, k, v, pos):
-        return launch_decode_attention(q, k, v, pos.view(B, 1), D**-0.5, block_l, num_warps, num_stages)
+        return launch_cache_attention(q.view(B, H, D), k, v, slots, D**-0.5, block_l, num_warps, num_stages).view(B, 1, H, D)
 
     return run
 
@@ -135,10 +143,12 @@ def attention_rows() -> None:
     ]
     q = torch.randn(B, 1, H, D, device=DEVICE, dtype=DTYPE)
     pos = torch.randint(20, L, (B,), device=DEVICE)
+    slots = ROWS[:B] * L + pos  # the cache attention's input: row * L + position, made once, not timed
     variants = {
         "SDPA + mask (default backend)": sdpa_mask,
         "SDPA + mask, efficient backend": with_backend(sdpa_mask, SDPBackend.EFFICIENT_ATTENTION),
         "SDPA + mask, cuDNN backend": with_backend(sdpa_mask, SDPBackend.CUDNN_ATTENTION),
+        "gathered rows, SDPA + mask": lambda q, k, v, pos: sdpa_gathered(q, k, v, slots),
         "flash varlen, seqused_k": flash_varlen,
         "efficient varlen, seqlen_k": efficient_varlen,
         "compiled math, grouped": torch.compile(math_grouped, fullgraph=True),
@@ -149,7 +159,7 @@ def attention_rows() -> None:
     for block_l in (32, 64, 128):
         for warps in (4, 8):
             for stages in (1, 2, 3):
-                variants[f"triton L{block_l} w{warps} s{stages}"] = triton_decode(block_l, warps, stages)
+                variants[f"triton L{block_l} w{warps} s{stages}"] = triton_decode(slots, block_l, warps, stages)
     expected = reference(q, *caches[0], pos)
     for name, fn in variants.items():
         try:

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # One device call: the GPU-only tests, then the conformance suite on CUDA for both profiles.
 # Optional parts: STARTUP=1 (generator startup: cold without Python bytecode, then without and with the
-# warm start: cold twice, a fresh runner restoring the compile cache the last cold run saved, warm),
+# warm start: cold twice, a fresh runner restoring the compile cache the last cold run saved, warm;
+# WARM_START_AB=0 leaves out the runs without it; STARTUP_BASELINE=DIR, an older checkout's root
+# inside the tree, e.g. from `git archive REV titan_conformance suites benchmarks/startup.py`, adds
+# a cold run of its startup.py before each cold run of ours),
 # BENCH=1 (benchmark table; BENCH_SKIP=compile,capture leaves out the slow comparisons),
 # EXACTNESS=1, GPU_TESTS (default: SUITES) runs the GPU-only tests, TP=1 (needs 2 GPUs: the TP profile's suite on NCCL and the recompile measurement at
 # the qwen3-0.6b shape), SUITES=0 (skip the single-GPU tests and suites). PART_TIMEOUT (seconds, default 420) bounds each
@@ -40,13 +43,23 @@ if [ "${STARTUP:-0}" = 1 ]; then (  # a subshell: the parts after it run in the 
   cache_file=$(mktemp -d)/compile.bin  # what a runner would keep between jobs
   fresh_caches; run startup-no-bytecode python3 benchmarks/startup.py --label no-bytecode --out "$LOGS"
   for i in 1 2; do  # warm start off and on, twice each: cold starts vary by a second or two
-    fresh_caches; run startup-cold-no-warm-start-$i python3 benchmarks/startup.py --label cold-no-warm-start-$i --out "$LOGS" --no-warm-start
+    if [ -n "${STARTUP_BASELINE:-}" ]; then
+      fresh_caches; run startup-cold-baseline-$i env PYTHONPATH="$PWD/$STARTUP_BASELINE" \
+        python3 "$STARTUP_BASELINE/benchmarks/startup.py" --label cold-baseline-$i --out "$LOGS"
+    fi
+    if [ "${WARM_START_AB:-1}" = 1 ]; then
+      fresh_caches; run startup-cold-no-warm-start-$i python3 benchmarks/startup.py --label cold-no-warm-start-$i --out "$LOGS" --no-warm-start
+    fi
     fresh_caches; run startup-cold-$i python3 benchmarks/startup.py --label cold-$i --out "$LOGS"
   done
   fresh_caches; run startup-cold python3 benchmarks/startup.py --label cold --out "$LOGS" --compile-cache "$cache_file"
-  fresh_caches; run startup-restored-no-warm-start python3 benchmarks/startup.py --label restored-no-warm-start --out "$LOGS" --compile-cache "$cache_file" --no-warm-start
+  if [ "${WARM_START_AB:-1}" = 1 ]; then
+    fresh_caches; run startup-restored-no-warm-start python3 benchmarks/startup.py --label restored-no-warm-start --out "$LOGS" --compile-cache "$cache_file" --no-warm-start
+  fi
   fresh_caches; run startup-restored python3 benchmarks/startup.py --label restored --out "$LOGS" --compile-cache "$cache_file"
-  run startup-warm-no-warm-start python3 benchmarks/startup.py --label warm-no-warm-start --out "$LOGS" --no-warm-start
+  if [ "${WARM_START_AB:-1}" = 1 ]; then
+    run startup-warm-no-warm-start python3 benchmarks/startup.py --label warm-no-warm-start --out "$LOGS" --no-warm-start
+  fi
   run startup-warm python3 benchmarks/startup.py --label warm --out "$LOGS"
 ) fi
 [ "${BENCH:-0}" = 1 ] && run bench python3 benchmarks/bench_gpu.py --out "$LOGS" --skip "${BENCH_SKIP:-}"

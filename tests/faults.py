@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from titan_conformance.model.attention import KVCacheAttention, _expand_kv
+from titan_conformance.model.attention import _expand_kv
 from titan_conformance.system.grpo_system import GRPOSystem
 
 
@@ -43,43 +43,42 @@ def non_causal_trainer(profile, **kw) -> GRPOSystem:
     return system
 
 
-class _StaleDecodeCache(KVCacheAttention):
-    """Decode steps attend over the cache without writing their own key/value into it."""
+def stale_decode_cache(profile, **kw) -> GRPOSystem:
+    """Decode steps attend over the cache but leave nothing in it: each step's key/value writes are
+    undone after the step (graphs recaptured so), so no later step sees an earlier decoded token."""
+    system = GRPOSystem(profile, **kw)
+    gen = system.generator
+    caches = [block.self_attn.inner_attention for block in gen.model.layers]
 
-    def forward(self, q, k, v, positions):
-        if q.shape[1] > 1:
-            return super().forward(q, k, v, positions)
-        saved = self.k_cache.clone(), self.v_cache.clone()
-        out = super().forward(q, k, v, positions)
-        self.k_cache.copy_(saved[0])
-        self.v_cache.copy_(saved[1])
+    def forgetful_step(*args):
+        saved = [(c.k_cache.clone(), c.v_cache.clone()) for c in caches]
+        out = type(gen).decode_step(gen, *args)
+        for cache, (k, v) in zip(caches, saved):
+            cache.k_cache.copy_(k)
+            cache.v_cache.copy_(v)
         return out
 
-
-def stale_decode_cache(profile, **kw) -> GRPOSystem:
-    system = GRPOSystem(profile, **kw)
-    for block in system.generator.model.layers:
-        old = block.self_attn.inner_attention
-        stale = _StaleDecodeCache(*old.k_cache.shape[:2], *old.k_cache.shape[2:], old.k_cache.dtype, old.k_cache.device)
-        block.self_attn.inner_attention = stale
+    gen.decode_step = forgetful_step
+    gen.graphs.clear()
+    gen.capture()
     return system
 
 
-class _PaddingLeaksIntoRowZero(KVCacheAttention):
-    """A slot mapping that sends padding rows (decode position 0) to row 0's cache: the padded
-    rows of a captured batch overwrite a real row's first key/value."""
-
-    def cache_rows(self, positions):
-        rows = super().cache_rows(positions)
-        return torch.where(positions == 0, torch.zeros_like(rows), rows)
-
-
 def padding_leaks_into_real_rows(profile, **kw) -> GRPOSystem:
+    """A decode slot mapping that sends padding rows (the only decode tokens at position 0) to row
+    0's first slot: the padded rows of a captured batch overwrite a real row's first key/value."""
     system = GRPOSystem(profile, **kw)
-    for block in system.generator.model.layers:
-        block.self_attn.inner_attention.__class__ = _PaddingLeaksIntoRowZero
-    system.generator.graphs.clear()
-    system.generator.capture()  # recaptured with the leaky slot mapping
+    gen = system.generator
+
+    def leaky_slots(positions):
+        slots = type(gen).cache_slots(gen, positions)
+        if positions.shape[1] > 1:  # a prefill: its position-0 tokens are real
+            return slots
+        return torch.where(positions.reshape(1, -1) == 0, torch.zeros_like(slots), slots)
+
+    gen.cache_slots = leaky_slots
+    gen.graphs.clear()
+    gen.capture()  # recaptured with the leaky slot mapping
     return system
 
 

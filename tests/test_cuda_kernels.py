@@ -1,4 +1,4 @@
-"""The generator's Triton kernels (decode attention, sampling) against PyTorch references.
+"""The generator's Triton kernels (cache attention, sampling) against PyTorch references.
 
 The edge cases (block boundaries, position 0, ties, NaN, small vocabularies) run natively on a GPU,
 and on CI, which has none, under Triton's interpreter in a process of its own (the variable must be
@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from titan_conformance.model.attention import _expand_kv, grouped_sdpa_decode
+from titan_conformance.model.attention import _expand_kv
 from titan_conformance.generator.sampling import gumbel_noise, sample_tokens
 
 _INTERPRET = """
@@ -45,40 +45,60 @@ def run_kernel(tmp_path, function: str, *args, **kwargs):
     return torch.load(tmp_path / "out.pt")
 
 
+def expected_cache_attention(q, k_cache, v_cache, slots):
+    """fp64 SDPA of each query over its own cache row, K/V expanded to every query head, slots past
+    its position masked out."""
+    length, n_rep = k_cache.shape[1], q.shape[1] // k_cache.shape[2]
+    rows, last = slots // length, slots % length
+    keys, values = (_expand_kv(c[rows].double().transpose(1, 2), n_rep) for c in (k_cache, v_cache))  # [N, H, L, D]
+    visible = (torch.arange(length) <= last.cpu().unsqueeze(-1)).to(q.device).view(-1, 1, 1, length)
+    out = torch.nn.functional.scaled_dot_product_attention(q.double().unsqueeze(2), keys, values, attn_mask=visible)
+    return out.squeeze(2)
+
+
 # Triton's interpreter computes bf16 dot products wrongly on the CPU (fp16 is right), so the kernel's
 # half-precision case runs in fp16 here.
 @pytest.mark.parametrize(
     "path, dtype",
     [("sdpa", torch.float32), ("sdpa", torch.bfloat16), ("triton", torch.float32), ("triton", torch.float16)],
 )
-def test_decode_attention_matches_sdpa_over_expanded_heads(path, dtype, tmp_path):
-    """Both decode paths (grouped SDPA off CUDA, the Triton kernel on CUDA) equal SDPA over K/V
-    expanded to every query head with slots past each row's position masked out: across the
-    kernel's block boundaries (16 slots here), and with cache rows beyond the batch."""
+def test_cache_attention_matches_sdpa_over_expanded_heads(path, dtype, tmp_path, monkeypatch):
+    """Both paths (gathered SDPA off CUDA, the Triton kernel on CUDA) equal SDPA over K/V expanded
+    to every query head: decode-like and prefill-like queries mixed (several tokens of one row),
+    rows in any order, positions across the kernel's block boundaries (16 slots here) and cache
+    rows no token uses. The SDPA path takes its queries in chunks of 3 here."""
     torch.manual_seed(0)
-    bsz, length, n_heads, n_kv, head_dim = 4, 40, 4, 2, 8
-    q = torch.randn(bsz, 1, n_heads, head_dim).to(dtype)
-    keys, values = (torch.randn(bsz + 2, length, n_kv, head_dim).to(dtype) for _ in range(2))
-    positions = torch.tensor([[0], [15], [16], [39]])
+    length, n_heads, n_kv, head_dim = 40, 4, 2, 8
+    rows = torch.tensor([2, 0, 0, 0, 5, 3, 1])
+    positions = torch.tensor([0, 13, 14, 15, 16, 39, 7])
+    slots = rows * length + positions
+    q = torch.randn(len(slots), n_heads, head_dim).to(dtype)
+    k_cache, v_cache = (torch.randn(6, length, n_kv, head_dim).to(dtype) for _ in range(2))
     if path == "sdpa":
-        out = grouped_sdpa_decode(q, keys[:bsz], values[:bsz], positions)
+        from titan_conformance.model import cache_attention
+
+        monkeypatch.setattr(cache_attention, "GATHER_ELEMENTS", 3 * length * n_kv * head_dim)
+        out = cache_attention.sdpa_cache_attention(q, k_cache, v_cache, slots, head_dim**-0.5)
     else:
         out = run_kernel(
-            tmp_path, "titan_conformance.model.decode_kernel:launch_decode_attention",
-            q, keys, values, positions, head_dim**-0.5, block_l=16,
+            tmp_path, "titan_conformance.model.cache_attention_kernel:launch_cache_attention",
+            q, k_cache, v_cache, slots, head_dim**-0.5, block_l=16,
         )
-    visible = torch.arange(length).view(1, 1, -1) <= positions.unsqueeze(-1)
-    expected = torch.nn.functional.scaled_dot_product_attention(
-        q.double().transpose(1, 2),
-        _expand_kv(keys[:bsz].double().transpose(1, 2), 2),
-        _expand_kv(values[:bsz].double().transpose(1, 2), 2),
-        attn_mask=visible.unsqueeze(1),
-    ).transpose(1, 2)
     assert out.shape == q.shape and out.dtype == dtype
     tol = 1e-6 if dtype == torch.float32 else 1e-2
-    torch.testing.assert_close(out.double(), expected, atol=tol, rtol=tol)
-    # Row 0 sees slot 0 only: its output is exactly that slot's value.
-    torch.testing.assert_close(out[0, 0].double(), _expand_kv(values[:1, :1].transpose(1, 2), 2)[0, :, 0].double())
+    torch.testing.assert_close(out.double(), expected_cache_attention(q, k_cache, v_cache, slots), atol=tol, rtol=tol)
+    # Row 2 at position 0 sees slot 0 only: its output is exactly that slot's value.
+    torch.testing.assert_close(out[0].double(), v_cache[2, 0].repeat_interleave(2, dim=0).double())
+
+
+def test_cache_attention_op_registration():
+    """The custom op's schema, fake (meta) kernel and dynamic-shape tracing agree with its eager
+    kernel (torch.library.opcheck), so Inductor keeps it as one call with the right output."""
+    torch.manual_seed(0)
+    q = torch.randn(5, 4, 8)
+    k_cache, v_cache = (torch.randn(3, 16, 2, 8) for _ in range(2))
+    slots = torch.tensor([0, 17, 18, 40, 47])
+    torch.library.opcheck(torch.ops.titan_conformance.cache_attention.default, (q, k_cache, v_cache, slots, 8**-0.5))
 
 
 @pytest.mark.parametrize(
@@ -119,18 +139,20 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 
 @cuda
-def test_decode_attention_on_cuda_at_the_qwen3_shape():
-    """The compiled kernel itself (not the interpreter), bf16 at batch 40 with positions spread over
-    a 128-slot cache, against the fp64 reference."""
-    from titan_conformance.model.decode_kernel import launch_decode_attention
+@pytest.mark.parametrize("tokens_per_row", [1, 5])
+def test_cache_attention_on_cuda_at_the_qwen3_shape(tokens_per_row):
+    """The compiled kernel itself (not the interpreter), bf16 over a 128-slot cache with rows beyond
+    the batch, against the fp64 reference: a decode step at batch 40, and a 40 x 5 prefill."""
+    from titan_conformance.model.cache_attention_kernel import launch_cache_attention
 
     torch.manual_seed(0)
-    q = torch.randn(40, 1, 16, 128, device="cuda", dtype=torch.bfloat16)
-    keys, values = (torch.randn(48, 128, 8, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    positions = torch.randint(0, 128, (40, 1), device="cuda")
-    out = launch_decode_attention(q, keys, values, positions, 128**-0.5)
-    expected = grouped_sdpa_decode(q.double(), keys[:40].double(), values[:40].double(), positions)
-    torch.testing.assert_close(out.double(), expected, atol=2e-2, rtol=2e-2)
+    n = 40 * tokens_per_row
+    q = torch.randn(n, 16, 128, device="cuda", dtype=torch.bfloat16)
+    k_cache, v_cache = (torch.randn(48, 128, 8, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    rows = torch.arange(40, device="cuda").repeat_interleave(tokens_per_row)
+    slots = rows * 128 + torch.randint(0, 128, (n,), device="cuda")
+    out = launch_cache_attention(q, k_cache, v_cache, slots, 128**-0.5)
+    torch.testing.assert_close(out.double(), expected_cache_attention(q, k_cache, v_cache, slots), atol=2e-2, rtol=2e-2)
 
 
 @cuda

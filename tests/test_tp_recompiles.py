@@ -74,6 +74,15 @@ def test_block_fed_act_and_tensor_fails_the_check_with_that_reason(runs):
     assert "parallel.unwrap_async = true" in result.message
 
 
+def test_the_alternation_fails_even_within_the_limit(runs):
+    """2 graphs per rank under recompile_limit=8 is no pass when the second is for the other tensor
+    type: a region that compiles once (the generator's) doubled stays under any useful limit."""
+    result = verdict(runs["act_measured"], limit=8)
+    assert not result.passed
+    assert "recompiled for another tensor type of the same input" in result.message
+    assert "parallel.unwrap_async = true" in result.message
+
+
 def test_with_the_unwrap_option_it_passes_at_one_graph_per_rank(runs):
     result = verdict(runs["unwrapped"], limit=1)
     assert result.passed, result.message

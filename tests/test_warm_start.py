@@ -43,7 +43,7 @@ def cpu_generator(monkeypatch, warm_ups, **compile_changes) -> tuple[NativeGener
         TINY, CompileConfig(enable=False, **compile_changes), CompileLedger(), 2, 16, torch.device("cpu"), torch.float32,
     )
     forward = gen._forward
-    gen._forward = lambda tokens, positions: (order.append("forward"), forward(tokens, positions))[1]
+    gen._forward = lambda *flat: (order.append("forward"), forward(*flat))[1]
     return gen, order
 
 
@@ -88,9 +88,9 @@ def _variants(kernel) -> int:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the warm start compiles CUDA kernels")
 def test_warm_start_compiles_the_variants_the_generator_launches():
     from titan_conformance.generator import sampling_kernel
-    from titan_conformance.model import decode_kernel
+    from titan_conformance.model import cache_attention_kernel
 
-    kernels = [decode_kernel._decode_attention_kernel, sampling_kernel._partial_kernel, sampling_kernel._combine_kernel]
+    kernels = [cache_attention_kernel._cache_attention_kernel, sampling_kernel._partial_kernel, sampling_kernel._combine_kernel]
     # A head_dim, group and vocabulary of its own: no other test compiled these variants before.
     args = ModelArgs(dim=96, n_layers=2, n_heads=6, n_kv_heads=2, head_dim=48, hidden_dim=128, vocab_size=777)
     before = [_variants(k) for k in kernels]

@@ -1,12 +1,12 @@
 """A compile cache kept between runs: how a GPU runner starts fast without an Inductor cache dir.
 
-A fresh runner compiles every region from scratch: on an H200, qwen3-0.6b's generator spends 12 s in
-compile + capture of 7 graphs (with the warm start, `warm_start.py`), most of it Inductor and
-Triton. `torch.compiler` can hand out what it compiled or loaded in this process as one blob (FX
+A fresh runner compiles every region from scratch: on an H200, qwen3-0.6b's generator spends 5-7 s
+in compile + capture of 7 graphs (one compile of its block, with the warm start, `warm_start.py`),
+most of it Inductor and Triton. `torch.compiler` can hand out what it compiled or loaded in this process as one blob (FX
 graphs, AOTAutograd entries, the Triton kernels Inductor generated, autotuning results) and take
 such a blob back before anything compiles; a runner that keeps the file between jobs (e.g. an
-actions/cache entry) started in 3.65 s (`benchmarks/startup.py`, H200). Our own Triton kernels
-(decode attention, sampler) are launched, not generated, by Inductor, so their binaries stay in
+actions/cache entry) started in 1.67 s (`benchmarks/startup.py`, H200). Our own Triton kernels
+(cache attention, sampler) are launched, not generated, by Inductor, so their binaries stay in
 Triton's cache directory; the warm start compiles them while the weights load. Entries are keyed by
 graph, config and version hashes, so a change that alters a graph misses and compiles as if cold:
 the file can make a run faster, never different. For the same reason an unusable file (corrupt,

@@ -79,17 +79,19 @@ class CaptureReport:
 
 def cache_rows(max_num_seqs: int, cudagraph_mode: str, capture_sizes: list[int] | None, device) -> int:
     """KV-cache rows a generator needs: padded rows of a captured batch need rows of their own,
-    never a real row's (no graphs are captured off CUDA or in mode NONE)."""
+    never a real row's (no graphs are captured off CUDA or in mode NONE), and so does the padding
+    token of a one-token step (row 1, see `NativeGenerator.forward_step`)."""
     captured = capture_sizes if effective_mode(cudagraph_mode, device) != "NONE" else None
-    return max([max_num_seqs, *(captured or [])])
+    return max([2, max_num_seqs, *(captured or [])])
 
 
 class NativeGenerator:
     """Generates with the shared model code; weights arrive from the trainer in place.
 
-    `model` already has its KV-cache inner attention (with `cache_rows(...)` rows) and its
-    compiled blocks; `forward(tokens [B, S], positions [B, S]) -> logits [B, S, V]` runs it
-    (default: `model(tokens, positions)`). `for_qwen3` builds our reference model this way.
+    `model` already has its KV-cache inner attention (with `cache_rows(...)` rows of
+    `max_model_len` slots) and its compiled blocks; `forward(tokens, positions, slots) -> logits`
+    runs it on one flat row of N tokens ([1, N] each; logits [1, N, V]), every token with its cache
+    slot. `for_qwen3` builds our reference model this way.
     """
 
     EOS_CHECK_EVERY = 8
@@ -104,13 +106,13 @@ class NativeGenerator:
         device: torch.device,
         cudagraph_mode: str = "NONE",
         capture_sizes: list[int] | None = None,
-        forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        forward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.model, self.vocab_size = model, vocab_size
         self.max_num_seqs, self.max_model_len, self.device = max_num_seqs, max_model_len, device
         self.cudagraph_mode = effective_mode(cudagraph_mode, device)
         self.capture_sizes = sorted(capture_sizes or []) if self.cudagraph_mode != "NONE" else []
-        self._forward = forward or model
+        self._forward = forward or (lambda tokens, positions, slots: model(tokens, positions, cache_slots=slots))
         self.graphs: dict[int, CapturedGraph] = {}
         self.warm_start: WarmStart | None = None
         """Background kernel compiles started at build; the first forward waits for them."""
@@ -187,9 +189,28 @@ class NativeGenerator:
 
     @torch.no_grad()
     def forward_step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Runs the blocks over [B, S] tokens at `positions`, writing the KV cache; returns logits."""
+        """Runs the blocks over [B, S] tokens at `positions` (row i in cache row i), writing the KV
+        cache; returns logits [B, S, V].
+
+        The blocks see one flat row of B * S tokens, as vLLM's do: a prefill and a decode step are
+        then one shape class, so the block compiles once for both. A single token gets a padding
+        token (cache row 1, position 0): Dynamo specializes a size of 1, which would be one more
+        compile."""
         self.wait_warm_start()
-        return self._forward(tokens, positions)
+        bsz, seqlen = tokens.shape
+        flat = [tokens.reshape(1, -1), positions.reshape(1, -1), self.cache_slots(positions)]
+        if bsz * seqlen == 1:  # (filled on the device: a host copy cannot be graph-captured)
+            flat = [torch.cat([t, torch.full_like(t, pad)], 1) for t, pad in zip(flat, (0, 0, self.max_model_len))]
+        return self._forward(*flat)[0, : bsz * seqlen].view(bsz, seqlen, -1)
+
+    def cache_slots(self, positions: torch.Tensor) -> torch.Tensor:
+        """[B, S] positions -> [1, B * S] cache slots, row * max_model_len + position with row i of
+        the batch in cache row i (vLLM's slot mapping); a new tensor, since a view among the
+        compiled block's inputs would guard on its base. Positions must be < max_model_len (one past
+        would land in the next row; `generate` checks lengths up front)."""
+        seqlen = positions.shape[1]
+        rows = torch.arange(positions.numel(), device=positions.device).div(seqlen, rounding_mode="floor")
+        return (rows * self.max_model_len).view(1, -1) + positions.reshape(1, -1)
 
     def wait_warm_start(self) -> None:
         """Waits for the warm start if one is running: before the first forward (so the compile

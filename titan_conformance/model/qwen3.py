@@ -105,7 +105,7 @@ class Attention(nn.Module):
         self.qkv_rows = fuse_linears(self, ["q_proj", "k_proj", "v_proj"], "qkv_weight")
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, index: torch.Tensor
     ) -> torch.Tensor:
         bsz, seqlen, _ = x.shape
         if self.qkv_weight is None:
@@ -116,7 +116,7 @@ class Attention(nn.Module):
         k = self.k_norm(k.view(bsz, seqlen, -1, self.head_dim))
         v = v.view(bsz, seqlen, -1, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = self.inner_attention(q, k, v, positions)
+        out = self.inner_attention(q, k, v, index)
         return self.o_proj(out.reshape(bsz, seqlen, -1))
 
 
@@ -151,9 +151,11 @@ class TransformerBlock(nn.Module):
         self.mlp = FeedForward(args)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, index: torch.Tensor
     ) -> torch.Tensor:
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin, positions)
+        """x [B, S, dim]; cos/sin [B, S, head_dim]; `index` [B, S], per token, what the inner
+        attention reads: the position (trainer) or the KV-cache slot (generator)."""
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, index)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -181,16 +183,22 @@ class Qwen3Model(nn.Module):
             block.mlp.fuse_projections()
 
     def hidden_states(
-        self, tokens: torch.Tensor, positions: torch.Tensor | None = None, embeddings: torch.Tensor | None = None
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        embeddings: torch.Tensor | None = None,
+        cache_slots: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final-norm hidden states [B, S, dim]; positions default to 0..S-1 per row. `embeddings`
-        [B, S, dim], when given, replace the token embedding lookup."""
+        [B, S, dim], when given, replace the token embedding lookup. `cache_slots` [B, S], when
+        given, is what the blocks' inner attention gets instead of the positions (a KV cache's)."""
         if positions is None:  # contiguous, like the generator's: a stride-0 view would be a guard
             positions = torch.arange(tokens.shape[1], device=tokens.device).repeat(tokens.shape[0], 1)
         h = self.embed_tokens(tokens) if embeddings is None else embeddings
         cos, sin = rope_cos_sin(positions, self.args.head_dim, self.args.rope_theta, h.dtype)
+        index = positions if cache_slots is None else cache_slots
         for block in self.layers:
-            h = block(h, cos, sin, positions)
+            h = block(h, cos, sin, index)
         return self.norm(h)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -199,8 +207,10 @@ class Qwen3Model(nn.Module):
             return self.lm_head(hidden)
         return F.linear(hidden, self.embed_tokens.weight)
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        return self.logits(self.hidden_states(tokens, positions))
+    def forward(
+        self, tokens: torch.Tensor, positions: torch.Tensor | None = None, cache_slots: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.logits(self.hidden_states(tokens, positions, cache_slots=cache_slots))
 
     def init_weights(self, seed: int, std: float = 0.02) -> None:
         """Deterministic random init (normal weights, unit norms) for shape-only profiles."""

@@ -100,9 +100,9 @@ def load_hf_checkpoint(model: nn.Module, spec, ckpt: Path, flavor: str) -> None:
 
 class CacheAttention(nn.Module):
     """Our KV cache behind torchtitan's inner-attention call `(q, k, v, *, attention_masks, scale,
-    enable_gqa)`. The generator passes each token's positions as `attention_masks`, which
-    torchtitan's blocks hand to the inner attention untouched (vLLM's wrapper reads them from its
-    forward context instead)."""
+    enable_gqa)`. The generator passes each token's cache slot as `attention_masks`, which
+    torchtitan's blocks hand to the inner attention untouched (vLLM's wrapper reads its slot
+    mapping from its forward context instead)."""
 
     def __init__(self, cache: KVCacheAttention) -> None:
         super().__init__()

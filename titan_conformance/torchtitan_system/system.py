@@ -66,7 +66,7 @@ class TorchtitanSystem(GRPOSystem):
         self.generator = NativeGenerator(
             gen_model, self.spec.model.vocab_size, p.max_num_seqs, p.generator.max_model_len, self.device,
             p.cudagraph.mode, self._policy_sizes,
-            forward=lambda tokens, positions: gen_model(tokens, positions=positions, attention_masks=positions),
+            forward=lambda tokens, positions, slots: gen_model(tokens, positions=positions, attention_masks=slots),
         )
 
     def _capture_sizes(self) -> list[int]:
