@@ -10,7 +10,8 @@ cache attention's PyTorch path, which gathers each query's row first, the flash 
 memory-efficient varlen kernels with per-row key lengths, Inductor-compiled math, flex attention)
 and our Triton kernel over a sweep of its tile configs, with max error against an fp32
 reference; then 7 GEMMs per block against q/k/v and gate/up stacked into one GEMM each; then the
-sampler: PyTorch's ops, eager and compiled, against our Triton kernels. Numbers of H200 runs:
+sampler: PyTorch's ops, eager and compiled, against our Triton kernels; first, a long prompt's
+prefill attention (8 x 1024 tokens) through our kernel against causal SDPA. Numbers of H200 runs:
 benchmarks/results/2026-11-28-h200 and -h200-kernels.
 """
 
@@ -214,8 +215,40 @@ def sampler_rows() -> None:
         print(f"sampler | {name:22s} | {us:7.1f} us | same tokens {same} | logprob err {err:.1e}", flush=True)
 
 
+def prefill_rows(batch: int = 8, prompt: int = 1024) -> None:
+    """A long prompt's attention, as the generator's prefill runs it: our kernel with tiles of tokens
+    (its default) and a token per program (each token reads its row's keys and values again),
+    against causal SDPA over dense [B, H, S, D] (the trainer's op; flash on CUDA)."""
+    torch.manual_seed(0)
+    n = batch * prompt
+    caches = [tuple(torch.randn(batch, prompt, KV, D, device=DEVICE, dtype=DTYPE) for _ in range(2)) for _ in range(LAYERS)]
+    q = torch.randn(n, H, D, device=DEVICE, dtype=DTYPE)
+    slots = torch.arange(n, device=DEVICE)  # row b's tokens at positions 0..prompt-1: slot b * prompt + p
+    dense_q = q.view(batch, prompt, H, D).transpose(1, 2)
+
+    def causal_sdpa(k, v):
+        keys, values = (t.transpose(1, 2) for t in (k, v))
+        return F.scaled_dot_product_attention(dense_q, keys, values, is_causal=True, enable_gqa=True)
+
+    variants = {
+        "triton, tiles of tokens": lambda k, v: launch_cache_attention(q, k, v, slots, D**-0.5),
+        "triton, a token per program": lambda k, v: launch_cache_attention(q, k, v, slots, D**-0.5, tokens_per_program=1),
+        "causal SDPA, dense (trainer)": causal_sdpa,
+    }
+    expected = causal_sdpa(*caches[0]).float().transpose(1, 2).reshape(n, H, D)
+    for name, fn in variants.items():
+        try:
+            out = fn(*caches[0]).float()
+            err = (out.transpose(1, 2).reshape(n, H, D) if out.dim() == 4 else out) - expected
+            per_layer = graph_us(lambda: [fn(k, v) for k, v in caches], reps=20) / LAYERS
+            print(f"prefill {batch}x{prompt} | {name:30s} | {per_layer:8.1f} us/layer | max err {err.abs().max().item():.2e}", flush=True)
+        except Exception as e:  # an op this torch build lacks: say so, time the rest
+            print(f"prefill {batch}x{prompt} | {name:30s} | failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
+
+
 if __name__ == "__main__":
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
+    prefill_rows()
     attention_rows()
     gemm_rows()
     sampler_rows()

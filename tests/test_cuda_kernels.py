@@ -59,14 +59,18 @@ def expected_cache_attention(q, k_cache, v_cache, slots):
 # Triton's interpreter computes bf16 dot products wrongly on the CPU (fp16 is right), so the kernel's
 # half-precision case runs in fp16 here.
 @pytest.mark.parametrize(
-    "path, dtype",
-    [("sdpa", torch.float32), ("sdpa", torch.bfloat16), ("triton", torch.float32), ("triton", torch.float16)],
+    "path, dtype, tokens_per_program",
+    [
+        ("sdpa", torch.float32, None), ("sdpa", torch.bfloat16, None),
+        ("triton", torch.float32, 1), ("triton", torch.float32, 3), ("triton", torch.float16, 32),
+    ],
 )
-def test_cache_attention_matches_sdpa_over_expanded_heads(path, dtype, tmp_path, monkeypatch):
+def test_cache_attention_matches_sdpa_over_expanded_heads(path, dtype, tokens_per_program, tmp_path, monkeypatch):
     """Both paths (gathered SDPA off CUDA, the Triton kernel on CUDA) equal SDPA over K/V expanded
     to every query head: decode-like and prefill-like queries mixed (several tokens of one row),
     rows in any order, positions across the kernel's block boundaries (16 slots here) and cache
-    rows no token uses. The SDPA path takes its queries in chunks of 3 here."""
+    rows no token uses. The kernel runs a token per program (decode), tiles that split a row's
+    tokens and mix rows, and one tile for all; the SDPA path takes its queries in chunks of 3."""
     torch.manual_seed(0)
     length, n_heads, n_kv, head_dim = 40, 4, 2, 8
     rows = torch.tensor([2, 0, 0, 0, 5, 3, 1])
@@ -82,7 +86,7 @@ def test_cache_attention_matches_sdpa_over_expanded_heads(path, dtype, tmp_path,
     else:
         out = run_kernel(
             tmp_path, "titan_conformance.model.cache_attention_kernel:launch_cache_attention",
-            q, k_cache, v_cache, slots, head_dim**-0.5, block_l=16,
+            q, k_cache, v_cache, slots, head_dim**-0.5, block_l=16, tokens_per_program=tokens_per_program,
         )
     assert out.shape == q.shape and out.dtype == dtype
     tol = 1e-6 if dtype == torch.float32 else 1e-2
@@ -139,18 +143,23 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 
 @cuda
-@pytest.mark.parametrize("tokens_per_row", [1, 5])
-def test_cache_attention_on_cuda_at_the_qwen3_shape(tokens_per_row):
+@pytest.mark.parametrize("batch, tokens_per_row", [(40, 1), (40, 5), (8, 100)])
+def test_cache_attention_on_cuda_at_the_qwen3_shape(batch, tokens_per_row):
     """The compiled kernel itself (not the interpreter), bf16 over a 128-slot cache with rows beyond
-    the batch, against the fp64 reference: a decode step at batch 40, and a 40 x 5 prefill."""
+    the batch, against the fp64 reference: a decode step at batch 40 (a token per program), and
+    prefills of 40 x 5 and 8 x 100 tokens at positions 0.. (tiles of tokens)."""
     from titan_conformance.model.cache_attention_kernel import launch_cache_attention
 
     torch.manual_seed(0)
-    n = 40 * tokens_per_row
+    n = batch * tokens_per_row
     q = torch.randn(n, 16, 128, device="cuda", dtype=torch.bfloat16)
     k_cache, v_cache = (torch.randn(48, 128, 8, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    rows = torch.arange(40, device="cuda").repeat_interleave(tokens_per_row)
-    slots = rows * 128 + torch.randint(0, 128, (n,), device="cuda")
+    rows = torch.arange(batch, device="cuda").repeat_interleave(tokens_per_row)
+    if tokens_per_row == 1:
+        positions = torch.randint(0, 128, (n,), device="cuda")
+    else:
+        positions = torch.arange(tokens_per_row, device="cuda").repeat(batch)
+    slots = rows * 128 + positions
     out = launch_cache_attention(q, k_cache, v_cache, slots, 128**-0.5)
     torch.testing.assert_close(out.double(), expected_cache_attention(q, k_cache, v_cache, slots), atol=2e-2, rtol=2e-2)
 

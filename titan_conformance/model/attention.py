@@ -75,9 +75,12 @@ class KVCacheAttention(nn.Module):
     """(q [N, H, D], k_cache, v_cache, slots [N], scale) -> [N, H, D]; a benchmark swaps it."""
 
     def warm_up(self, n_heads: int) -> None:
-        """Compiles the kernel this cache's forwards launch: one query on the cache's first slot
-        (Triton specializes on dtypes and on which integers are 1 or multiples of 16; no stride or
-        size it sees depends on the number of tokens)."""
-        q = self.k_cache.new_zeros(1, n_heads, self.k_cache.shape[-1])
-        slot = torch.zeros(1, dtype=torch.long, device=q.device)
-        self.attend(q, self.k_cache, self.v_cache, slot, q.shape[-1] ** -0.5)
+        """Compiles the kernel variants this cache's forwards launch: a token per program (no more
+        tokens than cache rows: a decode step) and tiles of tokens (a prefill), one launch each on
+        the cache's first slot. Triton specializes on dtypes, on its tile sizes and on which
+        integers are 1 or multiples of 16; no stride it sees depends on the number of tokens, which
+        it does not specialize on."""
+        for tokens in (1, self.k_cache.shape[0] + 1):
+            q = self.k_cache.new_zeros(tokens, n_heads, self.k_cache.shape[-1])
+            slots = torch.zeros(tokens, dtype=torch.long, device=q.device)
+            self.attend(q, self.k_cache, self.v_cache, slots, q.shape[-1] ** -0.5)
