@@ -59,20 +59,24 @@ def expected_cache_attention(q, k_cache, v_cache, slots):
 # Triton's interpreter computes bf16 dot products wrongly on the CPU (fp16 is right), so the kernel's
 # half-precision case runs in fp16 here.
 @pytest.mark.parametrize(
-    "path, dtype, tokens_per_program",
+    "path, dtype, tokens_per_program, heads",
     [
-        ("sdpa", torch.float32, None), ("sdpa", torch.bfloat16, None),
-        ("triton", torch.float32, 1), ("triton", torch.float32, 3), ("triton", torch.float16, 32),
+        ("sdpa", torch.float32, None, (4, 2, 8)), ("sdpa", torch.bfloat16, None, (4, 2, 8)),
+        ("triton", torch.float32, 1, (4, 2, 8)), ("triton", torch.float32, 3, (4, 2, 8)),
+        ("triton", torch.float16, 32, (4, 2, 8)), ("triton", torch.float32, None, (6, 2, 48)),
+        ("triton", torch.float32, 2, (2, 2, 8)),
     ],
 )
-def test_cache_attention_matches_sdpa_over_expanded_heads(path, dtype, tokens_per_program, tmp_path, monkeypatch):
+def test_cache_attention_matches_sdpa_over_expanded_heads(path, dtype, tokens_per_program, heads, tmp_path, monkeypatch):
     """Both paths (gathered SDPA off CUDA, the Triton kernel on CUDA) equal SDPA over K/V expanded
     to every query head: decode-like and prefill-like queries mixed (several tokens of one row),
     rows in any order, positions across the kernel's block boundaries (16 slots here) and cache
     rows no token uses. The kernel runs a token per program (decode), tiles that split a row's
-    tokens and mix rows, and one tile for all; the SDPA path takes its queries in chunks of 3."""
+    tokens and mix rows, one tile for all (also as it chooses: more tokens than cache rows), groups
+    of 3 heads padded to 4 with a head_dim padded to 64, and groups of 1; the SDPA path takes its
+    queries in chunks of 3."""
     torch.manual_seed(0)
-    length, n_heads, n_kv, head_dim = 40, 4, 2, 8
+    length, (n_heads, n_kv, head_dim) = 40, heads
     rows = torch.tensor([2, 0, 0, 0, 5, 3, 1])
     positions = torch.tensor([0, 13, 14, 15, 16, 39, 7])
     slots = rows * length + positions
@@ -92,7 +96,33 @@ def test_cache_attention_matches_sdpa_over_expanded_heads(path, dtype, tokens_pe
     tol = 1e-6 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(out.double(), expected_cache_attention(q, k_cache, v_cache, slots), atol=tol, rtol=tol)
     # Row 2 at position 0 sees slot 0 only: its output is exactly that slot's value.
-    torch.testing.assert_close(out[0].double(), v_cache[2, 0].repeat_interleave(2, dim=0).double())
+    torch.testing.assert_close(out[0].double(), v_cache[2, 0].repeat_interleave(n_heads // n_kv, dim=0).double())
+
+
+@pytest.mark.parametrize("tokens_per_program", [1, 32])
+def test_cache_attention_keeps_non_finite_values_to_their_row(tokens_per_program, tmp_path):
+    """Slots no query sees are NaN, and one row's visible slot holds inf: every other row's output
+    is finite and correct, also when one tile holds tokens of every row."""
+    torch.manual_seed(0)
+    length, n_heads, n_kv, head_dim = 24, 4, 2, 8
+    rows = torch.tensor([0, 0, 1, 1, 1, 3])
+    positions = torch.tensor([4, 5, 0, 1, 2, 20])
+    slots = rows * length + positions
+    q = torch.randn(len(slots), n_heads, head_dim)
+    k_cache, v_cache = (torch.full((4, length, n_kv, head_dim), float("nan")) for _ in range(2))
+    for row, last in ((0, 5), (1, 2), (3, 20)):
+        k_cache[row, : last + 1], v_cache[row, : last + 1] = torch.randn(2, last + 1, n_kv, head_dim)
+    v_cache[1, 2] = float("inf")  # seen by row 1's token at position 2 only
+    out = run_kernel(
+        tmp_path, "titan_conformance.model.cache_attention_kernel:launch_cache_attention",
+        q, k_cache, v_cache, slots, head_dim**-0.5, block_l=16, tokens_per_program=tokens_per_program,
+    )
+    others = torch.tensor([0, 1, 5])  # rows 0 and 3
+    assert out[others].isfinite().all()
+    finite = [torch.nan_to_num(c, nan=0.0, posinf=0.0) for c in (k_cache, v_cache)]  # what they see is finite
+    torch.testing.assert_close(
+        out[others].double(), expected_cache_attention(q, *finite, slots)[others], atol=1e-6, rtol=1e-6
+    )
 
 
 def test_cache_attention_op_registration():

@@ -40,9 +40,9 @@ class KVCacheAttention(nn.Module):
     Its per-token input is the token's cache slot (row * max_len + position; the generator's slot
     mapping) where the trainer's is the position. Keys/values of each token are written at their
     slot before attending, and a query at position p sees slots 0..p of its row only, so slots left
-    over from earlier requests or from right-padding are never read. Prefill and decode tokens take
-    the same path (`cache_attention`), so the block compiles once for both. The cache shape never
-    changes, which keeps the decode step capturable as a CUDA graph.
+    over from earlier requests or from right-padding are never attended to. Prefill and decode
+    tokens take the same path (`cache_attention`), so the block compiles once for both. The cache
+    shape never changes, which keeps the decode step capturable as a CUDA graph.
     """
 
     def __init__(

@@ -11,13 +11,17 @@ time through `tl.dot`, with an online softmax in fp32: no mask tensor, and no re
 the furthest position. A decode step (no more tokens than cache rows) runs a token per program, so
 every row starts at once; otherwise a program takes PREFILL_TILE query rows (32 tokens of a 2-head
 group), so a prompt's keys and values are read once per 32 tokens, not once per token. Tokens may
-come in any order and mix rows (a tile then walks each row it touches).
+come in any order and mix rows (a tile then walks each row it touches; a row's values never reach
+another row's queries, not even as a zero times a non-finite value). As in any flash-style
+kernel, a non-finite value at a slot that a later token of the same tile sees still turns an
+earlier token's output NaN (zero weight times inf): a sequence whose keys or values are
+non-finite is broken either way, and stays visible.
 
 Measured at the qwen3-0.6b decode shape (batch 40, 8 KV heads x 2 query heads, head_dim 128, cache
 length 128, rows at positions spread over 20..127; 28 layers in one CUDA graph, H200): 8.4 us a
-layer at BLOCK_L=64, 4 warps, 2 stages, against 7.7 for the decode-only kernel this one grew from,
+layer at BLOCK_L=64, 4 warps, 2 stages (8.3 in a later call), against 7.7 for the decode-only kernel this one grew from,
 20.9 for Inductor-compiled SDPA with a mask and 13.6 for compiled flex attention
-(`benchmarks/decode_microbench.py`). A prefill of 8 x 1024 tokens: 228 us a layer in tiles, 2.3-2.9
+(`benchmarks/decode_microbench.py`). A prefill of 8 x 1024 tokens: 251 us a layer in tiles, 2.3-2.9
 ms a token per program, 84-87 for causal flash SDPA over dense [B, H, S, D].
 
 `model/cache_attention.py` registers it as the CUDA kernel of the custom op
@@ -48,7 +52,9 @@ def _attend_row(
     stride_kl, stride_kd, stride_vl, stride_vd, scale, BLOCK_L: tl.constexpr,
 ):
     """The online softmax of the tile's queries in one cache row (`mine`) over that row's slots
-    0..last, BLOCK_L at a time; k_row/v_row point at the row's first slot of this KV head."""
+    0..last, BLOCK_L at a time; k_row/v_row point at the row's first slot of this KV head. Other
+    rows' queries keep their state untouched: a zero weight times a non-finite value would be NaN,
+    so one sequence's inf would spread to its tile's other sequences."""
     end = tl.max(tl.where(mine, last, -1))  # the furthest visible slot of this row's queries
     for start in range(0, end + 1, BLOCK_L):
         slots = start + tl.arange(0, BLOCK_L)
@@ -61,7 +67,7 @@ def _attend_row(
         shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # a query with nothing visible yet
         probs = tl.exp(scores - shift[:, None])
         rescale = tl.exp(running_max - shift)
-        acc = acc * rescale[:, None] + tl.dot(probs.to(v.dtype), v, input_precision="ieee")
+        acc = tl.where(mine[:, None], acc * rescale[:, None] + tl.dot(probs.to(v.dtype), v, input_precision="ieee"), acc)
         denominator = denominator * rescale + tl.sum(probs, axis=1)
         running_max = new_max
     return acc, running_max, denominator
@@ -126,7 +132,8 @@ def launch_cache_attention(
 
     `tokens_per_program` (default: chosen from the shapes): 1 when there are no more tokens than
     cache rows (a decode step: every program starts at once), else as many as fill PREFILL_TILE
-    query rows, so a prompt's keys and values are read once per tile instead of once per token."""
+    query rows (32 for groups of 2 query heads), so a prompt's keys and values are read once per
+    tile instead of once per token."""
     n_tokens, n_heads, head_dim = q.shape
     n_kv = k_cache.shape[2]
     rep = n_heads // n_kv
@@ -136,8 +143,11 @@ def launch_cache_attention(
     if n_tokens == 0:
         return out
     group = triton.next_power_of_2(rep)
+    most = max(1, PREFILL_TILE // group)
     if tokens_per_program is None:
-        tokens_per_program = 1 if n_tokens <= k_cache.shape[0] else max(1, PREFILL_TILE // group)
+        tokens_per_program = 1 if n_tokens <= k_cache.shape[0] else most
+    if not 1 <= tokens_per_program <= most:
+        raise ValueError(f"tokens_per_program must be 1..{most} for groups of {rep} query heads, not {tokens_per_program}")
     tile = max(16, triton.next_power_of_2(tokens_per_program * group))  # tl.dot needs 16 rows
     _cache_attention_kernel[(triton.cdiv(n_tokens, tokens_per_program), n_kv)](
         q, k_cache, v_cache, slots, out,
