@@ -82,6 +82,20 @@ def padding_leaks_into_real_rows(profile, **kw) -> GRPOSystem:
     return system
 
 
+def generator_rows_not_flattened(profile, **kw) -> GRPOSystem:
+    """The generator feeds its blocks [B, S] rows again, each token with its slot, instead of one
+    flat row of tokens: a decode step's S = 1 is then a shape class of its own (one more compile)."""
+    system = GRPOSystem(profile, **kw)
+    gen = system.generator
+
+    def forward_step(tokens, positions):
+        slots = gen.cache_slots(positions).view(tokens.shape)
+        return gen.model(tokens, positions, cache_slots=slots)
+
+    gen.forward_step = forward_step
+    return system
+
+
 def stale_kv_cache_after_capture(profile, **kw) -> GRPOSystem:
     """The cache is 'reset' by allocating new buffers after capture: the graphs keep reading the
     old ones, while the compiled step without a graph reads the new ones."""

@@ -159,9 +159,27 @@ def test_recompile_check_reports_a_fullgraph_limit_failure():
     assert not result.passed and "the run failed" in result.message and "hit recompile_limit=3" in result.message
 
 
+ONE_GENERATOR_GRAPH = {"trainer": 2, "generator": 1}  # fwd+bwd and no-grad; prefill and decode
+
+
 def test_recompile_check_passes_on_the_same_run_with_dynamic_shapes():
-    prof = compiled_profile(dynamic=True, fullgraph=True, recompile_limit=3, backend="aot_eager")
+    prof = compiled_profile(dynamic=True, fullgraph=True, recompile_limit=3, backend="aot_eager",
+                            max_compiles=ONE_GENERATOR_GRAPH)
     run, system = run_with(GRPOSystem, prof)
     system.close()
     result = check_recompile_budget(run, prof)
     assert result.passed, result.message
+
+
+def test_recompile_check_holds_a_role_to_its_max_compiles():
+    """A generator whose blocks see [B, S] rows again (after the system compiled its flat row)
+    compiles prefill rows and decode (S = 1) apart: within recompile_limit, over the profile's
+    count for the role."""
+    prof = compiled_profile(dynamic=True, fullgraph=True, recompile_limit=3, backend="aot_eager",
+                            max_compiles=ONE_GENERATOR_GRAPH)
+    run, system = run_with(faults.generator_rows_not_flattened, prof)
+    system.close()
+    result = check_recompile_budget(run, prof)
+    assert not result.passed
+    assert "generator.TransformerBlock compiled 3 times > compile.max_compiles.generator=1" in result.message
+    assert "2 <= x.size()[1]" in result.message  # the guard that split the graph

@@ -9,6 +9,7 @@ def test_default_profile_loads_and_derives_max_num_seqs():
     assert "tiny-cpu" in bundled_profiles()
     assert profile.max_num_seqs == profile.sampling.num_prompts_per_step * profile.sampling.n
     assert profile.compile.fullgraph and profile.compile.recompile_limit == 8
+    assert profile.compile.max_compiles == {"trainer": 2, "generator": 1}
 
 
 @pytest.mark.parametrize(
@@ -20,6 +21,9 @@ def test_default_profile_loads_and_derives_max_num_seqs():
         ("[generator]\nmax_num_seqs = 4\n", "generator.max_num_seqs is invalid"),
         ("[model]\ndtype = 'float8'\n", "model.dtype is invalid"),
         ("[compile]\nrecompile_limit = 0\n", "compile.recompile_limit is invalid"),
+        ("[compile]\nmax_compiles = { generator = 0 }\n", "compile.max_compiles is invalid"),
+        ("[compile]\nmax_compiles = { generator = 'one' }\n", "'compile.max_compiles.generator' must be int"),
+        ("[compile]\nmax_compiles = 1\n", "'compile.max_compiles' must be a table"),
         ("sampling = 3\n", "'sampling' must be a table"),
         ("[sampling\n", "not valid TOML"),
         ('[budgets."NVIDIA A100"]\nstep = 1.0\n', "[budgets.NVIDIA A100] is not a device class"),

@@ -58,13 +58,17 @@ def alternating_act_inputs(events: list[CompileEvent], limit_hits: list[str] = (
 
 
 def recompile_verdict(
-    events: list[CompileEvent], limit_hits: list[str], limit: int, run_error: str | None = None
+    events: list[CompileEvent], limit_hits: list[str], limit: int, run_error: str | None = None,
+    max_compiles: dict[str, int] | None = None,
 ) -> CheckResult:
+    """`max_compiles`: per role (the region's name up to its first dot), a tighter cap than `limit`."""
     counts: dict[str, int] = {}
     for e in events:
         counts[e.key] = counts.get(e.key, 0) + 1
     table = CompileLedger(events=list(events), limit_hits=list(limit_hits)).format()
+    caps = max_compiles or {}
     over = {r: n for r, n in counts.items() if n > limit}
+    over_cap = {r: n for r, n in counts.items() if n > caps.get(r.split(".", 1)[0], n) and r not in over}
     metrics = {
         "compiles_per_region": counts,
         "limit_hits": list(limit_hits),
@@ -72,14 +76,16 @@ def recompile_verdict(
         "observed_max": observed_max(events),
         "recommended_recompile_limit": recommended_limits(events),
     }
-    limits = {"recompile_limit": limit}
+    limits = {"recompile_limit": limit, **{f"max_compiles.{role}": n for role, n in caps.items()}}
     limit_error = bool(run_error and re.search(r"recompile.?limit", run_error, re.IGNORECASE))
     # A graph per tensor type doubles a region's graphs whatever the limit leaves room for: a block
     # that compiles once (the generator's) doubled to 2 stays under any useful limit.
     act = alternating_act_inputs(events, limit_hits)
-    if not over and not limit_hits and not limit_error and not act:
+    if not over and not over_cap and not limit_hits and not limit_error and not act:
         return CheckResult("recompile_budget", True, f"compiles per region {counts} within recompile_limit={limit}", metrics, limits)
     causes = [f"{r} compiled {n} times > recompile_limit={limit}" for r, n in over.items()]
+    causes += [f"{r} compiled {n} times > compile.max_compiles.{r.split('.', 1)[0]}={caps[r.split('.', 1)[0]]}"
+               for r, n in over_cap.items()]
     causes += [f"{_without_type_ids(h)} (Dynamo fell back to eager, or raised under fullgraph)" for h in limit_hits]
     if act and not over and not limit_hits:
         causes.append("a compiled block recompiled for another tensor type of the same input (within the limit, still a graph per type)")
@@ -88,7 +94,7 @@ def recompile_verdict(
     reasons = sorted({_without_type_ids(e.reason) for e in events if e.index > 0})
     fix = (
         "Make the varying input dynamic or stable (mark it dynamic, keep its type and strides fixed) "
-        "or raise recompile_limit if the count is expected."
+        "or raise recompile_limit (compile.max_compiles for a role's cap) if the count is expected."
     )
     if act:
         fix = (
@@ -111,4 +117,6 @@ def recompile_verdict(
 
 def check_recompile_budget(run, profile) -> CheckResult:
     """Over the whole GRPO run: steps of different lengths, prefill and decode, fwd and bwd."""
-    return recompile_verdict(run.compile_events, run.limit_hits, profile.compile.recompile_limit, run.error)
+    return recompile_verdict(
+        run.compile_events, run.limit_hits, profile.compile.recompile_limit, run.error, profile.compile.max_compiles
+    )

@@ -33,7 +33,7 @@ def tp_recompile_verdict(results, profile) -> CheckResult:
     events = [e for r in results for e in r.events]
     hits = [h for r in results for h in r.limit_hits]
     error = run_error(results)
-    verdict = recompile_verdict(events, hits, profile.compile.recompile_limit, error)
+    verdict = recompile_verdict(events, hits, profile.compile.recompile_limit, error, profile.compile.max_compiles)
     if verdict.passed and error:  # counts of a run that stopped early say nothing about the budget
         verdict.passed = False
         verdict.message = (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -25,3 +25,8 @@ class CompileConfig:
     recompile_limit: int = 8
     """Dynamo's per-code-object recompile limit; past it a region falls back to eager (or, under
     fullgraph, raises). The recompile-budget check holds every region under it."""
+    max_compiles: dict[str, int] = field(default_factory=dict)
+    """Per role (trainer, generator, vllm): the most compilations of its region over a run that the
+    recompile-budget check allows, e.g. `{ generator = 1 }` (one graph for prefill, decode and every
+    batch size). A count that CI checks without a GPU, where startup budgets are times; roles not
+    named are held to recompile_limit alone. Dynamo itself never sees it."""

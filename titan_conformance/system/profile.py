@@ -245,11 +245,17 @@ def _build(cls: type, data: Any, where: str) -> Any:
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value, dotted)
-        elif typing.get_origin(hint) is dict:  # a table of tables, each a dataclass: [budgets.h100]
+        elif typing.get_origin(hint) is dict:  # a table of tables ([budgets.h100]) or of values
             if not isinstance(value, dict):
                 raise ConformanceError(f"Profile key {dotted!r} must be a table, got {value!r}.")
             item = typing.get_args(hint)[1]
-            kwargs[key] = {name: _build(item, table, f"{dotted}.{name}") for name, table in value.items()}
+            if dataclasses.is_dataclass(item):
+                kwargs[key] = {name: _build(item, table, f"{dotted}.{name}") for name, table in value.items()}
+                continue
+            for name, entry in value.items():
+                if not _type_ok(entry, item):
+                    raise ConformanceError(f"Profile key '{dotted}.{name}' must be {item.__name__}, got {entry!r}.")
+            kwargs[key] = dict(value)
         elif not _type_ok(value, hint):
             raise ConformanceError(
                 f"Profile key {dotted!r} must be {getattr(hint, '__name__', hint)}, got {value!r}."
@@ -282,6 +288,8 @@ def _check(profile: Profile) -> None:
          f">= num_prompts_per_step x n = {s.num_prompts_per_step * s.n}"),
         (g.max_model_len > s.max_tokens, "generator.max_model_len", "> sampling.max_tokens"),
         (profile.compile.recompile_limit >= 1, "compile.recompile_limit", ">= 1"),
+        (all(n >= 1 for n in profile.compile.max_compiles.values()), "compile.max_compiles",
+         "a table of roles (trainer, generator, vllm) to counts >= 1"),
         (profile.grpo.lr > 0, "grpo.lr", "> 0"),
         (profile.grpo.clip_eps > 0, "grpo.clip_eps", "> 0"),
         (profile.grpo.kl_coef >= 0, "grpo.kl_coef", ">= 0"),
