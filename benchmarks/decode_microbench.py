@@ -54,6 +54,19 @@ def graph_us(fn, reps: int = 200) -> float:
     return start.elapsed_time(end) / reps * 1000
 
 
+def attention_table(label: str, variants: dict, caches: list, error, reps: int = 200) -> None:
+    """One line per variant `fn(k, v)`: microseconds a layer over every layer's cache in one CUDA
+    graph, and `error(fn)` on the first layer against the reference. A variant this torch build
+    lacks prints why; the rest still run."""
+    for name, fn in variants.items():
+        try:
+            err = error(fn)
+            per_layer = graph_us(lambda: [fn(k, v) for k, v in caches], reps) / LAYERS
+            print(f"{label} | {name:32s} | {per_layer:8.2f} us/layer | max err {err:.2e}", flush=True)
+        except Exception as e:  # an op this torch build lacks: say so, time the rest
+            print(f"{label} | {name:32s} | failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
+
+
 def hidden_slots(pos):
     """[B, 1, 1, L]: cache slots past each row's position."""
     return (torch.arange(L, device=pos.device) > pos.view(B, 1)).view(B, 1, 1, L)
@@ -162,14 +175,10 @@ def attention_rows() -> None:
             for stages in (1, 2, 3):
                 variants[f"triton L{block_l} w{warps} s{stages}"] = triton_decode(slots, block_l, warps, stages)
     expected = reference(q, *caches[0], pos)
-    for name, fn in variants.items():
-        try:
-            err = (fn(q, *caches[0], pos).float() - expected).abs().max().item()
-            per_step = graph_us(lambda: [fn(q, k, v, pos) for k, v in caches])
-            per_layer = per_step / LAYERS
-            print(f"attention | {name:32s} | {per_layer:7.2f} us/layer | max err {err:.2e}", flush=True)
-        except Exception as e:  # an op this torch build lacks: say so, time the rest
-            print(f"attention | {name:32s} | failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
+    attention_table(
+        "attention", {name: (lambda k, v, fn=fn: fn(q, k, v, pos)) for name, fn in variants.items()}, caches,
+        lambda fn: (fn(*caches[0]).float() - expected).abs().max().item(),
+    )
 
 
 def gemm_rows() -> None:
@@ -236,14 +245,12 @@ def prefill_rows(batch: int = 8, prompt: int = 1024) -> None:
         "causal SDPA, dense (trainer)": causal_sdpa,
     }
     expected = causal_sdpa(*caches[0]).float().transpose(1, 2).reshape(n, H, D)
-    for name, fn in variants.items():
-        try:
-            out = fn(*caches[0]).float()
-            err = (out.transpose(1, 2).reshape(n, H, D) if out.dim() == 4 else out) - expected
-            per_layer = graph_us(lambda: [fn(k, v) for k, v in caches], reps=20) / LAYERS
-            print(f"prefill {batch}x{prompt} | {name:30s} | {per_layer:8.1f} us/layer | max err {err.abs().max().item():.2e}", flush=True)
-        except Exception as e:  # an op this torch build lacks: say so, time the rest
-            print(f"prefill {batch}x{prompt} | {name:30s} | failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
+
+    def error(fn):
+        out = fn(*caches[0]).float()
+        return ((out.transpose(1, 2).reshape(n, H, D) if out.dim() == 4 else out) - expected).abs().max().item()
+
+    attention_table(f"prefill {batch}x{prompt}", variants, caches, error, reps=20)
 
 
 if __name__ == "__main__":

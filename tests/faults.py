@@ -43,6 +43,13 @@ def non_causal_trainer(profile, **kw) -> GRPOSystem:
     return system
 
 
+def recaptured(system: GRPOSystem) -> GRPOSystem:
+    """The system with its generator's FULL graphs captured again, so the fault is in them too."""
+    system.generator.graphs.clear()
+    system.generator.capture()
+    return system
+
+
 def stale_decode_cache(profile, **kw) -> GRPOSystem:
     """Decode steps attend over the cache but leave nothing in it: each step's key/value writes are
     undone after the step (graphs recaptured so), so no later step sees an earlier decoded token."""
@@ -59,9 +66,7 @@ def stale_decode_cache(profile, **kw) -> GRPOSystem:
         return out
 
     gen.decode_step = forgetful_step
-    gen.graphs.clear()
-    gen.capture()
-    return system
+    return recaptured(system)
 
 
 def padding_leaks_into_real_rows(profile, **kw) -> GRPOSystem:
@@ -77,9 +82,7 @@ def padding_leaks_into_real_rows(profile, **kw) -> GRPOSystem:
         return torch.where(positions.reshape(1, -1) == 0, torch.zeros_like(slots), slots)
 
     gen.cache_slots = leaky_slots
-    gen.graphs.clear()
-    gen.capture()  # recaptured with the leaky slot mapping
-    return system
+    return recaptured(system)
 
 
 def generator_rows_not_flattened(profile, **kw) -> GRPOSystem:
@@ -117,9 +120,7 @@ def sampler_ignores_noise(profile, **kw) -> GRPOSystem:
         return type(gen).decode_step(gen, tokens, positions, noise, divisor, noise_scale * 0)
 
     gen.decode_step = greedy_step
-    gen.graphs.clear()
-    gen.capture()
-    return system
+    return recaptured(system)
 
 
 def capture_size_left_out(profile, **kw) -> GRPOSystem:

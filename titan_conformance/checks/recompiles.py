@@ -57,6 +57,11 @@ def alternating_act_inputs(events: list[CompileEvent], limit_hits: list[str] = (
     return sorted({m.group(1) or m.group(2) for t in texts for m in _ACT_GUARD.finditer(t)})
 
 
+def region_role(region: str) -> str:
+    """The role a region belongs to: "generator" of "generator.TransformerBlock[rank 0]"."""
+    return region.split(".", 1)[0]
+
+
 def recompile_verdict(
     events: list[CompileEvent], limit_hits: list[str], limit: int, run_error: str | None = None,
     max_compiles: dict[str, int] | None = None,
@@ -68,7 +73,7 @@ def recompile_verdict(
     table = CompileLedger(events=list(events), limit_hits=list(limit_hits)).format()
     caps = max_compiles or {}
     over = {r: n for r, n in counts.items() if n > limit}
-    over_cap = {r: n for r, n in counts.items() if n > caps.get(r.split(".", 1)[0], n) and r not in over}
+    over_cap = {r: n for r, n in counts.items() if n > caps.get(region_role(r), n) and r not in over}
     metrics = {
         "compiles_per_region": counts,
         "limit_hits": list(limit_hits),
@@ -84,7 +89,7 @@ def recompile_verdict(
     if not over and not over_cap and not limit_hits and not limit_error and not act:
         return CheckResult("recompile_budget", True, f"compiles per region {counts} within recompile_limit={limit}", metrics, limits)
     causes = [f"{r} compiled {n} times > recompile_limit={limit}" for r, n in over.items()]
-    causes += [f"{r} compiled {n} times > compile.max_compiles.{r.split('.', 1)[0]}={caps[r.split('.', 1)[0]]}"
+    causes += [f"{r} compiled {n} times > compile.max_compiles.{region_role(r)}={caps[region_role(r)]}"
                for r, n in over_cap.items()]
     causes += [f"{_without_type_ids(h)} (Dynamo fell back to eager, or raised under fullgraph)" for h in limit_hits]
     if act and not over and not limit_hits:

@@ -19,9 +19,9 @@ non-finite is broken either way, and stays visible.
 
 Measured at the qwen3-0.6b decode shape (batch 40, 8 KV heads x 2 query heads, head_dim 128, cache
 length 128, rows at positions spread over 20..127; 28 layers in one CUDA graph, H200): 8.4 us a
-layer at BLOCK_L=64, 4 warps, 2 stages (8.3 in a later call), against 7.7 for the decode-only kernel this one grew from,
-20.9 for Inductor-compiled SDPA with a mask and 13.6 for compiled flex attention
-(`benchmarks/decode_microbench.py`). A prefill of 8 x 1024 tokens: 251 us a layer in tiles, 2.3-2.9
+layer at BLOCK_L=64, 4 warps, 2 stages (8.3 in a later call), against 7.7 for the decode-only
+kernel this one grew from, 20.9 for Inductor-compiled SDPA with a mask and 13.6 for compiled flex
+attention (`benchmarks/decode_microbench.py`). A prefill of 8 x 1024 tokens: 251 us a layer in tiles, 2.3-2.9
 ms a token per program, 84-87 for causal flash SDPA over dense [B, H, S, D].
 
 `model/cache_attention.py` registers it as the CUDA kernel of the custom op
