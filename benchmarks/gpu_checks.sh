@@ -6,7 +6,9 @@
 # inside the tree, e.g. from `git archive REV titan_conformance suites benchmarks/startup.py`, adds
 # a cold run of its startup.py before each cold run of ours),
 # BENCH=1 (benchmark table; BENCH_SKIP=compile,capture leaves out the slow comparisons),
-# EXACTNESS=1, GPU_TESTS (default: SUITES) runs the GPU-only tests, TP=1 (needs 2 GPUs: the TP profile's suite on NCCL and the recompile measurement at
+# EXACTNESS=1, CALIBRATE=1 (benchmarks/calibrate.py on qwen3-0.6b and its fp32 variant, 3 seeds, faults on
+# FAULT_SEEDS, warm-up grid WARMUP_LRS and GRPO grid GRPO_LRS; CALIBRATE_TIMEOUT bounds it),
+# GPU_TESTS (default: SUITES) runs the GPU-only tests, SUITE_PROFILES (default "qwen3-0.6b tiny-cpu"), TP=1 (needs 2 GPUs: the TP profile's suite on NCCL and the recompile measurement at
 # the qwen3-0.6b shape), SUITES=0 (skip the single-GPU tests and suites). PART_TIMEOUT (seconds, default 420) bounds each
 # part; TP_TIMEOUT (seconds) bounds each TP configuration of the recompile measurement.
 # Logs go to $OUT and are packed into $OUT/logs.tgz; a short table is printed last.
@@ -62,13 +64,22 @@ if [ "${STARTUP:-0}" = 1 ]; then (  # a subshell: the parts after it run in the 
   fi
   run startup-warm python3 benchmarks/startup.py --label warm --out "$LOGS"
 ) fi
+if [ "${CALIBRATE:-0}" = 1 ]; then
+  PART_TIMEOUT=${CALIBRATE_TIMEOUT:-420} run calibrate python3 benchmarks/calibrate.py --suite qwen3-0.6b --device cuda \
+    --variants ,fp32 --seeds 0,1,2 --fault-seeds "${FAULT_SEEDS:-0}" --warmup-lrs "${WARMUP_LRS:-}" \
+    --grpo-lrs "${GRPO_LRS:-}" --out "$LOGS"
+  grep -E "^(warm-up picked|grpo lr|warmup lr=0.0003 seed=0)" "$LOGS/calibrate.log" >> "$LOGS/summary.txt"
+  grep -A60 "^== " "$LOGS/calibrate.log" >> "$LOGS/summary.txt"
+fi
 [ "${BENCH:-0}" = 1 ] && run bench python3 benchmarks/bench_gpu.py --out "$LOGS" --skip "${BENCH_SKIP:-}"
 if [ "${GPU_TESTS:-${SUITES:-1}}" = 1 ]; then
-  run gpu-tests python3 -m pytest tests/test_cudagraph_faults.py tests/test_cudagraph_policy.py tests/test_cuda_kernels.py tests/test_warm_start.py -q -p no:cacheprovider
+  run gpu-tests python3 -m pytest ${GPU_TEST_FILES:-tests/test_cudagraph_faults.py tests/test_cudagraph_policy.py tests/test_cuda_kernels.py tests/test_warm_start.py} -q -p no:cacheprovider
 fi
 if [ "${SUITES:-1}" = 1 ]; then
-  suite suite-qwen3 qwen3-0.6b -n 1
-  suite suite-tiny tiny-cpu -n 1
+  for profile in ${SUITE_PROFILES:-qwen3-0.6b tiny-cpu}; do
+    suite "suite-$profile" "$profile" -n 1 ${SUITE_ARGS:-}
+    grep -E "^\| (Logprob|Recompile|CUDA|Budgets|Other)" "$LOGS/report-suite-$profile/summary.md" >> "$LOGS/summary.txt" 2>/dev/null
+  done
 fi
 if [ "${TP:-0}" = 1 ]; then
   suite suite-tp2 tiny-cpu-tp2 -n 1

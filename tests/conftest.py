@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from titan_conformance.plugin import share_cpu_threads
 from titan_conformance.system.grpo_system import GRPOSystem
 from titan_conformance.system.profile import Profile, load_profile
 
@@ -28,6 +29,10 @@ def compiled_system():
 def eager_system():
     with GRPOSystem(tiny_profile(enable=False)) as system:
         yield system
+
+
+def pytest_configure(config):
+    share_cpu_threads()
 
 
 TESTS = Path(__file__).parent

@@ -1,7 +1,9 @@
 """Planted faults: system providers that build the reference system and break one thing.
 
 Each is a provider factory (`--tc-system faults:NAME` with this folder on PYTHONPATH), so the same
-fault can be fed to the check functions in-process or to the whole suite through the plugin.
+fault can be fed to the check functions in-process or to the whole suite through the plugin. The
+numerics faults are also planters: `plant_*(system)` breaks a built system in place and returns
+the undo (`benchmarks/calibrate.py` measures them on the GPU that way).
 """
 
 from __future__ import annotations
@@ -13,14 +15,6 @@ from titan_conformance.model.attention import _expand_kv
 from titan_conformance.system.grpo_system import GRPOSystem
 
 
-def wrong_rope_theta(profile, **kw) -> GRPOSystem:
-    """The generator builds RoPE with another base than the trainer."""
-    system = GRPOSystem(profile, **kw)
-    args = system.generator.model.args
-    system.generator.model.args = args.replace(rope_theta=args.rope_theta * 2)
-    return system
-
-
 def skipped_weight_sync(profile, **kw) -> GRPOSystem:
     """The trainer trains, the generator never hears of it."""
     system = GRPOSystem(profile, **kw)
@@ -28,18 +22,21 @@ def skipped_weight_sync(profile, **kw) -> GRPOSystem:
     return system
 
 
-class _BidirectionalAttention(torch.nn.Module):
-    """Attention without the causal mask: a token sees the padding after it."""
+class _PackedAttention(torch.nn.Module):
+    """The batch packed into one row for attention with no boundaries between sequences (a varlen
+    packing that lost its cumulative sequence lengths): each sequence attends to those before it."""
 
     def forward(self, q, k, v, positions):
+        bsz, seqlen = q.shape[:2]
         n_rep = q.shape[2] // k.shape[2]
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        return F.scaled_dot_product_attention(q, _expand_kv(k, n_rep), _expand_kv(v, n_rep)).transpose(1, 2)
+        q, k, v = (t.reshape(1, bsz * seqlen, *t.shape[2:]).transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, _expand_kv(k, n_rep), _expand_kv(v, n_rep), is_causal=True)
+        return out.transpose(1, 2).reshape(bsz, seqlen, out.shape[1], -1)
 
 
-def non_causal_trainer(profile, **kw) -> GRPOSystem:
+def packed_trainer_attention(profile, **kw) -> GRPOSystem:
     system = GRPOSystem(profile, **kw)
-    system.trainer.model.set_inner_attention(lambda _: _BidirectionalAttention())
+    system.trainer.model.set_inner_attention(lambda _: _PackedAttention())
     return system
 
 
@@ -192,3 +189,160 @@ def torchtitan_policy_without_max_num_seqs(profile, **kw):
         return TorchtitanSystem(profile, **kw)
     finally:
         policy._sizes = real
+
+
+# --- numerics a parity check must see: subtle generator mismatches, temperature, NaN ----------
+
+
+def _recapture_graphs(system) -> None:
+    """A decode graph bakes in Python floats (RoPE base, norm eps) at capture: capture again."""
+    if system.generator.graphs:
+        recaptured(system)
+
+
+def plant_rope_theta(system, factor: float):
+    """The generator's RoPE base `factor` x the trainer's."""
+    model = system.generator.model
+    args = model.args
+    model.args = args.replace(rope_theta=args.rope_theta * factor)
+    _recapture_graphs(system)
+
+    def undo():
+        model.args = args
+        _recapture_graphs(system)
+
+    return undo
+
+
+def plant_norm_eps(system, eps: float = 1e-5):
+    """Every RMSNorm of the generator with `eps` (the checkpoints here say 1e-6)."""
+    norms = [m for m in system.generator.model.modules() if hasattr(m, "eps")]
+    before = [m.eps for m in norms]
+    for m in norms:
+        m.eps = eps
+    _recapture_graphs(system)
+
+    def undo():
+        for m, value in zip(norms, before):
+            m.eps = value
+        _recapture_graphs(system)
+
+    return undo
+
+
+def plant_untempered_generator(system):
+    """The generator samples at the temperature but reports each token's logprob under the
+    untempered distribution (logits not divided by T)."""
+    gen = system.generator
+    real = gen.generate
+
+    def generate(prompts, n, max_tokens, temperature, seed, eos_id):
+        completions = real(prompts, n, max_tokens, temperature, seed, eos_id)
+        for c, logprobs in zip(completions, gen.score(completions, 1.0)):
+            c.logprobs = logprobs.tolist()
+        return completions
+
+    gen.generate = generate
+    return lambda: delattr(gen, "generate")
+
+
+def plant_untempered_trainer(system):
+    """The trainer scores (and trains on) logprobs at temperature 1 whatever the sampling temperature."""
+    before = system.trainer.temperature
+    system.trainer.temperature = 1.0
+    return lambda: setattr(system.trainer, "temperature", before)
+
+
+def plant_slow_generate(system):
+    """Every rollout takes 5x as long: a host-side stall after the decode loop (4x its own time)."""
+    import time
+
+    real = system.rollout
+
+    def rollout(*args, **kwargs):
+        start = time.perf_counter()
+        out = real(*args, **kwargs)
+        time.sleep(4 * (time.perf_counter() - start))
+        return out
+
+    system.rollout = rollout
+    return lambda: delattr(system, "rollout")
+
+
+def _planted(plant, *args):
+    def factory(profile, **kw) -> GRPOSystem:
+        system = GRPOSystem(profile, **kw)
+        plant(system, *args)
+        return system
+
+    factory.__doc__ = plant.__doc__
+    return factory
+
+
+wrong_rope_theta = _planted(plant_rope_theta, 2.0)
+generator_rope_theta_one_percent_off = _planted(plant_rope_theta, 1.01)
+generator_norm_eps = _planted(plant_norm_eps)
+untempered_generator_logprobs = _planted(plant_untempered_generator)
+untempered_trainer = _planted(plant_untempered_trainer)
+slow_generate = _planted(plant_slow_generate)
+
+
+def nan_reward(profile, **kw) -> GRPOSystem:
+    """Every 50th reward is NaN (a verifier that divides by zero on some answers)."""
+    system = GRPOSystem(profile, **kw)
+    real, calls = system.task.reward, [0]
+
+    def reward(problem, completion_ids):
+        calls[0] += 1
+        r = real(problem, completion_ids)
+        return type(r)(float("nan"), r.format) if calls[0] % 50 == 0 else r
+
+    system.task.reward = reward
+    return system
+
+
+# --- how the system runs: compile settings, eager fallbacks, speed -----------------------------
+
+
+def generator_compiled_with_other_options(profile, **kw) -> GRPOSystem:
+    """The generator's blocks compiled with an Inductor option the trainer's are not (as a PR that
+    tunes only the generator's compile might): other kernels, other rounding."""
+    import dataclasses
+
+    import titan_conformance.generator.native as native
+
+    real = native.apply_regional_compile
+
+    def compile_generator(model, config, ledger, role):
+        if role == "generator":
+            config = dataclasses.replace(config, options={"max_autotune_pointwise": True})
+        return real(model, config, ledger, role)
+
+    native.apply_regional_compile = compile_generator
+    try:
+        return GRPOSystem(profile, **kw)
+    finally:
+        native.apply_regional_compile = real
+
+
+def eager_generator(profile, **kw) -> GRPOSystem:
+    """The generator's compiled blocks are bypassed after startup (a force_eager stance around
+    generation, as a debugging change left in might): every compile count stays clean."""
+    system = GRPOSystem(profile, **kw)
+    real = system.generator.generate
+
+    def generate(*args, **kwargs):
+        with torch.compiler.set_stance("force_eager"):
+            return real(*args, **kwargs)
+
+    system.generator.generate = generate
+    return system
+
+
+def graphs_never_replayed(profile, **kw) -> GRPOSystem:
+    """Graphs are captured (and pass every probe) but the decode loop never replays them."""
+    system = GRPOSystem(profile, **kw)
+    gen = system.generator
+    real = gen.run_decode
+    gen.run_decode = lambda *args, use_graph=True, want_all=False: real(*args, use_graph=False, want_all=want_all)
+    return system

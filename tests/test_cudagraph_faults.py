@@ -1,6 +1,7 @@
 """On a CUDA device: FULL-graph equivalence passes on the tiny profile and FAILS on each planted
 fault (a size left out, padding rows leaking into real rows, a stale KV cache after capture, a
-sampler that drops its noise)."""
+sampler that drops its noise); the run's decode steps replay the graphs, and a decode loop that
+never replays them fails."""
 
 from __future__ import annotations
 
@@ -53,3 +54,35 @@ def test_planted_graph_faults_fail(fault, check, cause):
     finally:
         system.close()
     assert not result.passed and cause in result.message, result.message
+
+
+def run_steps(factory, steps: int = 2):
+    from titan_conformance.run import perform_run
+
+    system = build(factory)
+    return perform_run(system, steps), system
+
+
+def test_the_runs_decode_steps_replay_graphs_and_cost_about_a_replay():
+    from titan_conformance.checks.cudagraphs import graph_replay_verdict
+    from titan_conformance.checks.speed import check_generate_overhead
+
+    run, system = run_steps(GRPOSystem)
+    try:
+        replays = graph_replay_verdict(run.records, system.cudagraph_sizes()[1])
+        speed = check_generate_overhead(run, system.profile)
+    finally:
+        system.close()
+    assert replays.passed and replays.metrics["graph_replays"] > 0, replays.message
+    assert speed.passed, speed.message
+
+
+def test_graphs_the_decode_loop_never_replays_fail_the_replay_check():
+    from titan_conformance.checks.cudagraphs import graph_replay_verdict
+
+    run, system = run_steps(faults.graphs_never_replayed)
+    try:
+        result = graph_replay_verdict(run.records, system.cudagraph_sizes()[1])
+    finally:
+        system.close()
+    assert not result.passed and "ran without their captured FULL graph" in result.message, result.message

@@ -92,13 +92,13 @@ def test_weight_sync_check_catches_a_sync_that_stops_landing(healthy):
     finally:
         system.sync_weights = real_sync
         real_sync()
-    assert not result.passed and "Weight sync did not land" in result.message and "did not change" in result.message
+    assert not result.passed and "Weight sync did not land" in result.message and "tracking error of 1.00" in result.message
 
 
 @pytest.mark.parametrize(
     "fault, check, cause",
     [
-        (faults.non_causal_trainer, check_batch_invariance, "padding seen through the attention mask"),
+        (faults.packed_trainer_attention, check_batch_invariance, "attending across their boundaries"),
         (faults.stale_decode_cache, check_prefill_decode, "stale or misplaced cache"),
     ],
 )

@@ -38,7 +38,7 @@ def test_report_is_json_of_the_schema(report):
     assert data["schema_version"] == SCHEMA_VERSION
     assert set(data["runs"]) == {"gw0", "gw1"} and {t["worker"] for t in data["tests"]} == {"gw0", "gw1"}
     parity = next(t for t in data["tests"] if t["property"] == "logprob_parity")["checks"][0]
-    assert parity["limits"] == {"max_abs": 1e-4, "p99_abs": 1e-5, "mean_abs": 1e-6} and parity["passed"]
+    assert parity["limits"] == {"max_abs": 1e-4, "p99_abs": 1e-5, "mean_abs": 1e-6, "min_tokens": 1} and parity["passed"]
     assert {"max_abs", "p99_abs", "frac_over_tolerance", "k3_kl", "mean_exp_abs"} <= set(parity["metrics"])
     run = data["runs"]["gw0"]
     assert run["compile"]["counts"] == {"trainer.TransformerBlock": 2, "generator.TransformerBlock": 1}

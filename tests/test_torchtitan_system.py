@@ -161,7 +161,7 @@ def test_the_suite_runs_on_torchtitan_as_users_run_it(suite, pytester):
     by default, the native generator even where vLLM imports; the report names torchtitan's
     version and where its capture-size policy and ours agree or differ."""
     result = suite("--tc-system", "torchtitan", "--tc-device", "cpu", "--tc-report-dir", "out")
-    result.assert_outcomes(passed=8, skipped=7)  # CUDA graphs on CPU, learning on random init, TP on TP=1
+    result.assert_outcomes(passed=12, skipped=8)  # CUDA graphs on CPU, learning (expect_learning off), TP on TP=1
     result.stdout.fnmatch_lines(["*suite=torchtitan-debugmodel system=torchtitan generator=profile's*"])
     summary = (pytester.path / "out" / "summary.md").read_text()
     assert f"provider=torchtitan {torchtitan.__version__}" in summary

@@ -27,7 +27,7 @@ def run_grpo(opts: argparse.Namespace) -> int:
     print(f"Profile {profile.name}: {profile.description}", flush=True)
     with GRPOSystem(profile, device=opts.device, model_path=opts.model_path) as system:
         total = sum(system.startup.values())
-        phases = ", ".join(f"{p}={system.startup[p]:.1f}s" for p in STARTUP_PHASES)
+        phases = ", ".join(f"{p}={system.startup[p]:.1f}s" for p in STARTUP_PHASES if p in system.startup)
         print(f"Startup: {total:.1f}s ({phases}) on {system.device.type}", flush=True)
         print(_reward_line("Pre: ", system.validate()), flush=True)
         for _ in range(opts.steps):

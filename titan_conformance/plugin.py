@@ -48,6 +48,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="where report.json, summary.md, report.html and junit.xml go (default ./reports/<timestamp>-<profile>/)",
     )
     group.addoption("--tc-system", default=None, help="system provider: module:factory or an entry-point name")
+    group.addoption(
+        "--tc-seed", default=None, type=int,
+        help="overrides the profile's seed (random init, warm-up, prompt draws, sampling): run a few to see spread",
+    )
 
 
 def _visible_gpus() -> list[str]:
@@ -78,12 +82,24 @@ def _pin_worker_gpus(config: pytest.Config) -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[start : start + per_worker])
 
 
+def share_cpu_threads() -> None:
+    """Under xdist, each worker's torch takes its share of the cores: n workers each running as many
+    threads as there are cores oversubscribe them, and small ops then spin and wait more than they
+    compute (a generate step 5x its bare step on 2 contended cores)."""
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if os.environ.get("PYTEST_XDIST_WORKER") and count > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // count))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # torch's structured-trace logger propagates empty DEBUG records into every captured-log report.
     logging.getLogger("torch.__trace").propagate = False
     config.addinivalue_line("markers", "tc_gpus(n): the test needs n GPUs on its worker")
     config.addinivalue_line("markers", "tc_capability(name): the test needs the provider capability `name`")
     _pin_worker_gpus(config)
+    share_cpu_threads()
     config.pluginmanager.register(ReportSession(config), "titan_conformance.report")
     try:
         option = config.getoption("--tc-generator")
@@ -154,6 +170,8 @@ def tc_profile(request: pytest.FixtureRequest):
         _fail(e)
     if backend := request.config.stash.get(_BACKEND, None):
         profile = dataclasses.replace(profile, generator=dataclasses.replace(profile.generator, backend=backend))
+    if (seed := request.config.getoption("--tc-seed")) is not None:
+        profile = dataclasses.replace(profile, seed=seed)
     return profile
 
 

@@ -27,6 +27,10 @@ CAPABILITIES = {
     "startup_phases": "startup maps each startup phase to seconds",
     "cudagraphs": "the generator captures FULL CUDA graphs at the capture sizes",
     "capture_policy": "cudagraph_sizes()[0] is the capture-size policy's list, also where nothing is captured",
+    "reference_logprobs": "reference_logprobs(completions, dtype) scores completions with a fresh eager copy of "
+    "the trainer's model at dtype (float64: the oracle; the profile's dtype: the precision floor)",
+    "decode_timing": "time_decode_step(batch, position) times one bare decode step, and each StepRecord's "
+    "`decode` counts the rollout's decode steps and graph replays",
 }
 
 

@@ -23,6 +23,14 @@ class ConformanceRun:
     compile_events: list[CompileEvent] = field(default_factory=list)
     """The compile ledger as it stood at the end of the run (checks may compile more later)."""
     limit_hits: list[str] = field(default_factory=list)
+    compile_settings: dict[str, dict] = field(default_factory=dict)
+    """Each compiled region's effective settings at the end of the run."""
+    compiled_calls: dict[str, int] = field(default_factory=dict)
+    """Runs of each region's compiled graphs during the GRPO steps (not the validations, nor the
+    timing probes between steps)."""
+    decode_step_seconds: list[float | None] = field(default_factory=list)
+    """Per step: one bare decode step at that step's batch, timed right after it (None where the
+    step decoded nothing or the provider cannot time one)."""
     error: str | None = None
     """What stopped the run early, e.g. a recompile-limit failure under fullgraph."""
     compile_cache: dict[str, int | str] = field(default_factory=dict)
@@ -30,20 +38,34 @@ class ConformanceRun:
     cold?), and the bytes of a `--tc-compile-cache` file restored and saved."""
 
 
+def _bare_decode_seconds(system: ConformanceSystem, record) -> float | None:
+    """One bare decode step at the step's batch and about its mean sequence length."""
+    decode = getattr(record, "decode", None)
+    if "decode_timing" not in system.capabilities or decode is None or not decode.decode_steps:
+        return None
+    return system.time_decode_step(decode.batch, int(record.avg_tokens) + 8)
+
+
 def perform_run(system: ConformanceSystem, steps: int, progress: Callable[[str], None] = lambda _: None) -> ConformanceRun:
     run = ConformanceRun(system)
+    ledger = system.compile_ledger() if "compile_ledger" in system.capabilities else None
+    calls = ledger.calls if ledger is not None else {}
     try:
         if "grpo" in system.capabilities:
             run.pre = system.validate()
             for i in range(steps):
+                before = dict(calls)
                 run.records.append(system.step())
+                for region, n in calls.items():
+                    run.compiled_calls[region] = run.compiled_calls.get(region, 0) + n - before.get(region, 0)
+                run.decode_step_seconds.append(_bare_decode_seconds(system, run.records[-1]))
                 progress(f"step {i + 1}/{steps}: {run.records[-1].line()}")
             run.post = system.validate()
     except Exception as e:  # the checks report it (a recompile-limit failure is a verdict, not a crash)
         run.error = f"{type(e).__name__}: {e}".splitlines()[0]
     run.compile_cache = compile_cache_counters()
-    if "compile_ledger" in system.capabilities:
-        ledger = system.compile_ledger()
+    if ledger is not None:
         run.compile_events = copy.deepcopy(ledger.events)
         run.limit_hits = list(ledger.limit_hits)
+        run.compile_settings = copy.deepcopy(ledger.effective_settings())
     return run

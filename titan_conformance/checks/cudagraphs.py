@@ -40,6 +40,36 @@ def capture_policy_verdict(policy: list[int], max_num_seqs: int) -> CheckResult:
     )
 
 
+def graph_replay_verdict(records, captured: list[int]) -> CheckResult | str:
+    """Over the run's steps: every decode step whose batch has a captured size replayed a graph.
+    Captured graphs that the decode loop never replays pass every equivalence probe while the run
+    measures none of them. A reason to skip when the generator does not count its decode steps."""
+    steps = [(r.step, r.decode) for r in records if getattr(r, "decode", None) is not None]
+    if not steps:
+        return "the generator reports no decode steps or graph replays (GenerateStats) for the run's steps"
+    largest = max(captured, default=0)
+    eligible = sum(d.decode_steps for _, d in steps if d.batch <= largest)
+    replays = sum(d.graph_replays for _, d in steps)
+    short = [f"step {s}: {d.graph_replays} of {d.decode_steps} at batch {d.batch}" for s, d in steps
+             if d.batch <= largest and d.graph_replays < d.decode_steps]
+    metrics = {"decode_steps": sum(d.decode_steps for _, d in steps), "at_captured_sizes": eligible,
+               "graph_replays": replays, "captured": captured}
+    if not eligible:
+        return CheckResult(
+            "graph_replays", False,
+            f"No decode step of the run's {len(steps)} steps ran at a batch within the captured sizes {captured}: "
+            "the graphs were captured but the run never exercised them.", metrics,
+        )
+    if short:
+        return CheckResult(
+            "graph_replays", False,
+            f"Decode steps ran without their captured FULL graph: {'; '.join(short[:5])} (replays / decode steps). "
+            "The decode loop bypasses the graphs (graph use off, a padded size missing, a batch routed around "
+            "them), so the run measured the eager or compiled step, not the graphs.", metrics,
+        )
+    return CheckResult("graph_replays", True, f"all {eligible} decode steps at captured sizes replayed a graph", metrics)
+
+
 SAMPLER_MAX_ABS = 1e-4
 """fp32 rounding between the sampler's formulation (argmax of logits + noise, logit - logsumexp) and
 the reference one over the step's log-softmax; a wrong sampler is off by far more (a skipped noise

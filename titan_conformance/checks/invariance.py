@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import random
-
 import torch
 
-from titan_conformance.checks.parity import flat, parity_verdict, profile_tolerance
+from titan_conformance.checks.parity import flat, parity_verdict, profile_tolerance, rows_locator
 from titan_conformance.checks.result import CheckResult
+from titan_conformance.checks.rollouts import sampled_completions
 from titan_conformance.system.profile import Tolerance
-
-
-def _rollouts(system, profile, salt: str):
-    problems = system.task.sample(random.Random(salt), profile.sampling.num_prompts_per_step)
-    return system.rollout(problems, seed=len(salt))
 
 
 def check_batch_invariance(system, profile) -> CheckResult:
     """The same sequences scored in a batch of m and a batch of n give the same logprobs."""
-    completions = _rollouts(system, profile, "batch-invariance")
+    completions = sampled_completions(system, profile, "batch-invariance", 1)
     full = system.trainer_logprobs(completions)
     # Short sequences alone (narrower padding, smaller batch) vs inside the whole batch.
     order = sorted(range(len(completions)), key=lambda i: len(completions[i].token_ids))
@@ -30,13 +24,15 @@ def check_batch_invariance(system, profile) -> CheckResult:
         "batch_invariance", f"trainer logprobs of {len(part)} sequences in a batch of {len(part)} vs {len(completions)}",
         flat(alone) - flat([full[i] for i in part]), batch_tol, profile.tolerances.bitwise,
         hint="Batch composition leaks into a sequence's logprobs: padding seen through the attention "
-        "mask, or kernels whose reduction order depends on the batch.",
+        "mask, packed sequences attending across their boundaries, or kernels whose reduction order "
+        "depends on the batch.",
+        locate=rows_locator([len(a) for a in alone]),
     )
 
 
 def check_prefill_decode(system, profile) -> CheckResult:
     """Decode-time logprobs (KV cache) equal a second prefill over prompt + generated tokens."""
-    completions = _rollouts(system, profile, "prefill-vs-decode")
+    completions = sampled_completions(system, profile, "prefill-vs-decode", profile.tolerances.min_tokens)
     decoded = flat([torch.tensor(c.logprobs) for c in completions])
     prefilled = flat(system.generator_logprobs(completions))
     return parity_verdict(
@@ -44,4 +40,5 @@ def check_prefill_decode(system, profile) -> CheckResult:
         profile_tolerance(profile), profile.tolerances.bitwise,
         hint="The KV-cache decode path disagrees with a fresh prefill: stale or misplaced cache "
         "entries, or wrong decode positions.",
+        locate=rows_locator([len(c.token_ids) for c in completions]), min_tokens=profile.tolerances.min_tokens,
     )

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+INDUCTOR_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""torch.compile's modes (Inductor only)."""
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
+"""Modes in which Inductor captures CUDA graphs of its own."""
+
 
 @dataclass(frozen=True)
 class CompileConfig:
@@ -13,6 +18,13 @@ class CompileConfig:
     """Compile each block on its own; False runs the model eagerly."""
     backend: str = "inductor"
     """torch.compile backend name ("inductor", "aot_eager", "eager", ...)."""
+    mode: str | None = None
+    """torch.compile's `mode` (Inductor only): default, max-autotune-no-cudagraphs, ... None is the
+    default. The modes that capture Inductor's own CUDA graphs (reduce-overhead, max-autotune) are
+    refused where the generator captures its FULL decode graphs."""
+    options: dict = field(default_factory=dict)
+    """torch.compile's `options` (Inductor only): Inductor config patches, e.g.
+    `{ coordinate_descent_tuning = true }`. Not together with `mode` (torch.compile takes one)."""
     fullgraph: bool = True
     """Fail on graph breaks instead of splitting the block (torchtitan compiles with fullgraph)."""
     dynamic: bool | None = True
@@ -30,3 +42,12 @@ class CompileConfig:
     recompile-budget check allows, e.g. `{ generator = 1 }` (one graph for prefill, decode and every
     batch size). A count that CI checks without a GPU, where startup budgets are times; roles not
     named are held to recompile_limit alone. Dynamo itself never sees it."""
+
+    def settings(self) -> dict:
+        """What torch.compile is given for each block: the settings a role's region is compared by."""
+        if not self.enable:
+            return {"enable": False}
+        return {
+            "enable": True, "backend": self.backend, "mode": self.mode or "default", "options": dict(self.options),
+            "fullgraph": self.fullgraph, "dynamic": self.dynamic,
+        }

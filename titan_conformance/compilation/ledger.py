@@ -51,6 +51,20 @@ class CompileEvent:
         return dict(self.__dict__)
 
 
+def _inner_backend(name: str, dynamic: bool | None) -> Callable:
+    """The backend a counting backend calls: for Inductor, torch.compile's own Inductor wrapper built
+    per compilation from the `mode` and `options` it is handed (validated there, as torch.compile
+    validates them); any other backend by name, with the keywords as given."""
+    if name != "inductor":
+        return torch._dynamo.lookup_backend(name)
+
+    def inductor(gm: torch.fx.GraphModule, example_inputs: list[Any], mode: str | None = None,
+                 options: dict | None = None) -> Callable:
+        return torch._TorchCompileInductorWrapper(mode, options, dynamic)(gm, example_inputs)
+
+    return inductor
+
+
 def _describe(example_inputs: list[Any]) -> list[str]:
     out = []
     for x in example_inputs:  # activations only: parameters and lifted scalars say nothing here
@@ -110,7 +124,12 @@ class CompileLedger:
     _pending_reason: dict[str, str] = field(default_factory=dict)
     _backends: dict[tuple[str, str], Callable] = field(default_factory=dict)
     settings: dict[str, dict] = field(default_factory=dict)
-    """Region -> the compile settings its blocks were compiled with (backend, fullgraph, dynamic)."""
+    """Region -> the compile settings its blocks were given (`CompileConfig.settings`)."""
+    observed: dict[str, list[dict]] = field(default_factory=dict)
+    """Region -> the distinct `mode` and `options` its backend received at compile time."""
+    calls: dict[str, int] = field(default_factory=dict)
+    """Region -> how many times its compiled graphs ran (graph replays of CUDA graphs not counted:
+    a replay runs no Python)."""
 
     def register(self, function_name: str, region: str, settings: dict | None = None) -> None:
         self._functions[function_name] = region
@@ -121,24 +140,56 @@ class CompileLedger:
         """A region whose blocks run eagerly (compile disabled): recorded so the roles compare."""
         self.settings[region] = {"enable": False}
 
-    def backend(self, region: str, inner: str) -> Callable:
-        """A counting backend for `region` (one object per region: Dynamo guards on backend identity)."""
+    def backend(self, region: str, inner: str, dynamic: bool | None = None) -> Callable:
+        """A counting backend for `region` (one object per region: Dynamo guards on backend identity).
+
+        torch.compile hands a backend callable its `mode` and `options` as keywords; for Inductor
+        they become config patches, as torch.compile's own Inductor wrapper makes them, and they
+        are recorded as what the region was compiled with (`observed`). Each compiled graph comes
+        back wrapped so that its runs are counted (`calls`): a region that compiled but never runs
+        compiled (an eager fallback, a stance that bypasses it) shows as calls that do not grow."""
         key = (region, inner)
         if key not in self._backends:
-            inner_backend = torch._dynamo.lookup_backend(inner)
+            inner_backend = _inner_backend(inner, dynamic)
 
-            def counting_backend(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable:
+            def counting_backend(gm: torch.fx.GraphModule, example_inputs: list[Any], **kwargs: Any) -> Callable:
                 index = sum(e.region == region for e in self.events)
                 reason = self._pending_reason.pop(region, "first compilation" if index == 0 else "unknown")
                 start = time.perf_counter()
-                compiled = inner_backend(gm, example_inputs)
+                compiled = inner_backend(gm, example_inputs, **kwargs)
                 self.events.append(
                     CompileEvent(region, index, reason, _describe(example_inputs), time.perf_counter() - start)
                 )
-                return compiled
+                seen = {"mode": kwargs.get("mode") or "default", "options": dict(kwargs.get("options") or {})}
+                if seen not in (observed := self.observed.setdefault(region, [])):
+                    observed.append(seen)
+                return self._counted(region, compiled)
 
             self._backends[key] = counting_backend
         return self._backends[key]
+
+    def _counted(self, region: str, compiled: Callable) -> Callable:
+        calls = self.calls
+        calls.setdefault(region, 0)
+
+        def run_compiled(*args: Any, **kwargs: Any) -> Any:
+            calls[region] += 1
+            return compiled(*args, **kwargs)
+
+        return run_compiled
+
+    def effective_settings(self) -> dict[str, dict]:
+        """Per region: the settings it was registered with, its `mode` and `options` as the backend
+        received them at compile time (a list when its compilations received several)."""
+        out = {}
+        for region, settings in self.settings.items():
+            settings = dict(settings)
+            if seen := self.observed.get(region):
+                for key in ("mode", "options"):
+                    values = [s[key] for s in seen]
+                    settings[key] = values[0] if len(seen) == 1 else values
+            out[region] = settings
+        return out
 
     def _on_log(self, message: str) -> None:
         if m := _RECOMPILING.search(message):

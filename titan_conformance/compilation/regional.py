@@ -59,14 +59,15 @@ def apply_regional_compile(
         ledger.record_uncompiled(f"{role}.TransformerBlock")
         return None
     prepare_compiler(config)
-    settings = {"enable": True, "backend": config.backend, "fullgraph": config.fullgraph, "dynamic": config.dynamic}
-    region, name = private_region(ledger, role, "TransformerBlock", settings)
+    region, name = private_region(ledger, role, "TransformerBlock", config.settings())
     forward = _private_function(TransformerBlock.forward, name)
-    backend = ledger.backend(region, config.backend)
+    backend = ledger.backend(region, config.backend, config.dynamic)
     for block in model.layers:
         block.forward = torch.compile(
             types.MethodType(forward, block),
             backend=backend,
+            mode=config.mode,
+            options=config.options or None,
             fullgraph=config.fullgraph,
             dynamic=config.dynamic,
         )

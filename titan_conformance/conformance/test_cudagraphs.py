@@ -1,11 +1,13 @@
 """FULL CUDA-graph equivalence: the policy graphs the step's batch (max_num_seqs); the captured
 sizes are the policy's; at every capture size graph replay equals the compiled step exactly and
 eager within tolerance; batches between capture sizes, padded, give the same real rows; no NaN/inf
-at any size, the largest included."""
+at any size, the largest included; and the run's decode steps replayed the graphs."""
 
 import pytest
 
-from titan_conformance.checks.cudagraphs import capture_policy_verdict, capture_set_verdict, check_graph_equivalence
+from titan_conformance.checks.cudagraphs import (
+    capture_policy_verdict, capture_set_verdict, check_graph_equivalence, graph_replay_verdict,
+)
 from titan_conformance.plugin import assert_check, require
 
 
@@ -33,3 +35,7 @@ def test_captured_sizes_are_the_policys(cuda_system):
 
 def test_replay_matches_eager_at_every_capture_size(cuda_system, tc_profile):
     assert_check(check_graph_equivalence(cuda_system, tc_profile))
+
+
+def test_decode_steps_replayed_graphs(cuda_system, tc_run):
+    assert_check(graph_replay_verdict(tc_run.records, cuda_system.cudagraph_sizes()[1]))

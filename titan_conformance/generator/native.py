@@ -9,6 +9,7 @@ above the largest runs without a graph.
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -27,6 +28,7 @@ from titan_conformance.generator.sampling import (
 from titan_conformance.model.args import ModelArgs
 from titan_conformance.model.attention import KVCacheAttention
 from titan_conformance.model.qwen3 import Qwen3Model, detached_from_stack
+from titan_conformance.system.timing import synchronize
 from titan_conformance.trainer.logprobs import logprobs_from_logits
 
 
@@ -68,6 +70,18 @@ class DecodeProbe:
     """[B]: their logprobs as the sampler reported them."""
     noise: torch.Tensor
     """[B, V]: the Gumbel noise the step sampled with (temperature 1)."""
+
+
+@dataclass
+class GenerateStats:
+    """What one `generate` call ran: the checks hold a run's decode steps to its graph replays."""
+
+    batch: int
+    """Rows decoded together (prompts x n)."""
+    decode_steps: int = 0
+    """Decode steps after the prefill's first sampled token."""
+    graph_replays: int = 0
+    """Decode steps that replayed a captured FULL graph (the rest ran the step itself)."""
 
 
 @dataclass
@@ -114,6 +128,10 @@ class NativeGenerator:
         self.capture_sizes = sorted(capture_sizes or []) if self.cudagraph_mode != "NONE" else []
         self._forward = forward or (lambda tokens, positions, slots: model(tokens, positions, cache_slots=slots))
         self.graphs: dict[int, CapturedGraph] = {}
+        self.last_generate: GenerateStats | None = None
+        self.replays = 0
+        """Graph replays so far (every `run_decode` that replayed one)."""
+        """The decode steps and graph replays of the latest `generate`."""
         self.warm_start: WarmStart | None = None
         """Background kernel compiles started at build; the first forward waits for them."""
 
@@ -280,6 +298,7 @@ class NativeGenerator:
             tokens_out, logp, logits = self.decode_step(tokens, positions, noise, divisor, noise_scale)
             return tokens_out, logp, all_logprobs(logits, divisor) if want_all else None
         g = self.graphs[size]
+        self.replays += 1
         for static, value in zip(g.inputs, (tokens, positions, noise)):
             static[:bsz].copy_(value)
             static[bsz:].zero_()  # padding rows: deterministic, and never read by a real row
@@ -333,6 +352,7 @@ class NativeGenerator:
         rng = torch.Generator(device=self.device).manual_seed(seed)
         vocab = self.vocab_size
         divisor, scale = sampling_tensors(temperature, self.device)
+        stats, replays_before = GenerateStats(bsz), self.replays
         logits, lengths = self._prefill_batch(rows)
         next_tok, logp = sample_tokens(logits, gumbel_noise((bsz, vocab), rng), divisor, scale)
         out_tokens, out_logprobs = [next_tok], [logp]
@@ -351,6 +371,9 @@ class NativeGenerator:
             out_tokens.append(next_tok)
             out_logprobs.append(logp)
             done |= next_tok == eos_id
+            stats.decode_steps += 1
+        stats.graph_replays = self.replays - replays_before
+        self.last_generate = stats
 
         toks = torch.stack(out_tokens, 1).tolist()
         lps = torch.stack(out_logprobs, 1).tolist()
@@ -373,6 +396,28 @@ class NativeGenerator:
                 first = len(c.prompt_ids) - 1
                 out.append(logp[i, first : first + len(c.token_ids)].float().cpu())
         return out
+
+    @torch.no_grad()
+    def time_decode_step(self, batch: int, position: int, repeats: int = 5) -> float:
+        """Median seconds of one bare decode step of `batch` rows at `position`, as `generate` runs
+        one (a graph replay at the padded size where one was captured, else the step itself) with
+        nothing around it: the reference a run's generate time per decode step is held to. The
+        first run is not timed. Writes only slots at `position`, which a later generation writes
+        again before it reads them."""
+        position = min(position, self.max_model_len - 1)
+        tokens = torch.zeros(batch, 1, dtype=torch.long, device=self.device)
+        positions = torch.full((batch, 1), position, dtype=torch.long, device=self.device)
+        noise = torch.zeros(batch, self.vocab_size, device=self.device)
+        divisor, scale = sampling_tensors(1.0, self.device)
+        replays, seconds = self.replays, []
+        for _ in range(repeats + 1):
+            synchronize(self.device)
+            start = time.perf_counter()
+            self.run_decode(tokens, positions, noise, divisor, scale)
+            synchronize(self.device)
+            seconds.append(time.perf_counter() - start)
+        self.replays = replays  # a probe, not a decode step of the run
+        return statistics.median(seconds[1:])
 
     @torch.no_grad()
     def probe_decode(self, batch: int, how: str, prompt_len: int = 7, seed: int = 0) -> DecodeProbe:

@@ -20,8 +20,11 @@ import torch
 from titan_conformance.compilation import CompileConfig, CompileLedger
 from titan_conformance.errors import ConformanceError
 from titan_conformance.generator.native import Completion
-from titan_conformance.model.checkpoint import hf_name
+from titan_conformance.model.checkpoint import hf_name, read_model_args
 from titan_conformance.vllm_support import INSTALL_HINT, vllm_version
+
+FULL_VOCAB_SCORING = 4096
+"""Largest vocabulary whose every prompt logprob vLLM is asked for (see `VllmGenerator.score`)."""
 
 def compilation_config(device: torch.device, cudagraph_mode: str, capture_sizes: list[int]) -> dict:
     """vLLM CompilationConfig (as a dict): its compiler off, its CUDA graphs ours to configure.
@@ -58,6 +61,7 @@ class VllmGenerator:
         self._ledger_key = uuid.uuid4().hex
         vllm_model.LEDGERS[self._ledger_key] = ledger
         self.device, self.max_num_seqs = device, max_num_seqs
+        self.vocab_size = read_model_args(checkpoint).vocab_size
         self.compilation = compilation_config(device, cudagraph_mode, capture_sizes)
         try:
             self.llm = LLM(
@@ -76,6 +80,7 @@ class VllmGenerator:
                 # Weight sync changes what a cached prompt prefix would compute.
                 enable_prefix_caching=False,
                 compilation_config=self.compilation,
+                max_logprobs=self.vocab_size if self.vocab_size <= FULL_VOCAB_SCORING else 20,
                 **({"kv_cache_memory_bytes": 256 << 20} if device.type == "cpu" else {}),
             )
         finally:
@@ -112,14 +117,34 @@ class VllmGenerator:
                 completions.append(Completion(list(prompt), tokens, logprobs, eos_id in tokens))
         return completions
 
+    def can_score(self, temperature: float) -> bool:
+        """vLLM's prompt logprobs skip the sampling processors (temperature included, whatever
+        `logprobs_mode` says), so at a temperature other than 0 or 1 a token's tempered logprob
+        needs the whole vocabulary's prompt logprobs: asked for up to FULL_VOCAB_SCORING tokens."""
+        return temperature in (0.0, 1.0) or self.vocab_size <= FULL_VOCAB_SCORING
+
     def score(self, completions: list[Completion], temperature: float) -> list[torch.Tensor]:
-        """Prompt logprobs of prompt + completion from one vLLM prefill (no decode)."""
+        """Logprobs of each completion's tokens at `temperature` from one vLLM prefill (no decode)."""
+        if not self.can_score(temperature):
+            raise ConformanceError(
+                f"vLLM's prompt logprobs are untempered, and a vocabulary of {self.vocab_size} tokens is too large to "
+                f"ask for all of them (limit {FULL_VOCAB_SCORING}): the vllm backend cannot score at temperature {temperature}."
+            )
+        full = temperature not in (0.0, 1.0)
         rows = [c.prompt_ids + c.token_ids for c in completions]
-        outputs = self._run(rows, temperature=temperature, max_tokens=1, prompt_logprobs=0, seed=0)
+        outputs = self._run(rows, temperature=temperature, max_tokens=1, prompt_logprobs=-1 if full else 0, seed=0)
         scored = []
         for c, row, out in zip(completions, rows, outputs):
             first = len(c.prompt_ids)  # prompt_logprobs[i] scores row[i]; entry 0 is None
-            scored.append(torch.tensor([out.prompt_logprobs[i][row[i]].logprob for i in range(first, len(row))]))
+            if not full:
+                scored.append(torch.tensor([out.prompt_logprobs[i][row[i]].logprob for i in range(first, len(row))]))
+                continue
+            raw = torch.full((len(row) - first, self.vocab_size), float("-inf"), dtype=torch.float64)
+            for j, i in enumerate(range(first, len(row))):
+                for token, lp in out.prompt_logprobs[i].items():
+                    raw[j, token] = lp.logprob
+            tempered = torch.log_softmax(raw / temperature, dim=-1)  # = log_softmax(logits / T)
+            scored.append(tempered[torch.arange(len(row) - first), torch.tensor(row[first:])].float())
         return scored
 
     def capture(self):

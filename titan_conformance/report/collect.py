@@ -114,22 +114,26 @@ def _diff_summary(records: list[Any], tolerance: float) -> dict[str, Any] | None
     diff = flat([r.logprob_diff for r in records]).float()
     if diff.numel() == 0:
         return None
-    bound = float(diff.abs().max()) or 1e-12
-    counts = torch.histc(diff, bins=HISTOGRAM_BINS, min=-bound, max=bound)
+    finite = torch.isfinite(diff)  # histograms and curves of the finite values, saying how many are not
+    shown = diff[finite]
+    bound = float(shown.abs().max()) if shown.numel() else 0.0
+    bound = bound or 1e-12
+    counts = torch.histc(shown, bins=HISTOGRAM_BINS, min=-bound, max=bound)
     out: dict[str, Any] = {
         "stats": jsonable(diff_stats(diff, tolerance)),
         "tolerance_max_abs": tolerance,
         "histogram": {
             "edges": [-bound + 2 * bound * i / HISTOGRAM_BINS for i in range(HISTOGRAM_BINS + 1)],
             "counts": [int(c) for c in counts.tolist()],
-            "exact_zeros": int((diff == 0).sum()),
+            "exact_zeros": int((shown == 0).sum()),
+            "non_finite": int((~finite).sum()),
         },
         "per_position": None,
     }
     positions = [getattr(r, "token_positions", None) for r in records]
     if all(p is not None and p.numel() == r.logprob_diff.numel() for p, r in zip(positions, records)):
-        pos = torch.cat([p.flatten().long() for p in positions])
-        size, a = int(pos.max()) + 1, diff.abs().double()
+        pos = torch.cat([p.flatten().long() for p in positions])[finite]
+        size, a = int(pos.max()) + 1 if pos.numel() else 1, shown.abs().double()
         tokens = torch.zeros(size, dtype=torch.float64).index_add_(0, pos, torch.ones_like(a))
         total = torch.zeros(size, dtype=torch.float64).index_add_(0, pos, a)
         peak = torch.zeros(size, dtype=torch.float64).scatter_reduce_(0, pos, a, "amax")

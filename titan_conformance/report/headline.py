@@ -69,6 +69,21 @@ def _graphs(m: dict, limits: dict) -> str:
     return f"replay vs eager max {worst:.2e}{_limit(limits, 'max_abs', '.1e')}"
 
 
+def _floor(m: dict, limits: dict) -> str:
+    worst = {side: max((v for v in m.get(f"{side}_ratio", {}).values() if isinstance(v, (int, float))), default=None)
+             for side in ("generator", "trainer")}
+    shown = ", ".join(f"{side} x{v:.2f}" for side, v in worst.items() if v is not None)
+    return f"{m.get('dtype', '')} floor ratio {shown} (limit x{limits.get('mean_abs', '?')} mean)"
+
+
+def _overhead(m: dict, limits: dict) -> str:
+    return " ".join(_present(m, {"ratio": "generate per decode step x:.2f"})) + _limit(limits, "generate_overhead", "g") + " of a bare step"
+
+
+def _replays(m: dict, limits: dict) -> str:
+    return f"{m.get('graph_replays')} of {m.get('at_captured_sizes')} decode steps replayed a graph"
+
+
 def _learning(m: dict, limits: dict) -> str:
     return " -> ".join(_present(m, {"pre": "reward:+.3f", "post": ":+.3f"}))
 
@@ -79,6 +94,9 @@ _KEY_NUMBERS: dict[str, Callable[[dict, dict], str]] = {
     "budgets": _budgets,
     "capture_sizes": _captures,
     "cudagraph_equivalence": _graphs,
+    "graph_replays": _replays,
+    "precision_floor": _floor,
+    "generate_overhead": _overhead,
     "learning": _learning,
 }
 

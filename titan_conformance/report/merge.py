@@ -42,10 +42,17 @@ _CHECK_PROPERTY = {
     "weight_sync": "logprob_parity",
     "batch_invariance": "logprob_parity",
     "prefill_decode": "logprob_parity",
+    "run_finite": "logprob_parity",
+    "precision_floor": "logprob_parity",
     "recompile_budget": "recompile_budget",
+    "compile_config": "recompile_budget",
+    "compiled_regions_ran": "recompile_budget",
     "capture_sizes": "cudagraphs",
+    "capture_policy": "cudagraphs",
     "cudagraph_equivalence": "cudagraphs",
+    "graph_replays": "cudagraphs",
     "budgets": "budgets",
+    "generate_overhead": "budgets",
 }
 
 

@@ -78,6 +78,9 @@ def logprob_histogram(report: dict[str, Any]) -> Plot:
     if plot.uri and tol:
         plot.note = (f"Red dashed lines: the profile's max_abs tolerance ({tol:.1e})." if tol <= bound else
                      f"Every difference is within the profile's max_abs tolerance ({tol:.1e}), outside this axis.")
+    left_out = {w: d["histogram"].get("non_finite", 0) for w, d in runs.items()}
+    if any(left_out.values()):
+        plot.note += " Left out, not finite (NaN or inf): " + ", ".join(f"{w} {n}" for w, n in left_out.items() if n) + "."
     return plot
 
 

@@ -29,7 +29,7 @@ RUN_KEY = "titan_conformance.run"
 SUITE_KEY = "titan_conformance.suite"
 KEYS = (CHECK_KEY, RUN_KEY, SUITE_KEY)
 SUITE_PACKAGE = "titan_conformance.conformance."
-OPTIONS = ("suite", "model_path", "generator", "device", "system", "report_dir")
+OPTIONS = ("suite", "model_path", "generator", "device", "system", "seed", "report_dir")
 LONG_PHASES = ("compile", "capture")
 
 _pending: list[tuple[str, str]] = []

@@ -13,6 +13,7 @@ from titan_conformance.compilation import CompileLedger, apply_regional_compile
 from titan_conformance.errors import ConformanceError
 from titan_conformance.data_files import resolve_checkpoint
 from titan_conformance.generator import Completion, NativeGenerator
+from titan_conformance.generator.native import GenerateStats
 from titan_conformance.model import ModelArgs, Qwen3Model
 from titan_conformance.model.checkpoint import load_checkpoint, read_model_args, save_checkpoint
 from titan_conformance.system.profile import Profile, check_tp
@@ -21,9 +22,11 @@ from titan_conformance.task import Reward, SortLettersTask, TaskTokenizer
 from titan_conformance.task.sort_letters import VOCAB_SIZE, Problem, build_tokenizer
 from titan_conformance.task.warm_up import warm_up
 from titan_conformance.vllm_support import vllm_version
-from titan_conformance.trainer import GRPOConfig, RolloutBatch, Trainer, group_advantages
+from titan_conformance.trainer import GRPOConfig, RolloutBatch, Trainer, group_advantages, token_logprobs
 
-STARTUP_PHASES = ("build", "weight_load", "compile", "capture", "first_generate")
+STARTUP_PHASES = ("build", "weight_load", "warmup", "compile", "capture", "first_generate")
+"""In the order they run; `warmup` (a random checkpoint's supervised warm-up) is outside the
+startup budget."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -53,6 +56,20 @@ class StepRecord:
     """Seconds per phase: generate, train, weight_sync."""
     token_positions: torch.Tensor | None = None
     """Position in its completion (0 = first generated token) of each `logprob_diff` entry."""
+    sequence_index: torch.Tensor | None = None
+    """Which completion of the step (0-based, prompt-major) each `logprob_diff` entry belongs to."""
+    trainer_logprobs: torch.Tensor | None = None
+    """The trainer's logprob of each entry (before its update), aligned with `logprob_diff`."""
+    generator_logprobs: torch.Tensor | None = None
+    """The generator's logprob of each entry (as sampled), aligned with `logprob_diff`."""
+    rewards: torch.Tensor | None = None
+    """Total reward of each completion."""
+    advantages: torch.Tensor | None = None
+    """GRPO advantage of each completion."""
+    grad_norm: float | None = None
+    """The trainer step's gradient norm before clipping."""
+    decode: GenerateStats | None = None
+    """The rollout's decode steps and graph replays (None when the generator does not say)."""
 
     @property
     def seconds(self) -> float:
@@ -75,12 +92,12 @@ def mean_reward(rewards: list[Reward]) -> Reward:
 
 
 def rollout_batch(
-    completions: list[Completion], advantages: torch.Tensor, pad_id: int, device: torch.device
+    completions: list[Completion], advantages: torch.Tensor, pad_id: int, device: torch.device, width: int = 0
 ) -> RolloutBatch:
-    """Right-pads prompt + completion into one tensor, with the mask and logprobs aligned to
-    targets (entry t scores token t + 1)."""
+    """Right-pads prompt + completion into one tensor at least `width` wide, with the mask and
+    logprobs aligned to targets (entry t scores token t + 1)."""
     seqs = [c.prompt_ids + c.token_ids for c in completions]
-    width = max(len(s) for s in seqs)
+    width = max(width, *(len(s) for s in seqs))
     tokens = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros(len(seqs), width - 1, dtype=torch.bool)
     gen_lp = torch.zeros(len(seqs), width - 1)
@@ -101,13 +118,15 @@ class GRPOSystem:
     name = "reference"
     BASE_CAPABILITIES = frozenset(
         {"grpo", "trainer_logprobs", "generator_logprobs", "weight_sync", "compile_ledger", "startup_phases",
-         "capture_policy"}
+         "capture_policy", "reference_logprobs"}
     )
 
     @property
     def capabilities(self) -> frozenset[str]:
-        graphs = getattr(self.generator, "graphs", None)  # only the native generator can be probed
-        return self.BASE_CAPABILITIES | ({"cudagraphs"} if graphs else set())
+        native = isinstance(self.generator, NativeGenerator)  # only the native generator can be probed and timed
+        scores = native or self.generator.can_score(self.profile.sampling.temperature)
+        return (self.BASE_CAPABILITIES - ({"generator_logprobs"} if not scores else set())) | (
+            {"cudagraphs"} if native and self.generator.graphs else set()) | ({"decode_timing"} if native else set())
 
     def __init__(
         self, profile: Profile, device: str = "cpu", model_path: str | None = None,
@@ -132,8 +151,11 @@ class GRPOSystem:
                 self._build(ckpt)
             with timed(self.startup, "weight_load", self.device):
                 self._load_weights(ckpt)
-                if profile.model.warmup_steps:
+            if profile.model.warmup_steps:
+                with timed(self.startup, "warmup", self.device):
                     self._warm_up_on_task()
+            with timed(self.startup, "weight_load", self.device):
+                self._place_weights(ckpt)
                 self.sync_weights()
             with timed(self.startup, "compile", self.device):
                 self._wait_warm_start()
@@ -152,7 +174,7 @@ class GRPOSystem:
     def _build(self, ckpt: Path | None) -> None:
         """Builds the trainer and (native) generator: modules, no weights yet."""
         profile = self.profile
-        args = self._model_args(ckpt)
+        args = self.model_args = self._model_args(ckpt)
         self.trainer = Trainer(self._new_model(args), profile.grpo, profile.sampling.temperature, self._reference(args, profile.grpo))
         self.tp_mesh = None
         if profile.parallel.tp > 1:
@@ -168,13 +190,15 @@ class GRPOSystem:
             )
 
     def _load_weights(self, ckpt: Path | None) -> None:
-        """Seeded random init or the checkpoint, into the trainer (and reference); TP sharding;
-        a vLLM generator starts here, loading its weights itself."""
+        """Seeded random init or the checkpoint, into the trainer (and reference), unsharded."""
         for model in filter(None, (self.trainer.model, self.trainer.reference)):
             if ckpt is None:
                 model.init_weights(self.profile.seed)
             else:
                 load_checkpoint(model, ckpt)
+
+    def _place_weights(self, ckpt: Path | None) -> None:
+        """After the warm-up: TP sharding; a vLLM generator starts here, loading its weights itself."""
         if self.tp_mesh is not None:
             self._wait_warm_start()  # sharding imports DTensor's modules: not alongside the warm start's
             self._shard_trainer()
@@ -192,8 +216,17 @@ class GRPOSystem:
             apply_regional_compile(self.trainer.reference, self.profile.compile, self.ledger, "reference")
 
     def _warm_up_on_task(self) -> None:
-        """The profile's supervised warm-up; the reference (KL) model starts from its result too."""
-        warm_up(self.trainer.model, self.task, self.profile.model.warmup_steps, self.profile.seed, batch=16)
+        """The profile's supervised warm-up, unsharded, on the system's device; the reference (KL)
+        model starts from its result too. Under TP every rank warms up alike (same seed, same
+        data), and rank 0's result is broadcast so that no rank drifts by a rounding."""
+        m = self.profile.model
+        warm_up(self.trainer.model, self.task, m.warmup_steps, self.profile.seed, batch=m.warmup_batch, lr=m.warmup_lr)
+        if self.profile.parallel.tp > 1:
+            import torch.distributed as dist
+
+            with torch.no_grad():
+                for param in self.trainer.model.parameters():
+                    dist.broadcast(param.data, src=0)
         if self.trainer.reference is not None:
             self.trainer.reference.load_state_dict(self.trainer.model.state_dict())
 
@@ -261,16 +294,23 @@ class GRPOSystem:
     def _reference(self, args, grpo: GRPOConfig) -> Qwen3Model | None:
         return self._new_model(args).requires_grad_(False) if grpo.kl_coef > 0 else None
 
+    def _batch(self, completions: list[Completion], advantages: torch.Tensor) -> RolloutBatch:
+        """The trainer's batch, always max_model_len wide, as torchtitan's trainer trains on a fixed
+        sequence length: Inductor picks kernels by the size hints of batch x length (a reduction's
+        accumulation, a persistent reduction) and guards on them (`4*B*S <= 4096` on a CPU), so
+        batches of varying width recompiled the trainer's backward mid-run, one graph per range."""
+        return rollout_batch(completions, advantages, self.tokenizer.pad_id, self.device, self.profile.generator.max_model_len)
+
     def _warm_up(self) -> None:
-        """Compiles every shape class the run will use: trainer fwd+bwd on a full batch, generator
-        prefill + decode. Gradients are dropped; weights do not change."""
+        """Compiles every shape class the run and the checks use: the trainer's fwd+bwd and its
+        no-grad pass on a full batch at the trainer's fixed width, generator prefill + decode.
+        Gradients are dropped; weights do not change."""
         s = self.profile.sampling
         bsz = s.num_prompts_per_step * s.n
-        tokens = torch.full((bsz, 11), self.tokenizer.bos_id, dtype=torch.long, device=self.device)
+        tokens = torch.full((bsz, self.profile.generator.max_model_len), self.tokenizer.bos_id, dtype=torch.long, device=self.device)
         self.trainer.model(tokens).float().sum().backward()
         self.trainer.optimizer.zero_grad(set_to_none=True)
-        if self.trainer.reference is not None:
-            self.trainer.logprobs(tokens)
+        self.trainer.logprobs(tokens)
         prompts = [[self.tokenizer.bos_id] * 5] * s.num_prompts_per_step
         self.generator.generate(prompts, s.n, 2, s.temperature, 0, self.tokenizer.eos_id)
 
@@ -296,19 +336,24 @@ class GRPOSystem:
         problems = self.task.sample(self._rng, s.num_prompts_per_step)
         with timed(times, "generate", self.device):
             completions = self.rollout(problems, seed=self.profile.seed * 100_003 + index)
+        decode = getattr(self.generator, "last_generate", None)
         rewards = [self.task.reward(p, c.token_ids) for p, c in zip((p for p in problems for _ in range(s.n)), completions)]
         advantages = group_advantages(torch.tensor([r.total for r in rewards]), s.n)
-        batch = rollout_batch(completions, advantages, self.tokenizer.pad_id, self.device)
+        batch = self._batch(completions, advantages)
         with timed(times, "train", self.device):
             result = self.trainer.step(batch)
         with timed(times, "weight_sync", self.device):
             self.sync_weights()
         mask = batch.completion_mask
-        diff = (result.trainer_logprobs - batch.generator_logprobs)[mask].float().cpu()
+        trainer_lp, generator_lp = (lp[mask].float().cpu() for lp in (result.trainer_logprobs, batch.generator_logprobs))
         record = StepRecord(
             index, result.loss, mean_reward(rewards),
-            sum(len(c.token_ids) for c in completions) / len(completions), diff, times,
-            (mask.cumsum(-1) - 1)[mask].cpu(),
+            sum(len(c.token_ids) for c in completions) / len(completions), trainer_lp - generator_lp, times,
+            token_positions=(mask.cumsum(-1) - 1)[mask].cpu(),
+            sequence_index=torch.arange(len(completions), device=mask.device).unsqueeze(1).expand_as(mask)[mask].cpu(),
+            trainer_logprobs=trainer_lp, generator_logprobs=generator_lp,
+            rewards=torch.tensor([r.total for r in rewards]), advantages=advantages.float().cpu(),
+            grad_norm=result.grad_norm, decode=decode,
         )
         self.history.append(record)
         return record
@@ -325,7 +370,7 @@ class GRPOSystem:
 
     def trainer_logprobs(self, completions: list[Completion]) -> list[torch.Tensor]:
         """The trainer's logprob of every completion token, scoring all completions as one batch."""
-        batch = rollout_batch(completions, torch.zeros(len(completions)), self.tokenizer.pad_id, self.device)
+        batch = self._batch(completions, torch.zeros(len(completions)))
         logp = self.trainer.logprobs(batch.tokens).float().cpu()
         mask = batch.completion_mask.cpu()
         return [row[m] for row, m in zip(logp, mask)]
@@ -336,6 +381,51 @@ class GRPOSystem:
 
     def compile_ledger(self) -> CompileLedger:
         return self.ledger
+
+    def time_decode_step(self, batch: int, position: int) -> float:
+        """Seconds of one bare decode step of `batch` rows at `position` (`NativeGenerator.time_decode_step`)."""
+        return self.generator.time_decode_step(batch, position)
+
+    def reference_logprobs(self, completions: list[Completion], dtype: torch.dtype) -> list[torch.Tensor]:
+        """The trainer's current weights in a fresh eager copy of the model at `dtype`, scoring every
+        completion token at the sampling temperature: float64 is the oracle, the profile's dtype the
+        precision floor that trainer and generator are held to. Scored a few sequences at a time,
+        so that no [batch, length, vocab] float64 logits are ever whole."""
+        model = self._eager_copy(dtype)
+        batch = self._batch(completions, torch.zeros(len(completions)))
+        per_row = batch.tokens.shape[1] * self._vocab_size() * 8
+        chunk = max(1, (1 << 30) // per_row)
+        with torch.no_grad():
+            logp = torch.cat([
+                self._score(model, batch.tokens[i : i + chunk]).double().cpu()
+                for i in range(0, len(completions), chunk)
+            ])
+        mask = batch.completion_mask.cpu()
+        del model
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return [row[m] for row, m in zip(logp, mask)]
+
+    def _eager_copy(self, dtype: torch.dtype):
+        """An uncompiled, unsharded copy of the trainer's model at `dtype`, with its current weights."""
+        with torch.device(self.device):
+            model = Qwen3Model(self.model_args).to(dtype)
+        weights = self.trainer.model.state_dict()
+        if self.tp_mesh is not None:
+            from titan_conformance.parallel.tp_plan import full_state_dict
+
+            weights = full_state_dict(self.trainer.model)  # (with a tied lm_head's name, which ours lacks)
+        expected = model.state_dict()
+        if missing := sorted(set(expected) - set(weights)):
+            raise ConformanceError(f"The trainer's model has no {missing[0]!r}: it is not the model its profile describes.")
+        model.load_state_dict({name: weights[name] for name in expected})
+        return model.requires_grad_(False).eval()
+
+    def _score(self, model, tokens: torch.Tensor) -> torch.Tensor:
+        return token_logprobs(model, tokens, self.profile.sampling.temperature)
+
+    def _vocab_size(self) -> int:
+        return self.model_args.vocab_size
 
     def cudagraph_sizes(self) -> tuple[list[int], list[int]]:
         """(what the capture-size policy yields, what the generator actually captured)."""

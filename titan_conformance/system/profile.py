@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from titan_conformance.compilation.config import CompileConfig
+from titan_conformance.compilation.config import CUDAGRAPH_MODES, INDUCTOR_MODES, CompileConfig
 from titan_conformance.data_files import data_dir
 from titan_conformance.device_class import DEVICE_CLASS_NAME
 from titan_conformance.errors import ConformanceError
@@ -39,9 +39,16 @@ class ModelSection:
     dtype: str = "float32"
     """Parameter and activation dtype of trainer and generator: float32 or bfloat16."""
     warmup_steps: int = 0
-    """Supervised steps (16 demonstrations each) on the toy task after the weights load, before the
-    run: random weights sample near-uniformly over the vocabulary, so every completion would earn
-    the same zero reward and a GRPO step would change nothing a check can see."""
+    """Supervised steps on the toy task after the weights load, before the run, on the device the
+    system runs on (startup phase `warmup`, outside the startup budget): random weights sample
+    near-uniformly over the vocabulary, so every completion would run to max_tokens and earn the
+    same zero reward, a GRPO step would change nothing a check can see, and a generator that
+    computes another model would give the same parity statistics. Required (>= 1) with
+    checkpoint = "random"."""
+    warmup_lr: float = 2e-3
+    """AdamW learning rate of the warm-up."""
+    warmup_batch: int = 16
+    """Demonstrations per warm-up step."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +99,7 @@ class ValidationSection:
     size: int = 64
     """Number of validation prompts."""
     temperature: float = 0.0
-    """Sampling temperature for validation (0: greedy, so the score is deterministic)."""
+    """Sampling temperature for validation (0: greedy). Seeded, so pre and post compare alike."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +137,24 @@ class RunSection:
 
 
 @dataclass(frozen=True)
+class FloorRatio:
+    """How far trainer and generator may be from a float64 oracle of the same weights, in multiples
+    of the precision floor: the distance of an eager copy of the model at the profile's dtype (same
+    weights, same tokens) to that oracle. Per statistic of |side - oracle| over the sampled tokens."""
+
+    mean_abs: float = 4.0
+    """Largest mean |diff| ratio."""
+    p99_abs: float = 4.0
+    """Largest p99 |diff| ratio."""
+    k3_kl: float = 16.0
+    """Largest k3-KL ratio (a second moment: about the square of the others)."""
+    pair_mean_abs: float = 4.0
+    """Largest mean |trainer - generator| over the floor's mean |diff|: the mismatch itself in units
+    of the rounding floor (in bf16 trainer and generator round alike, so this sees what their
+    distances to the oracle, each dominated by rounding, do not)."""
+
+
+@dataclass(frozen=True)
 class Tolerance:
     """Allowed trainer-vs-generator logprob differences for one dtype."""
 
@@ -141,6 +166,8 @@ class Tolerance:
     """Mean |diff|."""
     batch_invariance_max_abs: float = 1e-5
     """Largest change of a trainer logprob when the same sequence sits in another batch."""
+    floor: FloorRatio = field(default_factory=FloorRatio)
+    """Trainer and generator against the float64 oracle, relative to the precision floor."""
 
 
 @dataclass(frozen=True)
@@ -149,10 +176,24 @@ class Tolerances:
 
     bitwise: bool = False
     """Require exact equality (fp32 and deterministic settings), whatever the tolerances say."""
+    min_tokens: int = 64
+    """Fewest sampled tokens a parity verdict must compare; fewer is a failure, not a pass."""
     float32: Tolerance = field(default_factory=Tolerance)
     bfloat16: Tolerance = field(
         default_factory=lambda: Tolerance(max_abs=0.5, p99_abs=0.1, mean_abs=0.02, batch_invariance_max_abs=0.1)
     )
+
+
+@dataclass(frozen=True)
+class SpeedSection:
+    """Speed judged by ratios measured within one run, which hold on noisy shared machines where
+    absolute budgets cannot (those are per device class, `Budget`)."""
+
+    generate_overhead: float = 4.0
+    """Largest median, over the run's steps, of (generate seconds / decode steps) over one bare
+    decode step at the step's batch (a graph replay on CUDA, the compiled step elsewhere) timed
+    right after the step: host-side stalls, extra syncs, a lost graph or a slow path show as a
+    ratio over this. The prefill and the host's bookkeeping make a healthy run's ratio 1.3-2.5."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +204,8 @@ class Budget:
     """Model construction (both roles)."""
     weight_load: float | None = None
     """Checkpoint load into the trainer and first sync into the generator."""
+    warmup: float | None = None
+    """The supervised warm-up of a random checkpoint (`model.warmup_steps`); not part of `startup`."""
     compile: float | None = None
     """Regional compile and warm-up of every shape class (trainer fwd+bwd, prefill, decode)."""
     capture: float | None = None
@@ -170,7 +213,7 @@ class Budget:
     first_generate: float | None = None
     """The first real rollout batch after compile."""
     startup: float | None = None
-    """All startup phases together."""
+    """All startup phases together, the warm-up left out (a real checkpoint needs none)."""
     generate: float | None = None
     """Median rollout time of a GRPO step."""
     train: float | None = None
@@ -202,6 +245,7 @@ class Profile:
     torchtitan: TorchtitanSection = field(default_factory=TorchtitanSection)
     run: RunSection = field(default_factory=RunSection)
     tolerances: Tolerances = field(default_factory=Tolerances)
+    speed: SpeedSection = field(default_factory=SpeedSection)
     budgets: dict[str, Budget] = field(default_factory=dict)
     """Time budgets per device class: `cpu`, or a GPU's model as `device_class.gpu_class` names it
     (h100, h200, a100, b200, l40s, mi300x, ...): `[budgets.h100]`."""
@@ -273,7 +317,11 @@ def _check(profile: Profile) -> None:
          "model.config", "a table of HF config keys when checkpoint = \"random\" (or set torchtitan.flavor)"),
         (profile.parallel.tp >= 1, "parallel.tp", ">= 1"),
         (profile.model.warmup_steps >= 0, "model.warmup_steps", ">= 0"),
-        (profile.model.warmup_steps == 0 or profile.parallel.tp == 1, "model.warmup_steps", "0 when parallel.tp > 1"),
+        (profile.model.warmup_steps >= 1 or profile.model.checkpoint != "random", "model.warmup_steps",
+         ">= 1 with checkpoint = \"random\" (random weights sample near-uniformly: nothing a check compares "
+         "would differ between a healthy and a broken system)"),
+        (profile.model.warmup_lr > 0, "model.warmup_lr", "> 0"),
+        (profile.model.warmup_batch >= 1, "model.warmup_batch", ">= 1"),
         (profile.run.steps >= 1, "run.steps", ">= 1"),
         (s.num_prompts_per_step >= 1, "sampling.num_prompts_per_step", ">= 1"),
         (s.n >= 2, "sampling.n", ">= 2 (GRPO normalizes advantages within a group)"),
@@ -295,6 +343,10 @@ def _check(profile: Profile) -> None:
         (profile.grpo.kl_coef >= 0, "grpo.kl_coef", ">= 0"),
         (profile.grpo.max_grad_norm > 0, "grpo.max_grad_norm", "> 0"),
         (profile.validation.size >= 1, "validation.size", ">= 1"),
+        (profile.validation.temperature >= 0, "validation.temperature", ">= 0"),
+        (profile.tolerances.min_tokens >= 1, "tolerances.min_tokens", ">= 1"),
+        (profile.speed.generate_overhead >= 1 or profile.speed.generate_overhead == 0, "speed.generate_overhead",
+         ">= 1 (a ratio to the bare decode step), or 0 to not check it"),
     ]
     for ok, key, allowed in rules:
         if not ok:
@@ -305,10 +357,14 @@ def _check(profile: Profile) -> None:
                 f"Profile {profile.name!r}: [budgets.{cls}] is not a device class; name it cpu or the GPU's "
                 "model in lower case (h100, a100, rtx4090, mi300x), as the report's device_class shows it."
             )
-    tables = {"tolerances.float32": profile.tolerances.float32, "tolerances.bfloat16": profile.tolerances.bfloat16}
-    tables.update({f"budgets.{cls}": budget for cls, budget in profile.budgets.items()})
+    tables = {}
+    for dtype in DTYPES:
+        tol = getattr(profile.tolerances, dtype)
+        tables[f"tolerances.{dtype}"] = {k: v for k, v in dataclasses.asdict(tol).items() if k != "floor"}
+        tables[f"tolerances.{dtype}.floor"] = dataclasses.asdict(tol.floor)
+    tables.update({f"budgets.{cls}": dataclasses.asdict(budget) for cls, budget in profile.budgets.items()})
     for section, table in tables.items():
-        for key, value in dataclasses.asdict(table).items():
+        for key, value in table.items():
             if value is None:
                 continue
             if math.isnan(value) or value < 0:
@@ -320,6 +376,7 @@ def _check(profile: Profile) -> None:
                 raise ConformanceError(
                     f"Profile {profile.name!r}: {section}.{key} is infinite; leave the key out to not check it."
                 )
+    _check_compile(profile)
     try:
         policy_capture_sizes(profile.max_num_seqs, profile.cudagraph.max_capture_size, profile.cudagraph.sizes)
     except ConformanceError as e:
@@ -327,6 +384,43 @@ def _check(profile: Profile) -> None:
     if profile.model.checkpoint == "random" and profile.model.config:
         heads = ModelArgs.from_hf_config(profile.model.config, source=f"profile {profile.name!r} model.config")
         check_tp(heads, profile.parallel.tp, f"profile {profile.name!r}")
+
+
+def _check_compile(profile: Profile) -> None:
+    """compile.backend is one torch knows; mode and options are Inductor's, one or the other, and
+    known to this torch's Inductor."""
+    c, where = profile.compile, f"Profile {profile.name!r}"
+    if not c.enable:
+        return
+    import torch._dynamo
+
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if c.backend not in known:
+        raise ConformanceError(
+            f"{where}: compile.backend = {c.backend!r} is not a torch.compile backend this torch "
+            f"({torch.__version__}) knows; use one of {', '.join(known)} (inductor for the real thing)."
+        )
+    if c.mode is None and not c.options:
+        return
+    if c.backend != "inductor":
+        raise ConformanceError(
+            f"{where}: compile.mode and compile.options are Inductor's, but compile.backend = {c.backend!r}; "
+            "set backend = \"inductor\" or leave them out."
+        )
+    if c.mode is not None and c.options:
+        raise ConformanceError(f"{where}: set compile.mode or compile.options, not both (torch.compile takes one).")
+    if c.mode is not None and c.mode not in INDUCTOR_MODES:
+        raise ConformanceError(f"{where}: compile.mode = {c.mode!r} is not one of {', '.join(INDUCTOR_MODES)}.")
+    if c.mode in CUDAGRAPH_MODES and profile.cudagraph.mode != "NONE":
+        raise ConformanceError(
+            f"{where}: compile.mode = {c.mode!r} captures Inductor's own CUDA graphs inside the generator's FULL "
+            "decode graphs (cudagraph.mode); use max-autotune-no-cudagraphs, or cudagraph.mode = \"NONE\"."
+        )
+    if c.options:
+        try:
+            torch._TorchCompileInductorWrapper(None, dict(c.options), c.dynamic)
+        except RuntimeError as e:
+            raise ConformanceError(f"{where}: compile.options: {str(e)[:160]}.") from None
 
 
 def check_tp(args: ModelArgs, tp: int, where: str) -> None:
@@ -342,8 +436,7 @@ def bundled_profiles() -> dict[str, Path]:
     return {p.stem: p for p in sorted(data_dir("suites").glob("*.toml"))}
 
 
-def load_profile(name_or_path: str) -> Profile:
-    """A bundled profile name (e.g. `tiny-cpu`) or a path to a TOML file."""
+def _read_profile(name_or_path: str) -> tuple[Path, dict]:
     bundled = bundled_profiles()
     path = bundled.get(name_or_path) or Path(name_or_path)
     if not path.is_file():
@@ -356,6 +449,41 @@ def load_profile(name_or_path: str) -> Profile:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ConformanceError(f"Profile {path} is not valid TOML ({e}).") from None
     data.setdefault("name", path.stem)
+    return path, data
+
+
+def _merged(base: dict, override: dict) -> dict:
+    """`override` over `base`, table by table (a value replaces, a table merges)."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def profile_variants(name_or_path: str) -> list[str]:
+    """The names of the variants a profile declares (`[variants.NAME]` tables), in file order."""
+    _, data = _read_profile(name_or_path)
+    return list(data.get("variants") or {})
+
+
+def load_profile(name_or_path: str, variant: str | None = None) -> Profile:
+    """A bundled profile name (e.g. `tiny-cpu`) or a path to a TOML file; with `variant`, that
+    `[variants.NAME]` table of it merged over the rest (its profile is named `base[NAME]`)."""
+    path, data = _read_profile(name_or_path)
+    variants = data.pop("variants", {})
+    if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+        raise ConformanceError(f"Profile {path}: [variants] must hold one table per variant, e.g. [variants.fp32].")
+    if variant:
+        if variant not in variants:
+            raise ConformanceError(
+                f"Profile {data['name']!r} has no variant {variant!r}; it has {', '.join(variants) or 'none'}."
+            )
+        override = variants[variant]
+        if "name" in override or "variants" in override:
+            raise ConformanceError(f"Profile {data['name']!r}: variants.{variant} cannot set name or variants.")
+        _build(Profile, override, f"variants.{variant}")  # unknown keys and wrong types, named in the variant
+        data = _merged(data, override)
+        data["name"] = f"{data['name']}[{variant}]"
     profile = _build(Profile, data, "")
     _check(profile)
     return profile

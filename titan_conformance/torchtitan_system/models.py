@@ -127,12 +127,13 @@ def compile_blocks(api: TorchtitanAPI, model: nn.Module, config: CompileConfig, 
     if not config.enable:
         ledger.record_uncompiled(f"{role}.{type(blocks[0]).__name__}")
         return None
-    # apply_compile always compiles with fullgraph=True and leaves `dynamic` at torch.compile's default.
-    settings = {"enable": True, "backend": config.backend, "fullgraph": True, "dynamic": None}
+    # apply_compile always compiles with fullgraph=True, passes no mode or options and leaves
+    # `dynamic` at torch.compile's default.
+    settings = dataclasses.replace(config, fullgraph=True, dynamic=None, mode=None, options={}).settings()
     region, name = private_region(ledger, role, type(blocks[0]).__name__, settings)
     make_forward_private(blocks, name)
     prepare_compiler(config)
-    tt_config = api.CompileConfig(enable=True, backend=ledger.backend(region, config.backend))
+    tt_config = api.CompileConfig(enable=True, backend=ledger.backend(region, config.backend, None))
     parallel_dims = api.ParallelDims(dp_replicate=1, dp_shard=1, cp=1, tp=1, pp=1, ep=1, world_size=1)
     api.apply_compile(model, compile_config=tt_config, parallel_dims=parallel_dims)
     return region

@@ -24,6 +24,7 @@ from titan_conformance.torchtitan_system.models import (
     build_model, compile_blocks, flavor_spec, load_hf_checkpoint, use_kv_cache,
 )
 from titan_conformance.torchtitan_system.trainer import TorchtitanTrainer
+from titan_conformance.trainer.logprobs import tempered
 from titan_conformance.torchtitan_system.vllm_path import CUDA_ONLY, vllm_registration_status
 
 class TorchtitanSystem(GRPOSystem):
@@ -36,6 +37,8 @@ class TorchtitanSystem(GRPOSystem):
              "[torchtitan] flavor = \"debugmodel\" (or another Qwen3 flavor)"),
             (p.parallel.tp > 1, "parallel.tp > 1 is not built by the torchtitan provider in this version"),
             (p.grpo.kl_coef > 0, "torchtitan's GRPOLoss has no KL term; set grpo.kl_coef = 0"),
+            (p.compile.mode is not None or bool(p.compile.options),
+             "torchtitan's apply_compile passes no compile.mode or compile.options to torch.compile; leave them out"),
         ]
         for bad, why in problems:
             if bad:
@@ -88,6 +91,19 @@ class TorchtitanSystem(GRPOSystem):
 
     def _compile_trainer(self) -> None:
         compile_blocks(self.api, self.trainer.model, self.profile.compile, self.ledger, "trainer")
+
+    def _eager_copy(self, dtype):
+        """torchtitan's model of the flavor at `dtype`, uncompiled, with the trainer's current weights."""
+        model = build_model(self.spec, self.device, dtype, self.profile.seed)
+        model.load_state_dict(self.trainer.model.state_dict())
+        return model.requires_grad_(False).eval()
+
+    def _score(self, model, tokens):
+        logits = tempered(model(tokens)[:, :-1], self.profile.sampling.temperature)
+        return self.api.compute_logprobs(logits, tokens[:, 1:])
+
+    def _vocab_size(self) -> int:
+        return self.spec.model.vocab_size
 
     def cudagraph_sizes(self) -> tuple[list[int], list[int]]:
         """(torchtitan's policy for this profile, what the generator actually captured)."""
