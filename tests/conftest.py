@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from titan_conformance.plugin import share_cpu_threads
+from titan_conformance.gpus import share_cpu_threads
 from titan_conformance.system.grpo_system import GRPOSystem
 from titan_conformance.system.profile import Profile, load_profile
 
@@ -32,7 +32,8 @@ def eager_system():
 
 
 def pytest_configure(config):
-    share_cpu_threads()
+    if worker := getattr(config, "workerinput", None):
+        share_cpu_threads(worker["workercount"])
 
 
 TESTS = Path(__file__).parent

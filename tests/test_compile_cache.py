@@ -10,7 +10,7 @@ import sys
 import torch
 
 from titan_conformance.checks.budgets import compile_warmth
-from titan_conformance.compilation.cache import CompileCacheUse, restore_compile_cache, save_compile_cache
+from titan_conformance.compilation.cache import MAGIC, CompileCacheUse, restore_compile_cache, save_compile_cache
 
 # One process of a CI job: restore the file (if any), compile, save, report the cache counters.
 _JOB = """
@@ -56,13 +56,13 @@ def test_an_unusable_cache_file_is_a_cold_start_not_a_failed_gate(tmp_path, capl
     """A corrupt file, or one another torch wrote, must not fail a PR for a reason unrelated to it:
     the run compiles cold, says why, and the save after startup replaces the file."""
     bad = tmp_path / "compile.bin"
-    bad.write_bytes(b"not a cache")
+    bad.write_bytes(MAGIC + b"a truncated blob")  # ours, but damaged
     use = restore_compile_cache(bad)
     assert use.restored_bytes == 0 and "not restored" in use.problem and "compile.bin" in caplog.text
     assert restore_compile_cache(tmp_path / "absent.bin") == CompileCacheUse()
     cache_file = tmp_path / "job" / "compile.bin"
     cache_file.parent.mkdir()
-    cache_file.write_bytes(b"not a cache")
+    cache_file.write_bytes(MAGIC + b"a truncated blob")
     job = _job(cache_file, tmp_path, "after-corrupt")
     assert job["restored"] == 0 and job["saved"] > 0 and job["fxgraph_cache_miss"] >= 1
 

@@ -84,3 +84,63 @@ def test_sigterm_leaves_a_partial_report(pytester):
     assert tests == {"test_parity_passes": "passed", "test_budget_fails": "failed", "test_crashes": "passed",
                      "test_stalls": "error"}
     assert "Partial report" in (pytester.path / "out" / "summary.md").read_text()
+
+
+def _suite_stopped(pytester, *args, signal_after_start=True):
+    """The real suite on the slow-compile provider; SIGTERM once its compile has begun."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "--pyargs", "titan_conformance", "-p", "no:cacheprovider", "--tc-device", "cpu",
+         "--tc-generator", "native", "--tc-system", "bad_providers:slow_compile", "--tc-report-dir", "out", *args],
+        cwd=pytester.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.time() + 300
+    while not (pytester.path / "started").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    if signal_after_start:
+        proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    return proc.returncode, out, load_report(pytester.path / "out" / "report.json")
+
+
+def test_sigterm_during_the_build_leaves_a_partial_report_with_the_phase(pytester):
+    """The build happens in the first check's setup: stopped there, the report still says where."""
+    old = pytester.path / "out"
+    old.mkdir()
+    (old / "report.json").write_text('{"old": true}')  # an older run's files must not look current
+    code, out, report = _suite_stopped(pytester)
+    assert code == 2, out
+    assert report["partial"] and "SIGTERM" in report["partial_reason"] and "main in compile" in report["partial_reason"], out
+    assert report["phases"]["main"]["phase"] == "compile" and "old" not in report
+    assert "Traceback" not in out
+
+
+def test_sigterm_under_xdist_names_the_workers_phase(pytester):
+    code, out, report = _suite_stopped(pytester, "-n", "1")
+    assert report["partial"] and "gw0 in compile" in report["partial_reason"], out
+
+
+def test_timeout_ends_the_run_with_a_partial_report(pytester):
+    code, out, report = _suite_stopped(pytester, "--tc-timeout", "20", signal_after_start=False)
+    assert code == 2 and report["partial"], out
+    assert "--tc-timeout ran out after 20 s" in report["partial_reason"] and "main in compile" in report["partial_reason"]
+
+
+def test_the_report_folder_holds_an_in_progress_report_while_the_suite_runs(pytester):
+    """Written at the start, before anything is built: a run killed outright leaves it, saying so."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "--pyargs", "titan_conformance", "-p", "no:cacheprovider", "--tc-device", "cpu",
+         "--tc-system", "bad_providers:slow_compile", "--tc-report-dir", "out"],
+        cwd=pytester.path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 300
+        while not (pytester.path / "started").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        report = load_report(pytester.path / "out" / "report.json")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert report["partial"] and report["in_progress"] and "has not finished" in report["partial_reason"]
+    assert "Partial report" in (pytester.path / "out" / "summary.md").read_text()

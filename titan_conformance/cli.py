@@ -44,11 +44,16 @@ def run_compare(opts: argparse.Namespace) -> int:
     from titan_conformance.report.compare import compare, table
     from titan_conformance.report.schema import load_report
 
+    from titan_conformance.report.compare import partial_note
+
     base, head = load_report(opts.base), load_report(opts.head)
-    rows = compare(base, head, opts.threshold, opts.min_seconds, names=(opts.base, opts.head))
+    rows = compare(base, head, opts.threshold, opts.min_seconds, names=(opts.base, opts.head), allow_partial=opts.allow_partial)
+    notes = [n for n in (partial_note(base, opts.base), partial_note(head, opts.head)) if n]
     if not opts.markdown:
         print(f"base: {opts.base}\nhead: {opts.head}\nthreshold: {opts.threshold:.0%} "
               f"(times also by more than {opts.min_seconds}s)\n")
+    for note in notes:
+        print(f"**PARTIAL**: {note}\n" if opts.markdown else f"PARTIAL: {note}\n")
     print(table(rows, markdown=opts.markdown))
     return 1 if opts.fail_on_regression and any(r.regression for r in rows) else 0
 
@@ -61,12 +66,22 @@ def run_budgets(opts: argparse.Namespace) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1: run at least one step")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="titan-conformance", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     grpo = sub.add_parser("grpo", help="build the GRPO system from a profile and train for N steps")
     grpo.add_argument("--suite", default="tiny-cpu", help="profile name in suites/ or a TOML path")
-    grpo.add_argument("--steps", type=int, default=20)
+    grpo.add_argument("--steps", type=positive_int, default=20)
     grpo.add_argument("--seed", type=int, default=None, help="overrides the profile's seed")
     grpo.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     grpo.add_argument("--generator", choices=("native", "vllm"), help="overrides the profile's generator backend")
@@ -82,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="a time must also grow by more than this to count (timer noise)")
     cmp.add_argument("--fail-on-regression", action="store_true", help="exit 1 when any regression is flagged")
     cmp.add_argument("--markdown", action="store_true", help="print a Markdown table (for a PR description)")
+    cmp.add_argument("--allow-partial", action="store_true",
+                     help="compare a partial report (a run stopped early) too, marked as such")
     cmp.set_defaults(run=run_compare)
     bud = sub.add_parser("budgets", help="a profile's [budgets.<device class>] table from a report.json's measurement")
     bud.add_argument("report", help="report.json of a conformance run on the device class to budget")

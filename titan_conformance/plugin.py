@@ -1,28 +1,46 @@
 """The pytest plugin (entry point `pytest11`): options, markers, GPU pinning and shared fixtures.
 
 Under `pytest --pyargs titan_conformance` conftest and ini files inside the installed package are
-ignored, so everything the suite needs lives here. Importing this module must stay cheap: pytest
-loads it in every session of an environment that has the package installed.
+ignored, so everything the suite needs lives here. pytest loads this module in every session of
+an environment that has the package installed, so importing it stays cheap, and it acts only in
+the sessions that are its own: those that collect the titan_conformance suite or pass a `--tc-*`
+option. Anyone else's session keeps its environment, its loggers and its reports untouched.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import logging
 import os
 import shutil
-import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from titan_conformance.errors import ConformanceError
-from titan_conformance.report.session import ReportSession, progress, record_check
+from titan_conformance.gpus import pin_worker_gpus, share_cpu_threads, worker_gpu_count
+from titan_conformance.inputs import DEVICES, GENERATORS, SuiteOptions
+from titan_conformance.report.session import OPTIONS as REPORT_OPTIONS, ReportSession, progress, record_check
 from titan_conformance.torchtitan_system import DEFAULT_SUITE as TORCHTITAN_DEFAULT_SUITE
 from titan_conformance.vllm_support import INSTALL_HINT, vllm_version
 
-GENERATORS = ("native", "vllm", "auto")
-DEVICES = ("cpu", "cuda", "auto")
+PACKAGE_DIR = Path(__file__).resolve().parent
+OPTION_PREFIX = "--tc-"
+WORKER_FLAG = "titan_conformance"
+"""workerinput key: the controller's session is ours (so the worker's is too)."""
+PHASES_KEY = "titan_conformance_phases"
+"""workerinput key: the folder where workers record their phases."""
+DEFAULT_SUITES = {"torchtitan": TORCHTITAN_DEFAULT_SUITE}
+"""The suite a system runs when --tc-suite is not given (others: tiny-cpu)."""
+NATIVE_ONLY_SYSTEMS = {"torchtitan"}
+"""Systems without a vLLM backend: `--tc-generator auto` keeps their profile's generator."""
+TRACE_LOGGER = "torch.__trace"
+
+_OPTIONS = pytest.StashKey[SuiteOptions]()
+_PROFILE = pytest.StashKey[object]()
+_CLEANUP = pytest.StashKey[contextlib.ExitStack]()
+_SESSION = pytest.StashKey[ReportSession]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -52,75 +70,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--tc-seed", default=None, type=int,
         help="overrides the profile's seed (random init, warm-up, prompt draws, sampling): run a few to see spread",
     )
+    group.addoption(
+        "--tc-timeout", default=None, type=float, metavar="SECONDS",
+        help="stop the session after SECONDS with a partial report that says where it stopped",
+    )
 
 
-def _visible_gpus() -> list[str]:
-    """GPU ids this process may use, read without initializing CUDA."""
-    if (env := os.environ.get("CUDA_VISIBLE_DEVICES")) is not None:
-        return [d for d in env.split(",") if d.strip()]
-    if not shutil.which("nvidia-smi"):
-        return []
+def _names_our_package(arg: str) -> bool:
+    head = arg.split("::")[0]
+    if head == "titan_conformance" or head.startswith("titan_conformance."):
+        return True
     try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+        return Path(head).resolve().is_relative_to(PACKAGE_DIR)
+    except (OSError, ValueError):
+        return False
 
 
-def _pin_worker_gpus(config: pytest.Config) -> None:
-    """Gives each xdist worker its own GPU(s) before anything initializes CUDA."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if not worker or config.getoption("--tc-device") == "cpu":
-        return
-    gpus = _visible_gpus()
-    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if not gpus:
-        return
-    index = int(worker.removeprefix("gw"))
-    per_worker = max(1, len(gpus) // count)
-    start = (index * per_worker) % len(gpus)
-    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[start : start + per_worker])
-
-
-def share_cpu_threads() -> None:
-    """Under xdist, each worker's torch takes its share of the cores: n workers each running as many
-    threads as there are cores oversubscribe them, and small ops then spin and wait more than they
-    compute (a generate step 5x its bare step on 2 contended cores)."""
-    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if os.environ.get("PYTEST_XDIST_WORKER") and count > 1:
-        import torch
-
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // count))
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    # torch's structured-trace logger propagates empty DEBUG records into every captured-log report.
-    logging.getLogger("torch.__trace").propagate = False
-    config.addinivalue_line("markers", "tc_gpus(n): the test needs n GPUs on its worker")
-    config.addinivalue_line("markers", "tc_capability(name): the test needs the provider capability `name`")
-    _pin_worker_gpus(config)
-    share_cpu_threads()
-    config.pluginmanager.register(ReportSession(config), "titan_conformance.report")
-    try:
-        option = config.getoption("--tc-generator")
-        if option == "auto" and config.getoption("--tc-system") in NATIVE_ONLY_SYSTEMS:
-            config.stash[_BACKEND] = None
-        else:
-            config.stash[_BACKEND] = resolve_generator(option, vllm_version())
-    except ConformanceError as e:
-        raise pytest.UsageError(str(e)) from None
-
-
-_BACKEND = pytest.StashKey[str]()
-_CACHE_USE = pytest.StashKey["CompileCacheUse"]()
-DEFAULT_SUITES = {"torchtitan": TORCHTITAN_DEFAULT_SUITE}
-"""The suite a system runs when --tc-suite is not given (others: tiny-cpu)."""
-NATIVE_ONLY_SYSTEMS = {"torchtitan"}
-"""Systems without a vLLM backend: `--tc-generator auto` keeps their profile's generator."""
-
-
-def selected_suite(config: pytest.Config) -> str:
-    return config.getoption("--tc-suite") or DEFAULT_SUITES.get(config.getoption("--tc-system"), "tiny-cpu")
+def is_ours(config: pytest.Config) -> bool:
+    """The session collects the titan_conformance suite or passes a --tc-* option."""
+    if getattr(config, "workerinput", {}).get(WORKER_FLAG):
+        return True
+    given = [str(a) for a in config.invocation_params.args]
+    return any(a.startswith(OPTION_PREFIX) for a in given) or any(_names_our_package(str(a)) for a in config.args)
 
 
 def resolve_generator(option: str, vllm: str | None) -> str | None:
@@ -133,90 +104,215 @@ def resolve_generator(option: str, vllm: str | None) -> str | None:
     return option
 
 
-def _worker_gpu_count() -> int:
-    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None or shutil.which("nvidia-smi"):
-        return len(_visible_gpus())
-    return 0
+def suite_options(config: pytest.Config) -> SuiteOptions:
+    system = config.getoption("--tc-system")
+    generator = config.getoption("--tc-generator")
+    return SuiteOptions(
+        suite=config.getoption("--tc-suite") or DEFAULT_SUITES.get(system, "tiny-cpu"),
+        model_path=config.getoption("--tc-model-path"),
+        generator=None if generator == "auto" and system in NATIVE_ONLY_SYSTEMS else resolve_generator(generator, vllm_version()),
+        device=config.getoption("--tc-device"), system=system, seed=config.getoption("--tc-seed"),
+        report_dir=config.getoption("--tc-report-dir"), compile_cache=config.getoption("--tc-compile-cache"),
+        timeout=config.getoption("--tc-timeout"),
+    )
+
+
+class _QuietTrace(logging.Filter):
+    """pytest attaches its log capture to every non-propagating logger, torch's structured-trace
+    logger included, whose records are empty DEBUG lines meant for TORCH_TRACE files: hundreds of
+    them buried a failure's message. They pass only where a handler of torch's own is there."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return bool(os.environ.get("TORCH_TRACE")) or any(
+            not type(h).__module__.startswith(("_pytest", "torch._logging")) for h in logging.getLogger(TRACE_LOGGER).handlers
+        )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "tc_gpus(n): the test needs n GPUs on its worker")
+    config.addinivalue_line("markers", "tc_capability(name): the test needs the provider capability `name`")
+    if not is_ours(config):
+        return
+    try:
+        options = suite_options(config)
+    except ConformanceError as e:
+        raise pytest.UsageError(str(e)) from None
+    worker = getattr(config, "workerinput", None)
+    if worker is not None:
+        pin_worker_gpus(worker["workerid"], worker["workercount"], options.device)
+        share_cpu_threads(worker["workercount"])
+    cleanup = config.stash[_CLEANUP] = contextlib.ExitStack()
+    trace, quiet = logging.getLogger(TRACE_LOGGER), _QuietTrace()
+    trace.addFilter(quiet)
+    cleanup.callback(trace.removeFilter, quiet)
+    if worker is None:
+        report_dir, phases = _controller_inputs(config, options)
+        cleanup.callback(shutil.rmtree, phases, ignore_errors=True)
+    else:
+        report_dir, phases = None, Path(worker[PHASES_KEY]) if worker.get(PHASES_KEY) else None
+        from titan_conformance.inputs import suite_profile
+
+        config.stash[_PROFILE] = suite_profile(options)  # the controller has checked it
+    config.stash[_OPTIONS] = options
+    session_options = {name: getattr(options, name) for name in REPORT_OPTIONS}
+    worker_id = worker["workerid"] if worker else "main"
+    session = config.stash[_SESSION] = ReportSession(config, session_options, report_dir, phases, worker_id, options.timeout)
+    config.pluginmanager.register(session, "titan_conformance.report")
+
+
+def _controller_inputs(config: pytest.Config, options: SuiteOptions) -> tuple[Path, Path]:
+    """Every input checked before anything runs (a usage error, printed once), the report folder and
+    the workers' phase folder."""
+    from titan_conformance.inputs import check_inputs
+    from titan_conformance.report.write import default_report_dir
+
+    try:
+        name = Path(options.suite).stem
+        report_dir = Path(options.report_dir) if options.report_dir else default_report_dir(name)
+        if options.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConformanceError(
+                    f"--tc-device cuda was asked for, but torch {torch.__version__} sees no CUDA device; run on a GPU "
+                    "runner with a CUDA build of torch, or use --tc-device cpu."
+                )
+        config.stash[_PROFILE] = check_inputs(options, report_dir)
+    except ConformanceError as e:
+        raise pytest.UsageError(str(e)) from None
+    return report_dir, Path(tempfile.mkdtemp(prefix="tc-phases-"))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if (cleanup := config.stash.get(_CLEANUP, None)) is not None:
+        cleanup.close()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """xdist, on the controller, per worker: the worker's session is ours, and where it records its phases."""
+    config = node.config
+    if (session := config.stash.get(_SESSION, None)) is not None:
+        node.workerinput[WORKER_FLAG] = True
+        node.workerinput[PHASES_KEY] = str(session.phases.folder)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    if _OPTIONS not in item.config.stash:
+        return
     if (marker := item.get_closest_marker("tc_gpus")) is not None:
-        needed, have = marker.args[0], _worker_gpu_count()
+        needed, have = marker.args[0], worker_gpu_count()
         if have < needed:
             pytest.skip(f"needs {needed} GPU(s); this worker holds {have}")
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function):
+    """A suite check whose system raises fails with one paragraph naming where, not a traceback."""
+    if _OPTIONS not in pyfuncitem.config.stash or not pyfuncitem.module.__name__.startswith("titan_conformance.conformance."):
+        return (yield)
+    from titan_conformance.build import describe_failure
+
+    try:
+        return (yield)
+    except Exception as e:  # pytest's outcomes (fail, skip) are BaseExceptions and pass through
+        message = describe_failure(e, "The check raised (the system, or the check itself)", "It could not judge the property.")
+    pytest.fail(message, pytrace=False)
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    backend = config.stash.get(_BACKEND, None) or "profile's"
-    version = vllm_version()
+    if (options := config.stash.get(_OPTIONS, None)) is None:
+        return []
+    generator = options.generator or "profile's"
     return [
-        f"titan_conformance: suite={selected_suite(config)} "
-        f"system={config.getoption('--tc-system') or 'reference'} generator={backend} "
-        f"device={config.getoption('--tc-device')} vllm={version or 'not installed'}"
+        f"titan_conformance: suite={options.suite} system={options.system or 'reference'} "
+        f"generator={generator} device={options.device} vllm={vllm_version() or 'not installed'}"
     ]
 
 
-def _fail(e: ConformanceError) -> None:
-    pytest.fail(str(e), pytrace=False)
+# --- fixtures: the system is built once, and a failed build is one failure ---------------------
 
 
 @pytest.fixture(scope="session")
 def tc_profile(request: pytest.FixtureRequest):
-    from titan_conformance.system.profile import load_profile
-
-    try:
-        profile = load_profile(selected_suite(request.config))
-    except ConformanceError as e:
-        _fail(e)
-    if backend := request.config.stash.get(_BACKEND, None):
-        profile = dataclasses.replace(profile, generator=dataclasses.replace(profile.generator, backend=backend))
-    if (seed := request.config.getoption("--tc-seed")) is not None:
-        profile = dataclasses.replace(profile, seed=seed)
-    return profile
+    if _PROFILE not in request.config.stash:
+        pytest.skip("not a titan_conformance session")
+    return request.config.stash[_PROFILE]
 
 
 @pytest.fixture(scope="session")
-def tc_system(request: pytest.FixtureRequest, tc_profile):
-    """The system under test, built once per worker and shared by every check."""
+def _tc_build(request: pytest.FixtureRequest, tc_profile):
+    """The session's Build: the system, or why there is none. Never raises for a failed build."""
+    from titan_conformance.build import Build, build
     from titan_conformance.compilation.cache import restore_compile_cache, save_compile_cache
     from titan_conformance.provider import load_factory
+    from titan_conformance.report.collect import failed_build_record
+    from titan_conformance.report.session import RUN_KEY, add_pending
 
-    opts = request.config
+    config, options = request.config, request.config.stash[_OPTIONS]
     if tc_profile.parallel.tp > 1:
-        pytest.skip(
+        yield Build(skip=(
             f"profile {tc_profile.name!r} runs at parallel.tp = {tc_profile.parallel.tp}: only the TP checks "
-            "(test_tensor_parallel.py) spawn a process group for it so far; the single-process checks "
-            "run on unsharded profiles"
-        )
-    cache_file = opts.getoption("--tc-compile-cache")
-    try:
-        factory = load_factory(opts.getoption("--tc-system"))
-        cache_use = restore_compile_cache(Path(cache_file)) if cache_file else None
-        system = factory(tc_profile, device=opts.getoption("--tc-device"), model_path=opts.getoption("--tc-model-path"))
-    except ConformanceError as e:
-        _fail(e)
+            "(test_tensor_parallel.py) spawn a process group for it so far; the single-process checks run on "
+            "unsharded profiles"
+        ))
+        return
+    cache_file = Path(options.compile_cache) if options.compile_cache else None
+    cache_use = restore_compile_cache(cache_file) if cache_file else None
+    outcome = build(load_factory(options.system), tc_profile, options.device, options.model_path, options.system or "reference")
+    if outcome.error:
+        from titan_conformance.system.grpo_system import resolve_device
+
+        with contextlib.suppress(ConformanceError):
+            add_pending(RUN_KEY, failed_build_record(tc_profile, resolve_device(options.device), outcome.error))
+        progress(config, f"the system did not build: {outcome.error}")
+        yield outcome
+        return
+    system = outcome.system
     try:  # whatever happens from here on, the system's engines and process groups are released
         startup = ", ".join(f"{k}={v:.1f}s" for k, v in system.startup.items())
-        progress(request.config, f"built {system.name} system ({startup})")
+        progress(config, f"built {system.name} system ({startup})")
         if cache_use is not None:
-            save_compile_cache(Path(cache_file), cache_use)
-            opts.stash[_CACHE_USE] = cache_use
-            progress(request.config, f"compile cache: restored {cache_use.restored_bytes} bytes, saved "
+            save_compile_cache(cache_file, cache_use)
+            outcome.cache_use = cache_use
+            progress(config, f"compile cache: restored {cache_use.restored_bytes} bytes, saved "
                      f"{cache_use.saved_bytes}" + (f"; {cache_use.problem}" if cache_use.problem else ""))
-        yield system
+        yield outcome
     finally:
         system.close()
 
 
+@pytest.fixture
+def tc_system(_tc_build):
+    """The system under test (built once per session); the first check of a failed build fails
+    with its cause, every later one skips."""
+    if _tc_build.skip:
+        pytest.skip(_tc_build.skip)
+    if _tc_build.error:
+        if not _tc_build.reported:
+            _tc_build.reported = True
+            pytest.fail(f"The system did not build: {_tc_build.error}", pytrace=False)
+        pytest.skip("the system did not build (the first check that needed it failed with the cause)")
+    return _tc_build.system
+
+
 @pytest.fixture(scope="session")
-def tc_run(request: pytest.FixtureRequest, tc_system, tc_profile):
-    """The GRPO run every check reads (the profile's run.steps steps)."""
+def _tc_run_result(request: pytest.FixtureRequest, _tc_build, tc_profile):
+    """The GRPO run every check reads (the profile's run.steps steps); None without a system."""
     from titan_conformance.run import perform_run
 
-    run = perform_run(tc_system, tc_profile.run.steps, lambda m: progress(request.config, m))
-    if (use := request.config.stash.get(_CACHE_USE, None)) is not None:
+    if _tc_build.system is None:
+        return None
+    session = request.config.stash[_SESSION]
+    run = perform_run(_tc_build.system, tc_profile.run.steps, lambda m: progress(request.config, m), session.phases.record)
+    if (use := getattr(_tc_build, "cache_use", None)) is not None:
         run.compile_cache.update(restored_bytes=use.restored_bytes, saved_bytes=use.saved_bytes, problem=use.problem)
     return run
+
+
+@pytest.fixture
+def tc_run(tc_system, _tc_run_result):
+    return _tc_run_result
 
 
 def require(system, capability: str) -> None:

@@ -46,20 +46,27 @@ def _bare_decode_seconds(system: ConformanceSystem, record) -> float | None:
     return system.time_decode_step(decode.batch, int(record.avg_tokens) + 8)
 
 
-def perform_run(system: ConformanceSystem, steps: int, progress: Callable[[str], None] = lambda _: None) -> ConformanceRun:
+def perform_run(
+    system: ConformanceSystem, steps: int, progress: Callable[[str], None] = lambda _: None,
+    phase: Callable[[str], None] = lambda _: None,
+) -> ConformanceRun:
+    """`progress` gets a line after each step; `phase` is told what the run is doing as it changes."""
     run = ConformanceRun(system)
     ledger = system.compile_ledger() if "compile_ledger" in system.capabilities else None
     calls = ledger.calls if ledger is not None else {}
     try:
         if "grpo" in system.capabilities:
+            phase("validation before the run")
             run.pre = system.validate()
             for i in range(steps):
+                phase(f"step {i + 1} of {steps}")
                 before = dict(calls)
                 run.records.append(system.step())
                 for region, n in calls.items():
                     run.compiled_calls[region] = run.compiled_calls.get(region, 0) + n - before.get(region, 0)
                 run.decode_step_seconds.append(_bare_decode_seconds(system, run.records[-1]))
                 progress(f"step {i + 1}/{steps}: {run.records[-1].line()}")
+            phase("validation after the run")
             run.post = system.validate()
     except Exception as e:  # the checks report it (a recompile-limit failure is a verdict, not a crash)
         run.error = f"{type(e).__name__}: {e}".splitlines()[0]

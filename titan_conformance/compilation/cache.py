@@ -23,7 +23,34 @@ from pathlib import Path
 
 import torch
 
+from titan_conformance.errors import ConformanceError
+
 log = logging.getLogger(__name__)
+
+MAGIC = b"titan_conformance compile cache 1\n"
+"""The first bytes of every file this module writes: a path holding anything else is not ours to
+overwrite."""
+
+
+def check_cache_path(path: Path) -> None:
+    """A usable `--tc-compile-cache` path: absent (a cold start, written after startup), or a file
+    this tool wrote. A folder, or any other file (which the save would overwrite), is refused."""
+    if path.is_dir():
+        raise ConformanceError(
+            f"--tc-compile-cache {path} is a folder; pass a file path inside it, e.g. {path / 'compile-cache.bin'}."
+        )
+    if not path.exists():
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(MAGIC))
+    except OSError as e:
+        raise ConformanceError(f"--tc-compile-cache {path} cannot be read ({e}); pass a readable file or a new path.") from None
+    if head != MAGIC:
+        raise ConformanceError(
+            f"--tc-compile-cache {path} exists and is not a compile cache written by titan_conformance, so it "
+            "would be overwritten after startup; pass a new path (the first run writes it) or remove that file."
+        )
 
 
 @dataclass
@@ -45,6 +72,9 @@ def restore_compile_cache(path: Path) -> CompileCacheUse:
         return CompileCacheUse()
     try:
         blob = path.read_bytes()
+        if not blob.startswith(MAGIC):
+            raise ValueError("it was not written by titan_conformance")
+        blob = blob[len(MAGIC):]
         loaded = torch.compiler.load_cache_artifacts(blob)
         problem = "" if loaded is not None else "torch could not unpickle it"
     except Exception as e:  # OSError, or torch's own errors on a foreign or damaged blob
@@ -68,7 +98,7 @@ def save_compile_cache(path: Path, use: CompileCacheUse) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         with os.fdopen(fd, "wb") as f:
-            f.write(artifacts[0])
+            f.write(MAGIC + artifacts[0])
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the file from a cache step run as another user
         os.replace(tmp, path)
         use.saved_bytes = len(artifacts[0])

@@ -38,9 +38,19 @@ class ModelArgs:
     """Whether the output projection reuses the embedding matrix."""
 
     def __post_init__(self) -> None:
+        sizes = {"hidden_size": self.dim, "num_hidden_layers": self.n_layers, "num_attention_heads": self.n_heads,
+                 "num_key_value_heads": self.n_kv_heads, "head_dim": self.head_dim,
+                 "intermediate_size": self.hidden_dim, "vocab_size": self.vocab_size,
+                 "max_position_embeddings": self.max_seq_len}
+        if bad := [f"{k} = {v}" for k, v in sizes.items() if v < 1]:
+            raise ConformanceError(f"the model config is invalid: {', '.join(bad)}; every size must be >= 1. Fix the config.")
+        if not (self.norm_eps > 0 and self.rope_theta > 0):
+            raise ConformanceError(
+                f"the model config is invalid: rms_norm_eps = {self.norm_eps} and rope_theta = {self.rope_theta} must both be > 0."
+            )
         if self.n_heads % self.n_kv_heads:
             raise ConformanceError(
-                f"Model config is inconsistent: num_attention_heads={self.n_heads} is not a multiple "
+                f"the model config is inconsistent: num_attention_heads={self.n_heads} is not a multiple "
                 f"of num_key_value_heads={self.n_kv_heads}. Fix the checkpoint's config.json."
             )
 
@@ -82,6 +92,8 @@ class ModelArgs:
             ) from None
         except (TypeError, ValueError) as e:
             raise ConformanceError(f"{source}: a value has the wrong type ({e}).") from None
+        except ConformanceError as e:
+            raise ConformanceError(f"{source}: {e}") from None
 
     def to_hf_config(self, torch_dtype: str = "float32") -> dict[str, Any]:
         return {

@@ -30,7 +30,7 @@ def hf_name(param_name: str) -> str:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         raise ConformanceError(
             f"{path} does not exist. A checkpoint directory must hold config.json and "
@@ -38,6 +38,12 @@ def _read_json(path: Path) -> dict:
         ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConformanceError(f"{path} is not readable JSON ({e}); re-download or re-export it.") from None
+    if not isinstance(data, dict):
+        raise ConformanceError(
+            f"{path} holds a JSON {type(data).__name__}, not an object of keys; it is not an HF {path.name}: "
+            "re-download or re-export the checkpoint."
+        )
+    return data
 
 
 def read_model_args(ckpt_dir: str | Path) -> ModelArgs:
@@ -97,6 +103,12 @@ def load_checkpoint(model: Qwen3Model, ckpt_dir: str | Path) -> None:
     with torch.no_grad():
         for path, name, tensor in _read_tensors(shards):
             param = expected[name]
+            if tensor.is_floating_point() != param.is_floating_point():
+                raise ConformanceError(
+                    f"{path}: tensor {name!r} is {str(tensor.dtype).removeprefix('torch.')} where the model's weight is "
+                    f"{str(param.dtype).removeprefix('torch.')}: a checkpoint's weights are floating point; the file was "
+                    "written wrongly (e.g. token ids saved in place of a weight): re-export it."
+                )
             if tensor.shape != param.shape:
                 raise ConformanceError(
                     f"{path}: tensor {name!r} has shape {tuple(tensor.shape)} but the model built "

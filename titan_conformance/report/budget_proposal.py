@@ -24,6 +24,11 @@ BUDGET_KEYS = [f.name for f in dataclasses.fields(Budget)]
 def propose_tables(report: dict[str, Any], margin: float, source: str) -> str:
     """TOML text: one commented `[budgets.<class>]` table per device class the report's runs used.
     Runs that failed are left out: their times are of a run that did not finish."""
+    if report.get("partial"):
+        raise ConformanceError(
+            f"{source} is a partial report ({report.get('partial_reason') or 'the run did not finish'}): its times are "
+            "of a run that stopped early. Propose budgets from a complete run's report."
+        )
     if not (math.isfinite(margin) and 1 <= margin <= 100):
         raise ConformanceError(
             f"--margin {margin:g} is out of range: use a margin from 1 (the run's own times) to 100; 2 is usual."

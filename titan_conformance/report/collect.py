@@ -221,3 +221,23 @@ def run_record(run: Any, profile: Any) -> dict[str, Any]:
         },
         "capture": _capture(system, profile),
     })
+
+
+def failed_build_record(profile: Any, device: Any, error: str) -> dict[str, Any]:
+    """A worker's run whose system did not build: what was built where, and why it failed."""
+    from titan_conformance.checks.budgets import device_class
+
+    return jsonable({
+        "profile": profile.name,
+        "profile_description": profile.description,
+        "system": {},
+        "device": str(device),
+        "device_class": device_class(device),
+        "versions": _versions(device),
+        "startup": {},
+        "steps": [],
+        "error": f"build failed: {error}",
+        "logprob_diff": None,
+        "compile": {"enabled": profile.compile.enable, "counts": {}, "events": [], "limit_hits": []},
+        "capture": None,
+    })

@@ -125,13 +125,27 @@ def _check_comparable(base: dict[str, Any], head: dict[str, Any], names: tuple[s
             )
 
 
+def partial_note(report: dict[str, Any], name: str) -> str | None:
+    """Why a report is partial, named, or None for a complete one."""
+    if not report.get("partial"):
+        return None
+    return f"{name} is a partial report ({report.get('partial_reason') or 'the run did not finish'})"
+
+
 def compare(
     base: dict[str, Any], head: dict[str, Any], threshold: float = 0.1, min_seconds: float = 0.05,
-    names: tuple[str, str] = ("BASE", "HEAD"),
+    names: tuple[str, str] = ("BASE", "HEAD"), allow_partial: bool = False,
 ) -> list[Row]:
-    """Rows of the before/after table, regressions flagged."""
+    """Rows of the before/after table, regressions flagged. A partial report (a run stopped early)
+    is refused unless `allow_partial`: its unfinished checks would show as regressions."""
     if threshold < 0 or min_seconds < 0:
         raise ConformanceError(f"--threshold ({threshold}) and --min-seconds ({min_seconds}) must be >= 0.")
+    notes = [n for n in (partial_note(base, names[0]), partial_note(head, names[1])) if n]
+    if notes and not allow_partial:
+        raise ConformanceError(
+            "; ".join(notes) + ". Its checks that did not finish would read as regressions: compare complete runs, "
+            "or pass --allow-partial to compare what it has (the table then marks it)."
+        )
     _check_comparable(base, head, names)
     before, after = extract(base), extract(head)
     rows = []

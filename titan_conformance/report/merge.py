@@ -115,8 +115,13 @@ class ReportStore:
         if result != "passed" and test["outcome"] == "passed":
             test["outcome"], test["message"] = result, message
 
-    def to_report(self, exitstatus: int, collected: int, interrupted: bool, options: dict[str, Any]) -> dict[str, Any]:
-        """The report.json document as it stands."""
+    def to_report(
+        self, exitstatus: int, collected: int, interrupted: bool, options: dict[str, Any], in_progress: bool = False,
+        stopped: str | None = None, phases: dict[str, dict] | None = None,
+    ) -> dict[str, Any]:
+        """The report.json document as it stands. `in_progress`: written at the session's start, in
+        place of whatever the folder held; `stopped`: why and where the run stopped early;
+        `phases`: worker -> the phase it was in last."""
         tests = sorted(self.tests.values(), key=lambda t: t["nodeid"])
         for test in tests:
             if test["nodeid"] not in self.finished:  # set up, then the run stopped under it
@@ -127,8 +132,13 @@ class ReportStore:
             if state["status"] == "running":
                 state["status"] = "interrupted" if interrupted else "finished"
         reasons = []
+        if in_progress:
+            reasons.append(
+                f"the run started at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.started))} and has not "
+                "finished; a run stopped without the chance to write its report leaves this one"
+            )
         if interrupted:
-            reasons.append("the run was interrupted")
+            reasons.append(stopped or "the run was interrupted")
         if len(self.finished) < collected:
             reasons.append(f"{collected - len(self.finished)} of {collected} collected tests did not finish")
         summary = {o: sum(t["outcome"] == o for t in tests) for o in OUTCOMES}
@@ -140,6 +150,8 @@ class ReportStore:
             "duration_s": time.time() - self.started,
             "partial": bool(reasons),
             "partial_reason": "; ".join(reasons) or None,
+            "in_progress": in_progress,
+            "phases": dict(phases or {}),
             "exitstatus": int(exitstatus),
             "environment": environment(options, self.runs),
             "workers": workers,

@@ -12,8 +12,8 @@ Imported by the plugin at start-up: keep module-level imports cheap (no torch, n
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
-import os
 import signal
 import sys
 from pathlib import Path
@@ -29,11 +29,16 @@ RUN_KEY = "titan_conformance.run"
 SUITE_KEY = "titan_conformance.suite"
 KEYS = (CHECK_KEY, RUN_KEY, SUITE_KEY)
 SUITE_PACKAGE = "titan_conformance.conformance."
-OPTIONS = ("suite", "model_path", "generator", "device", "system", "seed", "report_dir")
+OPTIONS = ("suite", "model_path", "generator", "device", "system", "seed", "report_dir", "compile_cache", "timeout")
 LONG_PHASES = ("compile", "capture")
 
 _pending: list[tuple[str, str]] = []
 """Records of the test running in this process, attached to its next phase report."""
+
+
+def add_pending(key: str, record: dict[str, Any]) -> None:
+    """Keeps a JSON record for the report of the test that is running."""
+    _pending.append((key, json.dumps(record)))
 
 
 def record_check(result: Any) -> None:
@@ -47,7 +52,7 @@ def progress(config: pytest.Config, message: str) -> None:
     """One line on the terminal now, even from inside a captured test or an xdist worker."""
     capture = config.pluginmanager.get_plugin("capturemanager")
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    worker = getattr(config, "workerinput", {}).get("workerid")
     with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
         if reporter is not None and not worker:
             reporter.write_line(f"[titan_conformance] {message}")
@@ -67,29 +72,38 @@ def _worker_id(report: pytest.TestReport) -> str:
 
 
 class ReportSession:
-    """Registered by the plugin in every process; only the controller (or lone process) writes."""
+    """Registered by the plugin in its sessions, in every process; only the controller (or lone
+    process) writes. It writes an in-progress report at the session's start (so an older run's
+    files never look current, and a run killed without warning leaves a report that says it did
+    not finish), then the whole report at the end; a run stopped by Ctrl-C, SIGTERM or
+    --tc-timeout ends with a partial one that says which phase each worker had reached."""
 
-    def __init__(self, config: pytest.Config) -> None:
+    def __init__(self, config: pytest.Config, options: dict[str, Any], report_dir: Path | None,
+                 phase_folder: Path | None, worker: str = "main", timeout: float | None = None) -> None:
+        from titan_conformance.report.phases import PhaseLog
+
         self.config = config
         self.is_worker = hasattr(config, "workerinput")
+        self.options, self.report_dir, self.timeout = options, report_dir, timeout
+        self.phases = PhaseLog(worker, phase_folder)
         self.store = ReportStore()
         self.report: dict[str, Any] | None = None
         self.written: Path | None = None
         self.write_error: str | None = None
-        self.interrupted = False
-        self._saved_sigterm: Any = None
+        self.stop_reason: str | None = None
+        self._saved_signals: dict[int, Any] = {}
 
-    # --- every process: progress and recording ------------------------------------------------
+    # --- every process: progress, phases and recording ----------------------------------------
 
     @pytest.hookimpl(wrapper=True)
     def pytest_fixture_setup(self, fixturedef: pytest.FixtureDef, request: pytest.FixtureRequest):
-        if fixturedef.argname == "tc_system":
+        if fixturedef.argname == "_tc_build":
             from titan_conformance.system.timing import phase_listener
 
             with phase_listener(self._phase):
                 return (yield)
         result = yield
-        if fixturedef.argname == "tc_run":
+        if fixturedef.argname == "_tc_run_result" and result is not None:
             from titan_conformance.report.collect import run_record
 
             try:
@@ -97,12 +111,17 @@ class ReportSession:
             except Exception as e:  # an odd provider must not fail every check; the report says so
                 progress(self.config, f"the report leaves out this worker's run: {type(e).__name__}: {e}")
             else:
-                _pending.append((RUN_KEY, json.dumps(record)))
+                add_pending(RUN_KEY, record)
         return result
 
     def _phase(self, phase: str, seconds: float | None) -> None:
+        if seconds is None:
+            self.phases.record(phase)
         if phase in LONG_PHASES:
             progress(self.config, f"{phase} ..." if seconds is None else f"{phase} done in {seconds:.1f}s")
+
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        self.phases.record(f"check {item.name}")
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
@@ -137,32 +156,55 @@ class ReportSession:
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         self.store.worker_down(node.gateway.id, str(error) if error else None)
 
-    def pytest_keyboard_interrupt(self) -> None:
-        self.interrupted = True
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo) -> None:
+        self.stop_reason = self.stop_reason or _stop_reason(excinfo.value)
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
-        """On the controller, SIGTERM (a cancelled CI job) ends the run like Ctrl-C: with a report."""
-        if not self.is_worker and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-            try:
-                self._saved_sigterm = signal.signal(signal.SIGTERM, _interrupt)
-            except ValueError:  # not the main thread
-                pass
+        """On the controller: SIGTERM (a cancelled CI job) and --tc-timeout end the run like Ctrl-C,
+        with a report; the in-progress report replaces whatever the folder held."""
+        if self.is_worker:
+            return
+        self._catch(signal.SIGTERM, _interrupt)
+        if self.timeout:
+            self._catch(signal.SIGALRM, functools.partial(_timed_out, self.timeout))
+            signal.setitimer(signal.ITIMER_REAL, self.timeout)
+        self._write(self.store.to_report(-1, 0, False, self.options, in_progress=True))
+
+    def _catch(self, signum: int, handler: Any) -> None:
+        try:
+            self._saved_signals[signum] = signal.signal(signum, handler)
+        except ValueError:  # not the main thread
+            pass
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if self._saved_sigterm is not None:
-            signal.signal(signal.SIGTERM, self._saved_sigterm)
-        if self.is_worker or not self.store.active:
+        if self.timeout and signal.SIGALRM in self._saved_signals:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        for signum, handler in self._saved_signals.items():
+            signal.signal(signum, handler)
+        if self.is_worker:
             return
-        from titan_conformance.report.write import append_step_summary, default_report_dir, write_report
+        from titan_conformance.report.phases import describe
 
-        options = {name: self.config.getoption(f"--tc-{name.replace('_', '-')}") for name in OPTIONS}
-        interrupted = self.interrupted or exitstatus == pytest.ExitCode.INTERRUPTED
-        report = self.store.to_report(int(exitstatus), session.testscollected, interrupted, options)
-        target = options["report_dir"] or default_report_dir(report["environment"]["profile"] or "profile")
+        interrupted = self.stop_reason is not None or exitstatus == pytest.ExitCode.INTERRUPTED
+        phases = self.phases.read_all()
+        stop = None
+        if interrupted:
+            stop = (self.stop_reason or "the run was interrupted") + (f", {describe(phases)}" if phases else "")
+        report = self.store.to_report(int(exitstatus), session.testscollected, interrupted, self.options,
+                                      stopped=stop, phases=phases)
+        self._write(report)
         self.report = report
+        if self.write_error and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.INTERNAL_ERROR  # no report is not a pass
+
+    def _write(self, report: dict[str, Any]) -> None:
+        from titan_conformance.report.write import append_step_summary, write_report
+
         try:
-            self.written = write_report(report, target)
-            append_step_summary((self.written / "summary.md").read_text(encoding="utf-8"))
+            self.written = write_report(report, self.report_dir)
+            if not report.get("in_progress"):
+                append_step_summary((self.written / "summary.md").read_text(encoding="utf-8"))
+            self.write_error = None
         except (ConformanceError, OSError) as e:
             self.write_error = str(e)
         except Exception as e:  # a bug in the report must not hide the run's results
@@ -176,5 +218,20 @@ class ReportSession:
         terminal_summary(terminalreporter, self.report, self.written, self.write_error)
 
 
+class TimedOut(KeyboardInterrupt):
+    """--tc-timeout ran out: stops the session as Ctrl-C would, and says why."""
+
+
+def _stop_reason(error: BaseException) -> str:
+    if isinstance(error, TimedOut):
+        return str(error)
+    text = str(error)
+    return f"the run was interrupted ({text})" if text.startswith("SIG") else "the run was interrupted (Ctrl-C)"
+
+
+def _timed_out(seconds: float, signum: int, frame: Any) -> None:
+    raise TimedOut(f"--tc-timeout ran out after {seconds:g} s")
+
+
 def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise KeyboardInterrupt(signal.Signals(signum).name)

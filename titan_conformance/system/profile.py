@@ -24,6 +24,8 @@ from titan_conformance.model.args import ModelArgs
 from titan_conformance.trainer.grpo import GRPOConfig
 
 DTYPES = ("float32", "bfloat16")
+MAX_STEPS = 10_000
+"""Most GRPO steps a profile may ask for: a conformance run, not a training run."""
 BACKENDS = ("native", "vllm")
 
 
@@ -322,7 +324,7 @@ def _check(profile: Profile) -> None:
          "would differ between a healthy and a broken system)"),
         (profile.model.warmup_lr > 0, "model.warmup_lr", "> 0"),
         (profile.model.warmup_batch >= 1, "model.warmup_batch", ">= 1"),
-        (profile.run.steps >= 1, "run.steps", ">= 1"),
+        (1 <= profile.run.steps <= MAX_STEPS, "run.steps", f"from 1 to {MAX_STEPS} (--tc-timeout bounds a run's time)"),
         (s.num_prompts_per_step >= 1, "sampling.num_prompts_per_step", ">= 1"),
         (s.n >= 2, "sampling.n", ">= 2 (GRPO normalizes advantages within a group)"),
         (s.temperature >= 0, "sampling.temperature", ">= 0"),
@@ -473,16 +475,16 @@ def load_profile(name_or_path: str, variant: str | None = None) -> Profile:
     variants = data.pop("variants", {})
     if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
         raise ConformanceError(f"Profile {path}: [variants] must hold one table per variant, e.g. [variants.fp32].")
+    for name, override in variants.items():
+        if "name" in override or "variants" in override:
+            raise ConformanceError(f"Profile {data['name']!r}: variants.{name} cannot set name or variants.")
+        _build(Profile, override, f"variants.{name}")  # unknown keys and wrong types, named in the variant
     if variant:
         if variant not in variants:
             raise ConformanceError(
                 f"Profile {data['name']!r} has no variant {variant!r}; it has {', '.join(variants) or 'none'}."
             )
-        override = variants[variant]
-        if "name" in override or "variants" in override:
-            raise ConformanceError(f"Profile {data['name']!r}: variants.{variant} cannot set name or variants.")
-        _build(Profile, override, f"variants.{variant}")  # unknown keys and wrong types, named in the variant
-        data = _merged(data, override)
+        data = _merged(data, variants[variant])
         data["name"] = f"{data['name']}[{variant}]"
     profile = _build(Profile, data, "")
     _check(profile)

@@ -1,0 +1,60 @@
+"""Providers that are wrong in themselves (not systems with a planted fault): for the bad-input cases."""
+
+from __future__ import annotations
+
+import torch
+
+
+def returns_object(profile, device="cpu", model_path=None):
+    return object()
+
+
+def raises(profile, device="cpu", model_path=None):
+    raise RuntimeError("the provider's own bug")
+
+
+class _HalfASystem:
+    """Declares GRPO steps but has none of their methods; its close() fails too."""
+
+    name = "half"
+    capabilities = frozenset({"grpo"})
+    startup: dict = {}
+    device = torch.device("cpu")
+
+    def describe(self):
+        return {}
+
+    def close(self):
+        raise RuntimeError("close() of a broken provider")
+
+
+def half_a_protocol(profile, device="cpu", model_path=None):
+    return _HalfASystem()
+
+
+def slow_compile(profile, device="cpu", model_path=None):
+    """The reference system whose trainer compile takes a minute (and says when it has begun)."""
+    import time
+    from pathlib import Path
+
+    from titan_conformance.system.grpo_system import GRPOSystem
+
+    class SlowCompile(GRPOSystem):
+        def _compile_trainer(self):
+            Path("started").write_text("")
+            time.sleep(60)
+
+    return SlowCompile(profile, device=device, model_path=model_path)
+
+
+def fails_after_compile(profile, device="cpu", model_path=None):
+    """The reference system, compiled, whose GRPO steps raise."""
+    from titan_conformance.system.grpo_system import GRPOSystem
+
+    system = GRPOSystem(profile, device=device, model_path=model_path)
+
+    def step():
+        raise RuntimeError("planted: the run fails after compile")
+
+    system.step = step
+    return system

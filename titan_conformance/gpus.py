@@ -1,0 +1,53 @@
+"""Which GPUs and cores an xdist worker of the suite takes, decided before CUDA initializes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this process may use, read without initializing CUDA."""
+    if (env := os.environ.get("CUDA_VISIBLE_DEVICES")) is not None:
+        return [d for d in env.split(",") if d.strip()]
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+
+
+def worker_gpu_count() -> int:
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None or shutil.which("nvidia-smi"):
+        return len(visible_gpus())
+    return 0
+
+
+def worker_gpus(gpus: list[str], worker: str, count: int) -> list[str]:
+    """The GPUs of xdist worker `worker` (gw<i>) of `count`: an equal share, wrapping around when
+    workers outnumber GPUs (then workers share one)."""
+    index = int(worker.removeprefix("gw"))
+    per_worker = max(1, len(gpus) // count)
+    start = (index * per_worker) % len(gpus)
+    return gpus[start : start + per_worker]
+
+
+def pin_worker_gpus(worker: str, count: int, device_option: str) -> None:
+    """Gives xdist worker `worker` of `count` its own GPU(s) (within any CUDA_VISIBLE_DEVICES already set)."""
+    if device_option == "cpu":
+        return
+    if gpus := visible_gpus():
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(worker_gpus(gpus, worker, count))
+
+
+def share_cpu_threads(count: int) -> None:
+    """Each of `count` xdist workers' torch takes its share of the cores: n workers each running as
+    many threads as there are cores oversubscribe them, and small ops then spin and wait more than
+    they compute (a generate step 5x its bare step on 2 contended cores)."""
+    if count > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // count))

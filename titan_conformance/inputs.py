@@ -1,0 +1,112 @@
+"""The suite's inputs, checked once before anything is built: a bad one is a usage error (pytest's
+exit 4, one paragraph, printed once), never a FAIL per check, and never found only after a build.
+
+What cannot be known before building (a checkpoint whose tensors are corrupt, a provider that
+raises) becomes a single failed build in the report instead (`build.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from titan_conformance.errors import ConformanceError
+
+GENERATORS = ("native", "vllm", "auto")
+DEVICES = ("cpu", "cuda", "auto")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SuiteOptions:
+    """The `--tc-*` options of a session."""
+
+    suite: str
+    """Profile name or TOML path."""
+    model_path: str | None = None
+    """HF checkpoint directory overriding the profile's."""
+    generator: str | None = None
+    """Generator backend forced on the profile (None: the profile's)."""
+    device: str = "auto"
+    """cpu, cuda or auto."""
+    system: str | None = None
+    """Provider: module:factory or an entry-point name (None: ours)."""
+    seed: int | None = None
+    """Overrides the profile's seed."""
+    report_dir: str | None = None
+    """Where the report goes (None: ./reports/<timestamp>-<profile>/)."""
+    compile_cache: str | None = None
+    """A compile-cache file kept between runs."""
+    timeout: float | None = None
+    """Seconds after which the session stops with a partial report."""
+
+
+def suite_profile(options: SuiteOptions):
+    """The profile the session runs, with the options' overrides applied."""
+    from titan_conformance.system.profile import load_profile
+
+    profile = load_profile(options.suite)
+    if options.generator:
+        profile = dataclasses.replace(profile, generator=dataclasses.replace(profile.generator, backend=options.generator))
+    if options.seed is not None:
+        profile = dataclasses.replace(profile, seed=options.seed)
+    return profile
+
+
+def check_factory(factory: Callable[..., Any], spec: str) -> None:
+    """A provider factory takes `(profile, device=..., model_path=...)`."""
+    try:
+        inspect.signature(factory).bind(object(), device="cpu", model_path=None)
+    except TypeError as e:
+        raise ConformanceError(
+            f"System provider {spec!r} is not a factory: {getattr(factory, '__qualname__', factory)} cannot be "
+            f"called as factory(profile, device=..., model_path=...) ({e}). Point --tc-system at a function "
+            "that builds your system from a profile (see titan_conformance.provider)."
+        ) from None
+    except ValueError:  # a builtin without a signature: it is called, and a failure becomes a failed build
+        pass
+
+
+def writable_dir(path: Path, what: str) -> Path:
+    """`path` created if missing and shown writable by writing a file there, else a usage error."""
+    if path.exists() and not path.is_dir():
+        raise ConformanceError(f"{what} {path} is a file, not a folder; pass a folder (it is created if missing).")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".tc-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConformanceError(
+            f"{what} {path} is not writable ({e.strerror or e}); pass a writable folder with --tc-report-dir."
+        ) from None
+    return path
+
+
+def check_inputs(options: SuiteOptions, report_dir: Path) -> Any:
+    """The profile, after every input was checked: profile, checkpoint (its config, the TP degree
+    against its heads), provider, report folder, compile cache, timeout. ConformanceError on the
+    first bad one."""
+    from titan_conformance.compilation.cache import check_cache_path
+    from titan_conformance.provider import load_factory
+    from titan_conformance.system.profile import check_tp
+
+    profile = suite_profile(options)
+    checkpoint = options.model_path or (None if profile.model.checkpoint == "random" else profile.model.checkpoint)
+    if checkpoint:
+        from titan_conformance.data_files import resolve_checkpoint
+        from titan_conformance.model.checkpoint import read_model_args
+
+        where = f"--tc-model-path {checkpoint}" if options.model_path else f"profile {profile.name!r} model.checkpoint"
+        check_tp(read_model_args(resolve_checkpoint(checkpoint)), profile.parallel.tp, where)
+    check_factory(load_factory(options.system), options.system or "reference")
+    writable_dir(report_dir, "The report folder")
+    if options.compile_cache:
+        check_cache_path(Path(options.compile_cache))
+    if options.timeout is not None and not options.timeout > 0:
+        raise ConformanceError(f"--tc-timeout {options.timeout:g}: give a number of seconds > 0.")
+    return profile
