@@ -28,15 +28,19 @@ os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "0")
 import torch  # noqa: E402
 
 from titan_conformance.compilation import CompileConfig, CompileLedger, apply_regional_compile  # noqa: E402
-from titan_conformance.generator.capture_sizes import vllm_default_capture_sizes  # noqa: E402
+from titan_conformance.profile.cudagraph import vllm_default_capture_sizes  # noqa: E402
+from titan_conformance.generator.base import GeneratorConfig  # noqa: E402
 from titan_conformance.generator.native import NativeGenerator  # noqa: E402
+from titan_conformance.generator.qwen3 import qwen3_generator  # noqa: E402
+from titan_conformance.profile import CudagraphMode  # noqa: E402
 from titan_conformance.generator.sampling import sampling_tensors  # noqa: E402
 from titan_conformance.model import ModelArgs, Qwen3Model  # noqa: E402
 from titan_conformance.generator import sampling  # noqa: E402
 from titan_conformance.model.attention import KVCacheAttention  # noqa: E402
 from titan_conformance.model.cache_attention import sdpa_cache_attention  # noqa: E402
-from titan_conformance.system.grpo_system import STARTUP_PHASES, GRPOSystem  # noqa: E402
-from titan_conformance.system.profile import load_profile  # noqa: E402
+from titan_conformance.providers.grpo import STARTUP_PHASES
+from titan_conformance.providers.reference import build_system  # noqa: E402
+from titan_conformance.profile import load_profile  # noqa: E402
 
 
 def sync() -> None:
@@ -68,7 +72,9 @@ def compile_time(args: ModelArgs, dtype, device, regional: bool, batch: int, seq
 
 def capture_time(args, dtype, device, max_num_seqs: int, sizes: list[int]) -> tuple[float, int]:
     torch._dynamo.reset()
-    gen = NativeGenerator.for_qwen3(args, CompileConfig(), CompileLedger(), max_num_seqs, 160, device, dtype, "FULL", sizes)
+    config = GeneratorConfig(max_num_seqs=max_num_seqs, max_model_len=160, device=device, cudagraph_mode=CudagraphMode.FULL,
+                             capture_sizes=tuple(sizes))
+    gen = qwen3_generator(args, config=config, compile_config=CompileConfig(), ledger=CompileLedger(), dtype=dtype)
     gen.model.init_weights(0)
     sync()
     start = time.perf_counter()
@@ -93,10 +99,9 @@ def baseline_generator(
     """A generator with one FULL graph at max_num_seqs, its cache attention `attention`'s (None:
     ours), separate q/k/v and gate/up GEMMs unless `fused`, and PyTorch's sampling ops captured
     instead of our kernels when `torch_sampler`."""
-    gen = NativeGenerator.for_qwen3(
-        args, CompileConfig(), CompileLedger(), profile.max_num_seqs, profile.generator.max_model_len,
-        device, dtype, "FULL", [profile.max_num_seqs], stacked=fused,
-    )
+    config = GeneratorConfig(max_num_seqs=profile.max_num_seqs, max_model_len=profile.generator.max_model_len,
+                             device=device, cudagraph_mode=CudagraphMode.FULL, capture_sizes=(profile.max_num_seqs,))
+    gen = qwen3_generator(args, config=config, compile_config=CompileConfig(), ledger=CompileLedger(), dtype=dtype, stacked=fused)
     gen.wait_warm_start()  # before the attention class and the sampler are swapped below
     if attention is not None:
         for block in gen.model.layers:
@@ -194,7 +199,7 @@ def main() -> None:
         baselines[name] = decode_ms(baseline, bsz, "graph")
         del baseline
         torch.cuda.empty_cache()
-    system = GRPOSystem(profile, device="cuda")
+    system = build_system(profile, device="cuda")
     graph, replay, compiled, eager = (decode_ms(system.generator, bsz, how) for how in ("graph", "replay", "compiled", "eager"))
     rows.append((f"decode step, batch {bsz}", f"graph {graph:.2f} ms", f"eager {eager:.2f} ms", f"{eager / graph:.1f}x"))
     rows.append((f"decode step, batch {bsz}", f"graph {graph:.2f} ms", f"compiled, no graph {compiled:.2f} ms", f"{compiled / graph:.1f}x"))

@@ -38,11 +38,12 @@ from titan_conformance.checks.precision import check_precision_floor
 from titan_conformance.checks.speed import check_generate_overhead
 from titan_conformance.checks.weight_sync import check_weight_sync
 from titan_conformance.compilation import CompileConfig, CompileLedger
-from titan_conformance.generator.native import NativeGenerator
+from titan_conformance.generator.base import GeneratorConfig
+from titan_conformance.generator.qwen3 import qwen3_generator
 from titan_conformance.model import ModelArgs, Qwen3Model
 from titan_conformance.run import perform_run
-from titan_conformance.system.grpo_system import GRPOSystem
-from titan_conformance.system.profile import load_profile
+from titan_conformance.providers.reference import build_system
+from titan_conformance.profile import load_profile
 from titan_conformance.task import SortLettersTask, TaskTokenizer
 from titan_conformance.task.sort_letters import build_tokenizer
 from titan_conformance.task.warm_up import warm_up
@@ -106,8 +107,8 @@ def warmup_grid(profile, device, lrs, max_steps, seeds) -> list[dict]:
     task = SortLettersTask(tok)
     args = ModelArgs.from_hf_config(profile.model.config)
     torch_dtype = getattr(torch, profile.model.dtype)
-    gen = NativeGenerator.for_qwen3(args, CompileConfig(enable=False), CompileLedger(), 40,
-                                    profile.generator.max_model_len, device, torch_dtype)
+    config = GeneratorConfig(max_num_seqs=40, max_model_len=profile.generator.max_model_len, device=device)
+    gen = qwen3_generator(args, config=config, compile_config=CompileConfig(enable=False), ledger=CompileLedger(), dtype=torch_dtype)
     problems = task.validation_set(40)
     rows = []
     for lr in lrs:
@@ -245,7 +246,7 @@ def main() -> None:
                 run=dataclasses.replace(base.run, steps=opts.steps or base.run.steps),
             )
             start = time.perf_counter()
-            system = GRPOSystem(prof, device=opts.device)
+            system = build_system(prof, device=opts.device)
             entry = block.setdefault(seed, {"startup": dict(system.startup), "build_s": time.perf_counter() - start})
             try:
                 if opts.grpo_lrs and seed == seeds[0]:

@@ -8,13 +8,13 @@ Prints the max |difference| of the decode logprobs at each size: 0 means bit-ide
 import argparse
 import os
 
-from titan_conformance.system.grpo_system import GRPOSystem
-from titan_conformance.system.profile import load_profile
+from titan_conformance.providers.reference import build_system
+from titan_conformance.profile import load_profile
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--suite", default="tiny-cpu")
 opts = parser.parse_args()
-system = GRPOSystem(load_profile(opts.suite), device="cuda")
+system = build_system(load_profile(opts.suite), device="cuda")
 cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG", "default")
 for size in sorted(system.generator.graphs):
     diff = (system.probe_decode(size, "graph").logprobs - system.probe_decode(size, "compiled").logprobs).abs().max().item()

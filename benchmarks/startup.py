@@ -29,11 +29,12 @@ import torch
 from titan_conformance.compilation import CompileLedger
 from titan_conformance.compilation.cache import compile_cache_counters, restore_compile_cache, save_compile_cache
 from titan_conformance.data_files import resolve_checkpoint
-from titan_conformance.generator.native import NativeGenerator
+from titan_conformance.generator.base import GeneratorConfig
+from titan_conformance.generator.qwen3 import qwen3_generator
 from titan_conformance.model import ModelArgs
 from titan_conformance.model.checkpoint import read_model_args
-from titan_conformance.system.profile import load_profile
-from titan_conformance.system.timing import timed
+from titan_conformance.profile import load_profile
+from titan_conformance.timing import timed
 
 
 def main() -> None:
@@ -69,10 +70,8 @@ def main() -> None:
         with timed(phases, "device_init", device):
             torch.empty(1, device=device)
         with timed(phases, "build", device):
-            gen = NativeGenerator.for_qwen3(
-                args, compile_config, ledger, profile.max_num_seqs, profile.generator.max_model_len,
-                device, getattr(torch, profile.model.dtype), profile.cudagraph.mode, profile.capture_sizes,
-            )
+            gen = qwen3_generator(args, config=GeneratorConfig.from_profile(profile, device), compile_config=compile_config,
+                                  ledger=ledger, dtype=getattr(torch, profile.model.dtype))
         with timed(phases, "weight_load", device):  # seeded random: startup does not depend on values
             gen.model.init_weights(profile.seed)
         with timed(phases, "compile", device):  # prefill at the step's batch, then decode

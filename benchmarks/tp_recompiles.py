@@ -34,14 +34,17 @@ import torch
 from titan_conformance.checks.parity import flat
 from titan_conformance.checks.tp import tp_parity_verdicts, tp_recompile_verdict
 from titan_conformance.compilation.ledger import CompileLedger
-from titan_conformance.parallel.launch import LaunchTiming, RankError, run_ranks, smoke
-from titan_conformance.parallel.probe import run_tp
-from titan_conformance.system.profile import load_profile
+from titan_conformance.parallel.launch import LaunchTiming, RankError, run_ranks
+from titan_conformance.parallel.tp_run import run_tp
+from titan_conformance.profile import CudagraphMode, load_profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from tp_probes import smoke  # noqa: E402  (the launcher's smoke test: the cost of a bare process group)
 
 DEFAULT_SUITE = Path(__file__).resolve().parent.parent / "suites" / "tiny-cpu-tp2.toml"
 
 
-def measure(profile, backend: str, unwrap: bool, steps: int, device: str, timeout: float = 560.0) -> dict:
+def measure(profile, spec: str | None, backend: str, unwrap: bool, steps: int, device: str, timeout: float = 560.0) -> dict:
     profile = dataclasses.replace(
         profile,
         compile=dataclasses.replace(profile.compile, backend=backend, recompile_limit=64),
@@ -49,7 +52,7 @@ def measure(profile, backend: str, unwrap: bool, steps: int, device: str, timeou
     )
     timing, start = LaunchTiming(), time.perf_counter()
     try:
-        results = run_tp(profile, steps=steps, device=device, timing=timing, timeout=timeout)
+        results = run_tp(profile, spec, steps=steps, device=device, timing=timing, timeout=timeout)
     except RankError as e:  # the first line names the failure; the rest holds the ranks' tracebacks
         return {"error": str(e).splitlines()[0], "error_detail": str(e)[-6000:],
                 "seconds": time.perf_counter() - start}
@@ -82,8 +85,11 @@ def main(argv=None) -> int:
     ap.add_argument("--tp", type=int, default=None)
     ap.add_argument("--cudagraph", default=None, help="NONE, FULL or FULL_DECODE_ONLY")
     ap.add_argument("--timeout", type=float, default=560.0, help="seconds per configuration")
+    ap.add_argument("--system", default=None, help="provider (module:factory or entry point; default ours)")
     args = ap.parse_args(argv)
     profile = load_profile(args.suite)
+    if args.cudagraph is not None:
+        args.cudagraph = CudagraphMode(args.cudagraph)
     if args.tp is not None:
         profile = dataclasses.replace(profile, parallel=dataclasses.replace(profile.parallel, tp=args.tp))
     if args.cudagraph is not None:
@@ -101,7 +107,7 @@ def main(argv=None) -> int:
           + ", ".join(f"{s:.2f}s" for s in spawn), flush=True)
     for config in args.configs.split(","):
         backend_name, mode = config.split(":")
-        result = measure(profile, backend_name, mode == "unwrap", args.steps, args.device, args.timeout)
+        result = measure(profile, args.system, backend_name, mode == "unwrap", args.steps, args.device, args.timeout)
         report[config] = result
         print(f"\n=== {config}: {result['seconds']:.1f}s", flush=True)
         for key in ("error", "errors", "compiles_per_region", "observed_max", "recommended_recompile_limit",

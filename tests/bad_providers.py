@@ -37,21 +37,22 @@ def slow_compile(profile, device="cpu", model_path=None):
     import time
     from pathlib import Path
 
-    from titan_conformance.system.grpo_system import GRPOSystem
+    from titan_conformance.providers.grpo import GRPOSystem
+    from titan_conformance.providers.reference.stack import ReferenceStack
 
-    class SlowCompile(GRPOSystem):
-        def _compile_trainer(self):
+    class SlowCompile(ReferenceStack):
+        def compile_trainer(self, ctx, trainer):
             Path("started").write_text("")
             time.sleep(60)
 
-    return SlowCompile(profile, device=device, model_path=model_path)
+    return GRPOSystem(profile, SlowCompile(), device=device, model_path=model_path)
 
 
 def fails_after_compile(profile, device="cpu", model_path=None):
     """The reference system, compiled, whose GRPO steps raise."""
-    from titan_conformance.system.grpo_system import GRPOSystem
+    from titan_conformance.providers.reference import build_system
 
-    system = GRPOSystem(profile, device=device, model_path=model_path)
+    system = build_system(profile, device=device, model_path=model_path)
 
     def step():
         raise RuntimeError("planted: the run fails after compile")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from titan_conformance.gpus import share_cpu_threads
-from titan_conformance.system.grpo_system import GRPOSystem
-from titan_conformance.system.profile import Profile, load_profile
+from titan_conformance.providers.reference import build_system
+from titan_conformance.profile import Profile, load_profile
 
 
 def tiny_profile(**compile_changes) -> Profile:
@@ -21,13 +21,13 @@ def tiny_profile(**compile_changes) -> Profile:
 @pytest.fixture(scope="session")
 def compiled_system():
     """The default profile's system, regionally compiled with Inductor."""
-    with GRPOSystem(tiny_profile()) as system:
+    with build_system(tiny_profile()) as system:
         yield system
 
 
 @pytest.fixture(scope="session")
 def eager_system():
-    with GRPOSystem(tiny_profile(enable=False)) as system:
+    with build_system(tiny_profile(enable=False)) as system:
         yield system
 
 

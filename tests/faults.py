@@ -12,12 +12,13 @@ import torch
 import torch.nn.functional as F
 
 from titan_conformance.model.attention import _expand_kv
-from titan_conformance.system.grpo_system import GRPOSystem
+from titan_conformance.providers.grpo import GRPOSystem
+from titan_conformance.providers.reference import build_system
 
 
 def skipped_weight_sync(profile, **kw) -> GRPOSystem:
     """The trainer trains, the generator never hears of it."""
-    system = GRPOSystem(profile, **kw)
+    system = build_system(profile, **kw)
     system.sync_weights = lambda: None
     return system
 
@@ -35,7 +36,7 @@ class _PackedAttention(torch.nn.Module):
 
 
 def packed_trainer_attention(profile, **kw) -> GRPOSystem:
-    system = GRPOSystem(profile, **kw)
+    system = build_system(profile, **kw)
     system.trainer.model.set_inner_attention(lambda _: _PackedAttention())
     return system
 
@@ -50,7 +51,7 @@ def recaptured(system: GRPOSystem) -> GRPOSystem:
 def stale_decode_cache(profile, **kw) -> GRPOSystem:
     """Decode steps attend over the cache but leave nothing in it: each step's key/value writes are
     undone after the step (graphs recaptured so), so no later step sees an earlier decoded token."""
-    system = GRPOSystem(profile, **kw)
+    system = build_system(profile, **kw)
     gen = system.generator
     caches = [block.self_attn.inner_attention for block in gen.model.layers]
 
@@ -69,7 +70,7 @@ def stale_decode_cache(profile, **kw) -> GRPOSystem:
 def padding_leaks_into_real_rows(profile, **kw) -> GRPOSystem:
     """A decode slot mapping that sends padding rows (the only decode tokens at position 0) to row
     0's first slot: the padded rows of a captured batch overwrite a real row's first key/value."""
-    system = GRPOSystem(profile, **kw)
+    system = build_system(profile, **kw)
     gen = system.generator
 
     def leaky_slots(positions):
@@ -85,7 +86,7 @@ def padding_leaks_into_real_rows(profile, **kw) -> GRPOSystem:
 def generator_rows_not_flattened(profile, **kw) -> GRPOSystem:
     """The generator feeds its blocks [B, S] rows again, each token with its slot, instead of one
     flat row of tokens: a decode step's S = 1 is then a shape class of its own (one more compile)."""
-    system = GRPOSystem(profile, **kw)
+    system = build_system(profile, **kw)
     gen = system.generator
 
     def forward_step(tokens, positions):
@@ -99,7 +100,7 @@ def generator_rows_not_flattened(profile, **kw) -> GRPOSystem:
 def stale_kv_cache_after_capture(profile, **kw) -> GRPOSystem:
     """The cache is 'reset' by allocating new buffers after capture: the graphs keep reading the
     old ones, while the compiled step without a graph reads the new ones."""
-    system = GRPOSystem(profile, **kw)
+    system = build_system(profile, **kw)
     for block in system.generator.model.layers:
         attn = block.self_attn.inner_attention
         attn.k_cache = torch.zeros_like(attn.k_cache)
@@ -110,7 +111,7 @@ def stale_kv_cache_after_capture(profile, **kw) -> GRPOSystem:
 def sampler_ignores_noise(profile, **kw) -> GRPOSystem:
     """A decode step whose sampler drops the Gumbel noise (greedy whatever the temperature), captured
     in every graph: every mode agrees, only the sampler's own output gives it away."""
-    system = GRPOSystem(profile, **kw)
+    system = build_system(profile, **kw)
     gen = system.generator
 
     def greedy_step(tokens, positions, noise, divisor, noise_scale):
@@ -121,7 +122,7 @@ def sampler_ignores_noise(profile, **kw) -> GRPOSystem:
 
 
 def capture_size_left_out(profile, **kw) -> GRPOSystem:
-    system = GRPOSystem(profile, **kw)
+    system = build_system(profile, **kw)
     left_out = system.generator.capture_sizes[len(system.generator.capture_sizes) // 2]
     system.generator.capture_sizes.remove(left_out)
     del system.generator.graphs[left_out]
@@ -133,9 +134,9 @@ def capture_size_left_out(profile, **kw) -> GRPOSystem:
 
 def torchtitan_rope_mismatch(profile, **kw):
     """The generator's torchtitan blocks rotate with twice the trainer's RoPE theta."""
-    from titan_conformance.torchtitan_system.system import TorchtitanSystem
+    from titan_conformance.providers.torchtitan import build_system as torchtitan_system
 
-    system = TorchtitanSystem(profile, **kw)
+    system = torchtitan_system(profile, **kw)
     scale_generator_rope_theta(system, 2.0)
     return system
 
@@ -156,26 +157,27 @@ def torchtitan_generator_compiled_differently(profile, **kw):
     """torchtitan's apply_compile runs for the generator with another backend than the trainer's."""
     import dataclasses
 
-    import titan_conformance.torchtitan_system.system as tt_system
+    import titan_conformance.providers.torchtitan.stack as tt_stack
+    from titan_conformance.providers.torchtitan import build_system as torchtitan_system
 
-    real = tt_system.compile_blocks
+    real = tt_stack.compile_blocks
 
     def compile_blocks(api, model, config, ledger, role):
         if role == "generator":
             config = dataclasses.replace(config, backend="aot_eager" if config.backend != "aot_eager" else "inductor")
         return real(api, model, config, ledger, role)
 
-    tt_system.compile_blocks = compile_blocks
+    tt_stack.compile_blocks = compile_blocks
     try:
-        return tt_system.TorchtitanSystem(profile, **kw)
+        return torchtitan_system(profile, **kw)
     finally:
-        tt_system.compile_blocks = real
+        tt_stack.compile_blocks = real
 
 
 def torchtitan_policy_without_max_num_seqs(profile, **kw):
     """torchtitan's capture-size policy, changed (as a PR might) to powers of 2 only: the step's
     batch of max_num_seqs sequences has no graph of its own."""
-    import titan_conformance.torchtitan_system.capture_policy as policy
+    import titan_conformance.providers.torchtitan.capture_policy as policy
 
     real = policy._sizes
 
@@ -184,9 +186,9 @@ def torchtitan_policy_without_max_num_seqs(profile, **kw):
 
     policy._sizes = powers_of_two_only
     try:
-        from titan_conformance.torchtitan_system.system import TorchtitanSystem
+        from titan_conformance.providers.torchtitan import build_system as torchtitan_system
 
-        return TorchtitanSystem(profile, **kw)
+        return torchtitan_system(profile, **kw)
     finally:
         policy._sizes = real
 
@@ -271,7 +273,7 @@ def plant_slow_generate(system):
 
 def _planted(plant, *args):
     def factory(profile, **kw) -> GRPOSystem:
-        system = GRPOSystem(profile, **kw)
+        system = build_system(profile, **kw)
         plant(system, *args)
         return system
 
@@ -289,7 +291,7 @@ slow_generate = _planted(plant_slow_generate)
 
 def nan_reward(profile, **kw) -> GRPOSystem:
     """Every 50th reward is NaN (a verifier that divides by zero on some answers)."""
-    system = GRPOSystem(profile, **kw)
+    system = build_system(profile, **kw)
     real, calls = system.task.reward, [0]
 
     def reward(problem, completion_ids):
@@ -309,26 +311,26 @@ def generator_compiled_with_other_options(profile, **kw) -> GRPOSystem:
     tunes only the generator's compile might): other kernels, other rounding."""
     import dataclasses
 
-    import titan_conformance.generator.native as native
+    import titan_conformance.generator.qwen3 as qwen3
 
-    real = native.apply_regional_compile
+    real = qwen3.apply_regional_compile
 
     def compile_generator(model, config, ledger, role):
         if role == "generator":
             config = dataclasses.replace(config, options={"max_autotune_pointwise": True})
         return real(model, config, ledger, role)
 
-    native.apply_regional_compile = compile_generator
+    qwen3.apply_regional_compile = compile_generator
     try:
-        return GRPOSystem(profile, **kw)
+        return build_system(profile, **kw)
     finally:
-        native.apply_regional_compile = real
+        qwen3.apply_regional_compile = real
 
 
 def eager_generator(profile, **kw) -> GRPOSystem:
     """The generator's compiled blocks are bypassed after startup (a force_eager stance around
     generation, as a debugging change left in might): every compile count stays clean."""
-    system = GRPOSystem(profile, **kw)
+    system = build_system(profile, **kw)
     real = system.generator.generate
 
     def generate(*args, **kwargs):
@@ -341,7 +343,7 @@ def eager_generator(profile, **kw) -> GRPOSystem:
 
 def graphs_never_replayed(profile, **kw) -> GRPOSystem:
     """Graphs are captured (and pass every probe) but the decode loop never replays them."""
-    system = GRPOSystem(profile, **kw)
+    system = build_system(profile, **kw)
     gen = system.generator
     real = gen.run_decode
     gen.run_decode = lambda *args, use_graph=True, want_all=False: real(*args, use_graph=False, want_all=want_all)

@@ -13,12 +13,11 @@ from titan_conformance.checks.cudagraphs import capture_set_verdict
 from titan_conformance.checks.parity import parity_verdict
 from titan_conformance.checks.recompiles import recompile_verdict
 from titan_conformance.checks.result import CheckResult
-from titan_conformance.compilation.ledger import CompileEvent
 from titan_conformance.report.collect import check_record, run_record
 from titan_conformance.report.merge import ReportStore
 from titan_conformance.run import ConformanceRun
-from titan_conformance.system.grpo_system import StepRecord
-from titan_conformance.system.profile import Budget, Tolerance, load_profile
+from titan_conformance.protocol import CaptureSizes, CompileEvent, StepRecord
+from titan_conformance.profile import Budget, Tolerance, load_profile
 from titan_conformance.task import Reward
 
 EVENTS = [
@@ -40,19 +39,18 @@ def fake_run(seed: int = 0, steps: int = 4, slow: float = 1.0) -> ConformanceRun
         records.append(StepRecord(i + 1, 0.01, Reward(0.6, 0.3), 7.0, diff, times, torch.arange(n) % 12))
     system = SimpleNamespace(
         name="reference", device=torch.device("cpu"),
-        capabilities=frozenset({"grpo", "compile_ledger", "startup_phases", "cudagraphs"}),
+        capabilities=frozenset({"grpo", "compile_ledger", "startup_phases", "cudagraphs", "capture_policy"}),
         startup={p: s * slow for p, s in
                  {"build": 1.0, "weight_load": 0.2, "compile": 8.0, "capture": 0.6, "first_generate": 0.4}.items()},
         describe=lambda: {"provider": "reference", "generator": "native", "device": "cpu", "dtype": "float32"},
-        cudagraph_sizes=lambda: ([1, 2, 4, 8], [1, 2, 4, 8]),
-        captures=SimpleNamespace(seconds={1: 0.1, 2: 0.1, 4: 0.15, 8: 0.25}),
+        cudagraph_sizes=lambda: CaptureSizes([1, 2, 4, 8], [1, 2, 4, 8], {1: 0.1, 2: 0.1, 4: 0.15, 8: 0.25}),
     )
     return ConformanceRun(system, records, Reward(0.6, 0.3), Reward(0.7, 0.3), list(EVENTS), [], None)
 
 
 def _checks(run: ConformanceRun, slow: float) -> dict[str, CheckResult]:
     diff = torch.cat([r.logprob_diff for r in run.records])
-    tol = Tolerance(1e-4, 1e-5, 1e-6)
+    tol = Tolerance(max_abs=1e-4, p99_abs=1e-5, mean_abs=1e-6)
     per_size = {s: {"graph_vs_compiled_max_abs": 0.0, "graph_vs_eager_max_abs": 2e-6 * s, "finite": True}
                 for s in (1, 2, 4, 8)}
     per_size["3 (padded)"] = {"graph_vs_eager_max_abs": 3e-6, "finite": True}
@@ -60,7 +58,7 @@ def _checks(run: ConformanceRun, slow: float) -> dict[str, CheckResult]:
         "test_logprob_parity.py::test_trainer_matches_generator_on_sampled_rollouts":
             parity_verdict("logprob_parity", "trainer vs generator logprobs", diff, tol, False),
         "test_recompile_budget.py::test_recompiles_within_limit": recompile_verdict(run.compile_events, [], 8),
-        "test_cudagraphs.py::test_captured_sizes_are_the_policys": capture_set_verdict([1, 2, 4, 8], [1, 2, 4, 8]),
+        "test_cudagraphs.py::test_captured_sizes_are_the_policys": capture_set_verdict(CaptureSizes([1, 2, 4, 8], [1, 2, 4, 8])),
         "test_cudagraphs.py::test_replay_matches_eager_at_every_capture_size": CheckResult(
             "cudagraph_equivalence", True, "replay matches", {"per_size": per_size}, {"max_abs": 1e-4}),
         "test_budgets.py::test_startup_and_step_time_within_budget": budget_verdict(

@@ -21,8 +21,9 @@ def test_bad_input_is_a_clear_error(case, tmp_path):
     assert proc.returncode == case.exit_code, out[-3000:]
     assert case.phrase in out, out[-3000:]
     assert "Traceback" not in out and "During handling of the above exception" not in out, out[-3000:]
-    if case.once:
-        assert out.count(case.phrase) <= 2, out[-3000:]  # the message, and at most the report's summary line
+    if case.once:  # the message and at most the report's line; pytest's own one-line index of errors aside
+        body = out.split("short test summary info")[0]
+        assert body.count(case.phrase) <= 2, out[-3000:]
     if case.exit_code == FAILED:  # one failed build, in a report that says what was built where
         report = json.loads((tmp_path / "report" / "report.json").read_text())
         assert report["summary"]["failed"] + report["summary"]["error"] == 1, report["summary"]

@@ -11,7 +11,7 @@ from report_samples import sample_report
 from titan_conformance.checks.budgets import budget_verdict, gpu_class, measured, proposed_budget
 from titan_conformance.cli import main
 from titan_conformance.data_files import data_dir
-from titan_conformance.system.profile import load_profile
+from titan_conformance.profile import load_profile
 
 
 @pytest.mark.parametrize(

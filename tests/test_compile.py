@@ -55,11 +55,14 @@ def test_generator_compiles_once_for_prefill_decode_batch_one_and_graph_inputs()
     a one-token step is padded to two (Dynamo specializes a size of 1); generate() and a captured
     graph feed the decode step differently (a step's positions vs a static buffer), and a view among
     the block's inputs would guard on its base. One compile for all of it."""
-    from titan_conformance.generator.native import NativeGenerator
+    from titan_conformance.generator.base import GeneratorConfig
+    from titan_conformance.generator.qwen3 import qwen3_generator
     from titan_conformance.generator.sampling import sampling_tensors
 
     with CompileLedger() as ledger:
-        gen = NativeGenerator.for_qwen3(ARGS.replace(n_layers=2), CompileConfig(), ledger, 4, 16, torch.device("cpu"), torch.float32)
+        config = GeneratorConfig(max_num_seqs=4, max_model_len=16, device=torch.device("cpu"))
+        gen = qwen3_generator(ARGS.replace(n_layers=2), config=config, compile_config=CompileConfig(), ledger=ledger,
+                              dtype=torch.float32)
         gen.model.init_weights(0)
         gen.generate([[1, 2, 3], [4, 5]], n=2, max_tokens=3, temperature=1.0, seed=0, eos_id=0)
         static = (torch.zeros(4, 1, dtype=torch.long), torch.full((4, 1), 5), torch.zeros(4, 16))

@@ -12,8 +12,8 @@ import torch
 
 import faults
 from titan_conformance.checks.cudagraphs import capture_set_verdict, check_graph_equivalence
-from titan_conformance.system.grpo_system import GRPOSystem
-from titan_conformance.system.profile import load_profile
+from titan_conformance.providers.reference import build_system
+from titan_conformance.profile import load_profile
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device for CUDA graphs")
 
@@ -28,9 +28,9 @@ def build(factory):
 
 
 def test_healthy_graphs_match_at_every_size():
-    system = build(GRPOSystem)
+    system = build(build_system)
     try:
-        assert capture_set_verdict(*system.cudagraph_sizes()).passed
+        assert capture_set_verdict(system.cudagraph_sizes()).passed
         result = check_graph_equivalence(system, system.profile)
         assert result.passed, result.message
         assert len(result.metrics["per_size"]) > len(system.profile.capture_sizes)  # padded batches too
@@ -41,7 +41,7 @@ def test_healthy_graphs_match_at_every_size():
 @pytest.mark.parametrize(
     "fault, check, cause",
     [
-        (faults.capture_size_left_out, lambda s: capture_set_verdict(*s.cudagraph_sizes()), "missing ["),
+        (faults.capture_size_left_out, lambda s: capture_set_verdict(s.cudagraph_sizes()), "missing ["),
         (faults.padding_leaks_into_real_rows, lambda s: check_graph_equivalence(s, s.profile), "padding leaks"),
         (faults.stale_kv_cache_after_capture, lambda s: check_graph_equivalence(s, s.profile), "replay differs from the same compiled step"),
         (faults.sampler_ignores_noise, lambda s: check_graph_equivalence(s, s.profile), "the captured sampler is wrong"),
@@ -67,9 +67,9 @@ def test_the_runs_decode_steps_replay_graphs_and_cost_about_a_replay():
     from titan_conformance.checks.cudagraphs import graph_replay_verdict
     from titan_conformance.checks.speed import check_generate_overhead
 
-    run, system = run_steps(GRPOSystem)
+    run, system = run_steps(build_system)
     try:
-        replays = graph_replay_verdict(run.records, system.cudagraph_sizes()[1])
+        replays = graph_replay_verdict(run.records, system.cudagraph_sizes().captured)
         speed = check_generate_overhead(run, system.profile)
     finally:
         system.close()
@@ -82,7 +82,7 @@ def test_graphs_the_decode_loop_never_replays_fail_the_replay_check():
 
     run, system = run_steps(faults.graphs_never_replayed)
     try:
-        result = graph_replay_verdict(run.records, system.cudagraph_sizes()[1])
+        result = graph_replay_verdict(run.records, system.cudagraph_sizes().captured)
     finally:
         system.close()
     assert not result.passed and "ran without their captured FULL graph" in result.message, result.message

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from titan_conformance.checks.cudagraphs import capture_set_verdict
+from titan_conformance.protocol import CaptureSizes
 from titan_conformance.errors import ConformanceError
-from titan_conformance.generator.capture_sizes import padded_size, policy_capture_sizes, vllm_default_capture_sizes
+from titan_conformance.profile.cudagraph import padded_size, policy_capture_sizes, vllm_default_capture_sizes
 
 
 def test_policy_is_powers_of_two_plus_max_num_seqs_and_cap():
@@ -28,16 +29,16 @@ def test_batches_pad_up_to_the_next_size_and_run_without_a_graph_above():
 
 
 def test_capture_set_verdict_names_a_size_left_out():
-    result = capture_set_verdict([1, 2, 4, 8, 16, 32, 40], [1, 2, 4, 16, 32, 40])
+    result = capture_set_verdict(CaptureSizes([1, 2, 4, 8, 16, 32, 40], [1, 2, 4, 16, 32, 40]))
     assert not result.passed and "missing [8]" in result.message
-    assert capture_set_verdict([1, 2], [1, 2]).passed
+    assert capture_set_verdict(CaptureSizes([1, 2], [1, 2])).passed
 
 
 def test_sampler_errors_catch_a_sampler_that_drops_its_noise():
     """The sampler part of the graph-equivalence check, on CPU: the PyTorch sampler's own output
     passes; greedy tokens and a logprob at the wrong temperature are each caught."""
     from titan_conformance.checks.cudagraphs import SAMPLER_MAX_ABS, sampler_errors
-    from titan_conformance.generator.native import DecodeProbe
+    from titan_conformance.protocol import DecodeProbe
     from titan_conformance.generator.sampling import all_logprobs, gumbel_noise, sample_tokens, sampling_tensors
 
     torch.manual_seed(0)

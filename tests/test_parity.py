@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from titan_conformance.system.grpo_system import rollout_batch
+from titan_conformance.providers.grpo import rollout_batch
 
 TOLERANCE = 1e-4
 

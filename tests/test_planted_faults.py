@@ -18,8 +18,8 @@ from titan_conformance.checks.parity import check_logprob_parity
 from titan_conformance.checks.recompiles import check_recompile_budget
 from titan_conformance.checks.weight_sync import check_weight_sync
 from titan_conformance.run import perform_run
-from titan_conformance.system.grpo_system import GRPOSystem
-from titan_conformance.system.profile import Budget, load_profile
+from titan_conformance.providers.reference import build_system
+from titan_conformance.profile import Budget, load_profile
 
 STEPS = 3
 
@@ -41,7 +41,7 @@ def run_with(factory, prof):
 @pytest.fixture(scope="module")
 def healthy():
     prof = profile()
-    run, system = run_with(GRPOSystem, prof)
+    run, system = run_with(build_system, prof)
     yield run, prof
     system.close()
 
@@ -126,7 +126,7 @@ def test_budgets_skip_when_the_device_class_has_none(healthy):
 
 def test_learning_check_catches_a_policy_that_does_not_move():
     prof = profile(steps=2, grpo={"lr": 1e-12})
-    run, system = run_with(GRPOSystem, prof)
+    run, system = run_with(build_system, prof)
     system.close()
     result = check_learning(run, prof)
     assert not result.passed and "GRPO did not learn" in result.message
@@ -141,7 +141,7 @@ def test_recompile_check_catches_shape_that_changes_every_step():
     """Static shapes (dynamic=False): every new prompt/completion length compiles the trainer's block
     again; past the limit Dynamo silently falls back to eager. The check fails and prints the ledger."""
     prof = compiled_profile(dynamic=False, fullgraph=False, recompile_limit=3, backend="aot_eager")
-    run, system = run_with(GRPOSystem, prof)
+    run, system = run_with(build_system, prof)
     system.close()
     result = check_recompile_budget(run, prof)
     assert not result.passed
@@ -152,7 +152,7 @@ def test_recompile_check_catches_shape_that_changes_every_step():
 def test_recompile_check_reports_a_fullgraph_limit_failure():
     """Under fullgraph the limit is a hard error mid-run; the check reports it with the ledger."""
     prof = compiled_profile(dynamic=False, fullgraph=True, recompile_limit=3, backend="aot_eager")
-    run, system = run_with(GRPOSystem, prof)
+    run, system = run_with(build_system, prof)
     system.close()
     assert run.error and len(run.records) < prof.run.steps  # stopped by the limit
     result = check_recompile_budget(run, prof)
@@ -165,7 +165,7 @@ ONE_GENERATOR_GRAPH = {"trainer": 2, "generator": 1}  # fwd+bwd and no-grad; pre
 def test_recompile_check_passes_on_the_same_run_with_dynamic_shapes():
     prof = compiled_profile(dynamic=True, fullgraph=True, recompile_limit=3, backend="aot_eager",
                             max_compiles=ONE_GENERATOR_GRAPH)
-    run, system = run_with(GRPOSystem, prof)
+    run, system = run_with(build_system, prof)
     system.close()
     result = check_recompile_budget(run, prof)
     assert result.passed, result.message

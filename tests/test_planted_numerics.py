@@ -20,15 +20,15 @@ from titan_conformance.checks.precision import check_precision_floor
 from titan_conformance.checks.weight_sync import check_weight_sync
 from titan_conformance.data_files import fixture_path
 from titan_conformance.report.collect import run_record
-from titan_conformance.system.grpo_system import GRPOSystem
-from titan_conformance.system.profile import Tolerance
+from titan_conformance.providers.reference import build_system
+from titan_conformance.profile import Tolerance
 from test_planted_faults import profile, run_with
 
 
 @pytest.fixture(scope="module")
 def healthy_floor():
     prof = profile(steps=1)
-    with GRPOSystem(prof) as system:
+    with build_system(prof) as system:
         yield check_precision_floor(system, prof)
 
 
@@ -73,7 +73,7 @@ def nan_checkpoint(tmp_path):
 
 def test_a_nan_checkpoint_fails_every_parity_check_and_keeps_the_run_data(tmp_path):
     prof = profile(steps=2)
-    run, system = run_with(lambda p: GRPOSystem(p, model_path=str(nan_checkpoint(tmp_path))), prof)
+    run, system = run_with(lambda p: build_system(p, model_path=str(nan_checkpoint(tmp_path))), prof)
     try:
         results = [check_logprob_parity(run, prof), check_run_finite(run), check_precision_floor(system, prof)]
         results += [check(system, prof) for check in (check_batch_invariance, check_prefill_decode, check_weight_sync)]

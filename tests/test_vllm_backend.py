@@ -46,8 +46,8 @@ def test_suite_checks_pass_on_vllm_with_our_compiled_model(pytester, monkeypatch
 
 @needs_vllm
 def test_engine_shuts_down_cleanly_and_syncs_weights_in_place():
-    from titan_conformance.system.grpo_system import GRPOSystem
-    from titan_conformance.system.profile import load_profile
+    from titan_conformance.providers.reference import build_system
+    from titan_conformance.profile import load_profile
 
     base = load_profile("tiny-cpu")
     profile = dataclasses.replace(
@@ -56,7 +56,7 @@ def test_engine_shuts_down_cleanly_and_syncs_weights_in_place():
         generator=dataclasses.replace(base.generator, backend="vllm"),
     )
     children_before = {p.pid for p in psutil.Process().children(recursive=True)}
-    system = GRPOSystem(profile)
+    system = build_system(profile)
     assert system.describe()["generator"].startswith("vllm ")
     engine = system.generator.llm
     record = system.step()  # trains and syncs through reload_weights

@@ -12,11 +12,16 @@ import torch
 
 from titan_conformance.compilation import CompileConfig, CompileLedger
 from titan_conformance.compilation.warm_start import WarmStart, start_warm_start
-from titan_conformance.generator import native
+from titan_conformance.generator import qwen3
+from titan_conformance.generator.base import GeneratorConfig
 from titan_conformance.generator.native import NativeGenerator
+from titan_conformance.generator.qwen3 import qwen3_generator
 from titan_conformance.model import ModelArgs
 
 TINY = ModelArgs(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=16, hidden_dim=64, vocab_size=40)
+from titan_conformance.profile import CudagraphMode
+
+CPU_CONFIG = GeneratorConfig(max_num_seqs=2, max_model_len=16, device=torch.device("cpu"))
 
 
 def test_failed_warm_up_is_a_warning_and_the_others_still_run():
@@ -38,10 +43,9 @@ def cpu_generator(monkeypatch, warm_ups, **compile_changes) -> tuple[NativeGener
     """A CPU generator whose warm start runs `warm_ups` (on CPU there is none otherwise), and the
     order in which warm-ups and forwards happened."""
     order: list[str] = []
-    monkeypatch.setattr(native, "start_warm_start", lambda device, backend, _: WarmStart(device, warm_ups(order)))
-    gen = NativeGenerator.for_qwen3(
-        TINY, CompileConfig(enable=False, **compile_changes), CompileLedger(), 2, 16, torch.device("cpu"), torch.float32,
-    )
+    monkeypatch.setattr(qwen3, "start_warm_start", lambda device, backend, _: WarmStart(device, warm_ups(order)))
+    gen = qwen3_generator(TINY, config=CPU_CONFIG, compile_config=CompileConfig(enable=False, **compile_changes),
+                          ledger=CompileLedger(), dtype=torch.float32)
     forward = gen._forward
     gen._forward = lambda *flat: (order.append("forward"), forward(*flat))[1]
     return gen, order
@@ -74,9 +78,8 @@ def test_warm_start_off_starts_nothing(monkeypatch):
 
 def test_no_warm_start_off_cuda():
     assert start_warm_start(torch.device("cpu"), "inductor", [lambda: None]) is None
-    gen = NativeGenerator.for_qwen3(
-        TINY, CompileConfig(enable=False), CompileLedger(), 2, 16, torch.device("cpu"), torch.float32,
-    )
+    gen = qwen3_generator(TINY, config=CPU_CONFIG, compile_config=CompileConfig(enable=False), ledger=CompileLedger(),
+                          dtype=torch.float32)
     assert gen.warm_start is None
 
 
@@ -94,9 +97,9 @@ def test_warm_start_compiles_the_variants_the_generator_launches():
     # A head_dim, group and vocabulary of its own: no other test compiled these variants before.
     args = ModelArgs(dim=96, n_layers=2, n_heads=6, n_kv_heads=2, head_dim=48, hidden_dim=128, vocab_size=777)
     before = [_variants(k) for k in kernels]
-    gen = NativeGenerator.for_qwen3(
-        args, CompileConfig(), CompileLedger(), 4, 32, torch.device("cuda"), torch.bfloat16, "FULL", [1, 2, 4],
-    )
+    config = GeneratorConfig(max_num_seqs=4, max_model_len=32, device=torch.device("cuda"),
+                             cudagraph_mode=CudagraphMode.FULL, capture_sizes=(1, 2, 4))
+    gen = qwen3_generator(args, config=config, compile_config=CompileConfig(), ledger=CompileLedger(), dtype=torch.bfloat16)
     gen.wait_warm_start()
     warmed = [_variants(k) for k in kernels]
     assert [w - b for w, b in zip(warmed, before)] == [2, 1, 1]  # attention: a token per program; tiles

@@ -40,13 +40,13 @@ def test_weights_detached_from_their_stack_are_caught():
 
     from titan_conformance.compilation import CompileConfig, CompileLedger
     from titan_conformance.errors import ConformanceError
-    from titan_conformance.generator.native import NativeGenerator
+    from titan_conformance.generator.base import GeneratorConfig
+    from titan_conformance.generator.qwen3 import qwen3_generator
     from titan_conformance.model import ModelArgs
 
     args = ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, hidden_dim=64, vocab_size=50)
-    gen = NativeGenerator.for_qwen3(
-        args, CompileConfig(enable=False), CompileLedger(), 2, 16, torch.device("cpu"), torch.float32
-    )
+    gen = qwen3_generator(args, config=GeneratorConfig(max_num_seqs=2, max_model_len=16, device=torch.device("cpu")),
+                          compile_config=CompileConfig(enable=False), ledger=CompileLedger(), dtype=torch.float32)
     weights = [(n, p.clone()) for n, p in gen.model.named_parameters()]
     gen.load_weights(weights)  # healthy: views of the stacks
     gen.model.to(torch.float64)

@@ -78,7 +78,7 @@ def build(factory: Callable[..., Any], profile: Any, device: str, model_path: st
                 pass
         return Build(error=(
             f"System provider {spec!r} returned a {type(system).__name__!r} object, which lacks {', '.join(missing)} of the "
-            "provider protocol (titan_conformance.provider.ConformanceSystem): a factory must return a built "
+            "provider protocol (titan_conformance.protocol.ConformanceSystem): a factory must return a built "
             "system with those attributes and methods."
         ))
     return Build(system=system)

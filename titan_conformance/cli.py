@@ -16,8 +16,9 @@ def _reward_line(label: str, r) -> str:
 def run_grpo(opts: argparse.Namespace) -> int:
     import dataclasses
 
-    from titan_conformance.system.grpo_system import STARTUP_PHASES, GRPOSystem
-    from titan_conformance.system.profile import load_profile
+    from titan_conformance.profile import load_profile
+    from titan_conformance.providers.grpo import STARTUP_PHASES
+    from titan_conformance.providers.reference import build_system
 
     profile = load_profile(opts.suite)
     if opts.seed is not None:
@@ -25,7 +26,7 @@ def run_grpo(opts: argparse.Namespace) -> int:
     if opts.generator:
         profile = dataclasses.replace(profile, generator=dataclasses.replace(profile.generator, backend=opts.generator))
     print(f"Profile {profile.name}: {profile.description}", flush=True)
-    with GRPOSystem(profile, device=opts.device, model_path=opts.model_path) as system:
+    with build_system(profile, device=opts.device, model_path=opts.model_path) as system:
         total = sum(system.startup.values())
         phases = ", ".join(f"{p}={system.startup[p]:.1f}s" for p in STARTUP_PHASES if p in system.startup)
         print(f"Startup: {total:.1f}s ({phases}) on {system.device.type}", flush=True)

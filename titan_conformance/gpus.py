@@ -6,6 +6,8 @@ import os
 import shutil
 import subprocess
 
+from titan_conformance.errors import ConformanceError
+
 
 def visible_gpus() -> list[str]:
     """GPU ids this process may use, read without initializing CUDA."""
@@ -43,11 +45,31 @@ def pin_worker_gpus(worker: str, count: int, device_option: str) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(worker_gpus(gpus, worker, count))
 
 
-def share_cpu_threads(count: int) -> None:
+def share_cpu_threads(count: int) -> int | None:
     """Each of `count` xdist workers' torch takes its share of the cores: n workers each running as
     many threads as there are cores oversubscribe them, and small ops then spin and wait more than
-    they compute (a generate step 5x its bare step on 2 contended cores)."""
-    if count > 1:
-        import torch
+    they compute (a generate step 5x its bare step on 2 contended cores). Returns the thread count
+    it replaced (None when it changed nothing)."""
+    if count <= 1:
+        return None
+    import torch
 
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // count))
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // count))
+    return before
+
+
+def resolve_device(name: str) -> "torch.device":
+    """The torch device `--tc-device` names: cpu, cuda, or auto (cuda where torch sees one)."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConformanceError(
+            "--device cuda was asked for, but torch sees no CUDA device (torch "
+            f"{torch.__version__}); run on a GPU runner with a CUDA build of torch, or use --device cpu."
+        )
+    if name not in ("cpu", "cuda"):
+        raise ConformanceError(f"Unknown device {name!r}; use cpu, cuda or auto.")
+    return torch.device(name)

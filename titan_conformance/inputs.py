@@ -47,7 +47,7 @@ class SuiteOptions:
 
 def suite_profile(options: SuiteOptions):
     """The profile the session runs, with the options' overrides applied."""
-    from titan_conformance.system.profile import load_profile
+    from titan_conformance.profile import load_profile
 
     profile = load_profile(options.suite)
     if options.generator:
@@ -65,7 +65,7 @@ def check_factory(factory: Callable[..., Any], spec: str) -> None:
         raise ConformanceError(
             f"System provider {spec!r} is not a factory: {getattr(factory, '__qualname__', factory)} cannot be "
             f"called as factory(profile, device=..., model_path=...) ({e}). Point --tc-system at a function "
-            "that builds your system from a profile (see titan_conformance.provider)."
+            "that builds your system from a profile (see titan_conformance.protocol)."
         ) from None
     except ValueError:  # a builtin without a signature: it is called, and a failure becomes a failed build
         pass
@@ -92,8 +92,8 @@ def check_inputs(options: SuiteOptions, report_dir: Path) -> Any:
     against its heads), provider, report folder, compile cache, timeout. ConformanceError on the
     first bad one."""
     from titan_conformance.compilation.cache import check_cache_path
-    from titan_conformance.provider import load_factory
-    from titan_conformance.system.profile import check_tp
+    from titan_conformance.protocol import load_factory
+    from titan_conformance.profile import check_tp
 
     profile = suite_profile(options)
     checkpoint = options.model_path or (None if profile.model.checkpoint == "random" else profile.model.checkpoint)
@@ -102,7 +102,7 @@ def check_inputs(options: SuiteOptions, report_dir: Path) -> Any:
         from titan_conformance.model.checkpoint import read_model_args
 
         where = f"--tc-model-path {checkpoint}" if options.model_path else f"profile {profile.name!r} model.checkpoint"
-        check_tp(read_model_args(resolve_checkpoint(checkpoint)), profile.parallel.tp, where)
+        check_tp(read_model_args(resolve_checkpoint(checkpoint)).to_hf_config(), profile.parallel.tp, where)
     check_factory(load_factory(options.system), options.system or "reference")
     writable_dir(report_dir, "The report folder")
     if options.compile_cache:

@@ -19,10 +19,9 @@ from pathlib import Path
 import pytest
 
 from titan_conformance.errors import ConformanceError
-from titan_conformance.gpus import pin_worker_gpus, share_cpu_threads, worker_gpu_count
+from titan_conformance.gpus import pin_worker_gpus, resolve_device, share_cpu_threads, worker_gpu_count
 from titan_conformance.inputs import DEVICES, GENERATORS, SuiteOptions
 from titan_conformance.report.session import OPTIONS as REPORT_OPTIONS, ReportSession, progress, record_check
-from titan_conformance.torchtitan_system import DEFAULT_SUITE as TORCHTITAN_DEFAULT_SUITE
 from titan_conformance.vllm_support import INSTALL_HINT, vllm_version
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -31,10 +30,8 @@ WORKER_FLAG = "titan_conformance"
 """workerinput key: the controller's session is ours (so the worker's is too)."""
 PHASES_KEY = "titan_conformance_phases"
 """workerinput key: the folder where workers record their phases."""
-DEFAULT_SUITES = {"torchtitan": TORCHTITAN_DEFAULT_SUITE}
-"""The suite a system runs when --tc-suite is not given (others: tiny-cpu)."""
-NATIVE_ONLY_SYSTEMS = {"torchtitan"}
-"""Systems without a vLLM backend: `--tc-generator auto` keeps their profile's generator."""
+FALLBACK_SUITE = "tiny-cpu"
+"""The suite of a provider that names none (its factory's `default_suite`)."""
 TRACE_LOGGER = "torch.__trace"
 
 _OPTIONS = pytest.StashKey[SuiteOptions]()
@@ -105,12 +102,19 @@ def resolve_generator(option: str, vllm: str | None) -> str | None:
 
 
 def suite_options(config: pytest.Config) -> SuiteOptions:
+    """The options, with the provider's own defaults: its factory's `default_suite` (the suite it
+    runs without --tc-suite) and `generators` (the backends it drives; `auto` picks vLLM only
+    where the provider drives it). The plugin learns of providers through their factories alone."""
+    from titan_conformance.protocol import load_factory
+
     system = config.getoption("--tc-system")
     generator = config.getoption("--tc-generator")
+    factory = load_factory(system)
+    drives_vllm = "vllm" in getattr(factory, "generators", ("native", "vllm"))
     return SuiteOptions(
-        suite=config.getoption("--tc-suite") or DEFAULT_SUITES.get(system, "tiny-cpu"),
+        suite=config.getoption("--tc-suite") or getattr(factory, "default_suite", FALLBACK_SUITE),
         model_path=config.getoption("--tc-model-path"),
-        generator=None if generator == "auto" and system in NATIVE_ONLY_SYSTEMS else resolve_generator(generator, vllm_version()),
+        generator=None if generator == "auto" and not drives_vllm else resolve_generator(generator, vllm_version()),
         device=config.getoption("--tc-device"), system=system, seed=config.getoption("--tc-seed"),
         report_dir=config.getoption("--tc-report-dir"), compile_cache=config.getoption("--tc-compile-cache"),
         timeout=config.getoption("--tc-timeout"),
@@ -138,10 +142,13 @@ def pytest_configure(config: pytest.Config) -> None:
     except ConformanceError as e:
         raise pytest.UsageError(str(e)) from None
     worker = getattr(config, "workerinput", None)
-    if worker is not None:
-        pin_worker_gpus(worker["workerid"], worker["workercount"], options.device)
-        share_cpu_threads(worker["workercount"])
     cleanup = config.stash[_CLEANUP] = contextlib.ExitStack()
+    if worker is not None:  # a worker process of our own session: its GPUs and its share of the cores
+        pin_worker_gpus(worker["workerid"], worker["workercount"], options.device)
+        if (threads := share_cpu_threads(worker["workercount"])) is not None:
+            import torch
+
+            cleanup.callback(torch.set_num_threads, threads)
     trace, quiet = logging.getLogger(TRACE_LOGGER), _QuietTrace()
     trace.addFilter(quiet)
     cleanup.callback(trace.removeFilter, quiet)
@@ -241,11 +248,19 @@ def tc_profile(request: pytest.FixtureRequest):
 
 
 @pytest.fixture(scope="session")
+def tc_options(request: pytest.FixtureRequest) -> SuiteOptions:
+    """The session's --tc-* options."""
+    if _OPTIONS not in request.config.stash:
+        pytest.skip("not a titan_conformance session")
+    return request.config.stash[_OPTIONS]
+
+
+@pytest.fixture(scope="session")
 def _tc_build(request: pytest.FixtureRequest, tc_profile):
     """The session's Build: the system, or why there is none. Never raises for a failed build."""
     from titan_conformance.build import Build, build
     from titan_conformance.compilation.cache import restore_compile_cache, save_compile_cache
-    from titan_conformance.provider import load_factory
+    from titan_conformance.protocol import load_factory
     from titan_conformance.report.collect import failed_build_record
     from titan_conformance.report.session import RUN_KEY, add_pending
 
@@ -261,8 +276,6 @@ def _tc_build(request: pytest.FixtureRequest, tc_profile):
     cache_use = restore_compile_cache(cache_file) if cache_file else None
     outcome = build(load_factory(options.system), tc_profile, options.device, options.model_path, options.system or "reference")
     if outcome.error:
-        from titan_conformance.system.grpo_system import resolve_device
-
         with contextlib.suppress(ConformanceError):
             add_pending(RUN_KEY, failed_build_record(tc_profile, resolve_device(options.device), outcome.error))
         progress(config, f"the system did not build: {outcome.error}")
@@ -318,7 +331,7 @@ def tc_run(tc_system, _tc_run_result):
 def require(system, capability: str) -> None:
     """Skips the calling check when the provider lacks `capability` (never a silent pass)."""
     if capability not in system.capabilities:
-        from titan_conformance.provider import CAPABILITIES
+        from titan_conformance.protocol import CAPABILITIES
 
         pytest.skip(f"system provider {system.name!r} lacks capability {capability!r}: {CAPABILITIES[capability]}")
 

@@ -8,7 +8,7 @@ from typing import Callable
 
 from titan_conformance.compilation.cache import compile_cache_counters
 from titan_conformance.compilation.ledger import CompileEvent
-from titan_conformance.provider import ConformanceSystem
+from titan_conformance.protocol import ConformanceSystem
 
 
 @dataclass

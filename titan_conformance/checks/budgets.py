@@ -9,7 +9,7 @@ import torch
 
 from titan_conformance.checks.result import CheckResult
 from titan_conformance.device_class import gpu_class
-from titan_conformance.system.profile import Budget
+from titan_conformance.profile import Budget
 
 STARTUP = ("build", "weight_load", "warmup", "compile", "capture", "first_generate")
 OUTSIDE_STARTUP = ("warmup",)

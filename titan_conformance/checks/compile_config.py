@@ -11,7 +11,7 @@ and options its backend received at compile time.
 from __future__ import annotations
 
 from titan_conformance.checks.result import CheckResult
-from titan_conformance.compilation.ledger import CompileLedger
+from titan_conformance.protocol import CompileLedger
 
 GENERATOR_ROLES = ("generator.", "vllm.")
 

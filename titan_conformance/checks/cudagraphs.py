@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import torch
 
-from titan_conformance.checks.parity import profile_tolerance
+
 from titan_conformance.checks.result import CheckResult
+from titan_conformance.profile import Profile
+from titan_conformance.protocol import CaptureSizes, ConformanceSystem, DecodeProbe, StepRecord
 
 
-def capture_set_verdict(policy: list[int], captured: list[int]) -> CheckResult:
+def capture_set_verdict(sizes: CaptureSizes) -> CheckResult:
+    """The generator captured exactly the sizes its capture-size policy yields."""
+    policy, captured = list(sizes.policy), list(sizes.captured)
     missing, extra = sorted(set(policy) - set(captured)), sorted(set(captured) - set(policy))
     metrics = {"policy": policy, "captured": captured}
     if not missing and not extra:
@@ -40,7 +44,7 @@ def capture_policy_verdict(policy: list[int], max_num_seqs: int) -> CheckResult:
     )
 
 
-def graph_replay_verdict(records, captured: list[int]) -> CheckResult | str:
+def graph_replay_verdict(records: list[StepRecord], captured: list[int]) -> CheckResult | str:
     """Over the run's steps: every decode step whose batch has a captured size replayed a graph.
     Captured graphs that the decode loop never replays pass every equivalence probe while the run
     measures none of them. A reason to skip when the generator does not count its decode steps."""
@@ -76,7 +80,7 @@ the reference one over the step's log-softmax; a wrong sampler is off by far mor
 term by ~1 per row, a wrong temperature by the logits' scale)."""
 
 
-def sampler_errors(probe) -> tuple[float, float]:
+def sampler_errors(probe: DecodeProbe) -> tuple[float, float]:
     """(how far the sampled tokens fall short of maximizing logprob + noise, the largest error of
     their reported logprobs against the log-softmax), over the rows of a `DecodeProbe`."""
     perturbed = probe.logprobs.double() + probe.noise.double()
@@ -91,10 +95,10 @@ def _between(sizes: list[int]) -> list[int]:
     return [(a + b) // 2 for a, b in zip(sizes, sizes[1:]) if b - a > 1]
 
 
-def check_graph_equivalence(system, profile) -> CheckResult:
-    tol = profile_tolerance(profile).max_abs
+def check_graph_equivalence(system: ConformanceSystem, profile: Profile) -> CheckResult:
+    tol = profile.tolerance.max_abs
     replay_tol = profile.cudagraph.replay_max_abs
-    _, captured = system.cudagraph_sizes()
+    captured = system.cudagraph_sizes().captured
     per_size, causes = {}, []
     for size in captured:
         graph, compiled, eager = (system.probe_decode(size, how) for how in ("graph", "compiled", "eager"))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from titan_conformance.checks.parity import flat, parity_verdict, profile_tolerance, rows_locator
+from titan_conformance.checks.parity import flat, parity_verdict, rows_locator
 from titan_conformance.checks.result import CheckResult
 from titan_conformance.checks.rollouts import sampled_completions
-from titan_conformance.system.profile import Tolerance
+from titan_conformance.profile import Tolerance
 
 
 def check_batch_invariance(system, profile) -> CheckResult:
@@ -18,8 +18,9 @@ def check_batch_invariance(system, profile) -> CheckResult:
     order = sorted(range(len(completions)), key=lambda i: len(completions[i].token_ids))
     part = order[: max(2, len(order) // 4)]
     alone = system.trainer_logprobs([completions[i] for i in part])
-    tol = profile_tolerance(profile)
-    batch_tol = Tolerance(tol.batch_invariance_max_abs, tol.batch_invariance_max_abs, tol.batch_invariance_max_abs)
+    tol = profile.tolerance
+    limit = tol.batch_invariance_max_abs
+    batch_tol = Tolerance(max_abs=limit, p99_abs=limit, mean_abs=limit)
     return parity_verdict(
         "batch_invariance", f"trainer logprobs of {len(part)} sequences in a batch of {len(part)} vs {len(completions)}",
         flat(alone) - flat([full[i] for i in part]), batch_tol, profile.tolerances.bitwise,
@@ -37,7 +38,7 @@ def check_prefill_decode(system, profile) -> CheckResult:
     prefilled = flat(system.generator_logprobs(completions))
     return parity_verdict(
         "prefill_decode", "generator decode (KV cache) vs prefill logprobs", decoded - prefilled,
-        profile_tolerance(profile), profile.tolerances.bitwise,
+        profile.tolerance, profile.tolerances.bitwise,
         hint="The KV-cache decode path disagrees with a fresh prefill: stale or misplaced cache "
         "entries, or wrong decode positions.",
         locate=rows_locator([len(c.token_ids) for c in completions]), min_tokens=profile.tolerances.min_tokens,

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 
 from titan_conformance.checks.result import CheckResult
-from titan_conformance.system.profile import Tolerance
+from titan_conformance.profile import Tolerance
 
 Locator = Callable[[int], str]
 """Names where entry i of a flat tensor of logprobs came from, e.g. "step 3, completion 5, token 2"."""
@@ -115,10 +115,6 @@ def flat(rows: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([r.flatten().double() for r in rows]) if rows else torch.zeros(0, dtype=torch.float64)
 
 
-def profile_tolerance(profile) -> Tolerance:
-    return getattr(profile.tolerances, profile.model.dtype)
-
-
 def run_locator(records) -> Locator:
     """Entry i of the run's concatenated logprob differences -> its step, completion and position."""
     sizes = torch.tensor([0, *(r.logprob_diff.numel() for r in records)]).cumsum(0)
@@ -145,6 +141,6 @@ def check_logprob_parity(run, profile) -> CheckResult:
     diff = flat([r.logprob_diff for r in run.records])
     return parity_verdict(
         "logprob_parity", "trainer vs generator logprobs over the run's rollouts", diff,
-        profile_tolerance(profile), profile.tolerances.bitwise,
+        profile.tolerance, profile.tolerances.bitwise,
         locate=run_locator(run.records), min_tokens=profile.tolerances.min_tokens,
     )

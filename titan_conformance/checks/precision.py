@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from titan_conformance.checks.parity import flat, profile_tolerance
+from titan_conformance.checks.parity import flat
 from titan_conformance.checks.result import CheckResult
 from titan_conformance.checks.rollouts import sampled_completions
 
@@ -96,7 +96,7 @@ def check_precision_floor(system, profile) -> CheckResult:
             f"{profile.tolerances.min_tokens}: the rollouts compare nothing.",
         )
     dtype = getattr(torch, profile.model.dtype)
-    limits = {k: getattr(profile_tolerance(profile).floor, k) for k in (*STATISTICS, "pair_mean_abs")}
+    limits = {k: getattr(profile.tolerance.floor, k) for k in (*STATISTICS, "pair_mean_abs")}
     return floor_verdict(
         sampled, flat(system.trainer_logprobs(completions)), flat(system.reference_logprobs(completions, dtype)),
         flat(system.reference_logprobs(completions, torch.float64)), limits, profile.model.dtype,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from titan_conformance.checks.result import CheckResult
-from titan_conformance.compilation.ledger import CompileEvent, CompileLedger
+from titan_conformance.protocol import CompileEvent, CompileLedger
 
 
 def recompile_margin(observed: int) -> int:

@@ -1,11 +1,11 @@
 """Verdicts of the tensor-parallel checks, over what every rank of a TP run returned
-(`titan_conformance.parallel.probe.RankResult`)."""
+(`titan_conformance.protocol.RankReport`)."""
 
 from __future__ import annotations
 
 import torch
 
-from titan_conformance.checks.parity import flat, parity_verdict, profile_tolerance
+from titan_conformance.checks.parity import flat, parity_verdict
 from titan_conformance.checks.recompiles import recompile_verdict
 from titan_conformance.checks.result import CheckResult
 
@@ -51,7 +51,7 @@ def tp_parity_verdicts(results, profile) -> list[CheckResult]:
         hint = UNWRAP_BACKWARD_HINT if "_local_tensor" in err and not profile.parallel.unwrap_async else ""
         return [CheckResult("tp_parity", False, f"the TP run failed: {err}.{hint}")]
     r0 = results[0]
-    tol, bitwise = profile_tolerance(profile), profile.tolerances.bitwise
+    tol, bitwise = profile.tolerance, profile.tolerances.bitwise
     tp = len(results)
     out = [
         parity_verdict(

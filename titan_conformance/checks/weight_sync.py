@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from titan_conformance.checks.parity import flat, parity_verdict, profile_tolerance, rows_locator
+from titan_conformance.checks.parity import flat, parity_verdict, rows_locator
 from titan_conformance.checks.result import CheckResult
 from titan_conformance.checks.rollouts import sampled_completions
 
@@ -28,7 +28,7 @@ def _mean_abs(x: torch.Tensor) -> float:
 
 
 def check_weight_sync(system, profile) -> CheckResult:
-    tol = profile_tolerance(profile)
+    tol = profile.tolerance
     completions = sampled_completions(system, profile, "weight-sync", profile.tolerances.min_tokens)
     locate, min_tokens = rows_locator([len(c.token_ids) for c in completions]), profile.tolerances.min_tokens
     trainer_before = flat(system.trainer_logprobs(completions))

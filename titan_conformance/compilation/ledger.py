@@ -91,16 +91,18 @@ class _LogTap(logging.Filter):
 
 _ACTIVE: list["CompileLedger"] = []
 _TAPS = {_RECOMPILES_LOGGER: _LogTap(swallow=True), _CONVERT_FRAME_LOGGER: _LogTap(swallow=False)}
-_saved_recompiles_level: list[int] = []
+_saved: dict[str, object] = {}
+"""What the first active ledger changed (the recompiles logger's level, whether torch logged its
+artifact), put back when the last one exits."""
 
 
 def _activate(ledger: "CompileLedger") -> None:
     if not _ACTIVE:
+        logger = logging.getLogger(_RECOMPILES_LOGGER)
+        _saved.update(level=logger.level, artifact=log_state.is_artifact_enabled("recompiles"))
         log_state.enable_artifact("recompiles")
         for name, tap in _TAPS.items():
             logging.getLogger(name).addFilter(tap)
-        logger = logging.getLogger(_RECOMPILES_LOGGER)
-        _saved_recompiles_level[:] = [logger.level]
         logger.setLevel(logging.DEBUG)  # the reasons are kept off stderr by the tap; the ledger reports them
     _ACTIVE.append(ledger)
 
@@ -111,10 +113,12 @@ def _deactivate(ledger: "CompileLedger") -> None:
         if not _ACTIVE:
             for name, tap in _TAPS.items():
                 logging.getLogger(name).removeFilter(tap)
-            logging.getLogger(_RECOMPILES_LOGGER).setLevel(_saved_recompiles_level[0])
+            logging.getLogger(_RECOMPILES_LOGGER).setLevel(_saved["level"])
+            if not _saved["artifact"]:
+                log_state.artifact_names.discard("recompiles")
 
 
-@dataclass
+@dataclass(eq=False)  # identity: _ACTIVE finds and removes this ledger, not an equal one
 class CompileLedger:
     """Collects compile events for the regions registered with it."""
 
@@ -217,7 +221,21 @@ class CompileLedger:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Stops reading Dynamo's logs and puts Dynamo's recompile limit back as it was."""
         _deactivate(self)
+        if (patch := self.__dict__.pop("_limit_patch", None)) is not None:
+            patch.__exit__(None, None, None)
+
+    def use_recompile_limit(self, limit: int) -> None:
+        """Dynamo's recompile limit (process-wide; Dynamo has no other) while this ledger is active,
+        from the profile: the limit its regions are compiled and judged under. An inactive ledger
+        changes nothing (it would have nothing to put it back at)."""
+        if self not in _ACTIVE:
+            return
+        if (patch := self.__dict__.get("_limit_patch")) is not None:
+            patch.__exit__(None, None, None)
+        self._limit_patch = torch._dynamo.config.patch(recompile_limit=limit)
+        self._limit_patch.__enter__()
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}

@@ -14,7 +14,7 @@ import types
 
 import torch
 
-from titan_conformance.compilation.config import CompileConfig
+from titan_conformance.profile.compile_config import CompileConfig
 from titan_conformance.compilation.ledger import CompileLedger
 from titan_conformance.model.qwen3 import Qwen3Model, TransformerBlock
 
@@ -35,11 +35,6 @@ def private_region(ledger: CompileLedger, role: str, block_name: str, settings: 
     return region, name
 
 
-def prepare_compiler(config: CompileConfig) -> None:
-    """Process-wide setup before a role compiles: Dynamo's recompile limit, from the profile."""
-    torch._dynamo.config.recompile_limit = config.recompile_limit
-
-
 def make_forward_private(blocks, name: str) -> None:
     """Gives `blocks` (all of one class) a subclass whose forward is a private copy named `name`,
     for code that compiles blocks itself (e.g. with `Module.compile`): the blocks run the same code
@@ -58,7 +53,7 @@ def apply_regional_compile(
     if not config.enable:
         ledger.record_uncompiled(f"{role}.TransformerBlock")
         return None
-    prepare_compiler(config)
+    ledger.use_recompile_limit(config.recompile_limit)
     region, name = private_region(ledger, role, "TransformerBlock", config.settings())
     forward = _private_function(TransformerBlock.forward, name)
     backend = ledger.backend(region, config.backend, config.dynamic)

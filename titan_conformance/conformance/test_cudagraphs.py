@@ -26,11 +26,11 @@ def test_capture_policy_includes_max_num_seqs(tc_system, tc_profile):
     if tc_profile.cudagraph.mode == "NONE":
         pytest.skip(f"profile {tc_profile.name!r} sets cudagraph.mode = NONE")
     require(tc_system, "capture_policy")
-    assert_check(capture_policy_verdict(tc_system.cudagraph_sizes()[0], tc_profile.max_num_seqs))
+    assert_check(capture_policy_verdict(tc_system.cudagraph_sizes().policy, tc_profile.max_num_seqs))
 
 
 def test_captured_sizes_are_the_policys(cuda_system):
-    assert_check(capture_set_verdict(*cuda_system.cudagraph_sizes()))
+    assert_check(capture_set_verdict(cuda_system.cudagraph_sizes()))
 
 
 def test_replay_matches_eager_at_every_capture_size(cuda_system, tc_profile):
@@ -38,4 +38,4 @@ def test_replay_matches_eager_at_every_capture_size(cuda_system, tc_profile):
 
 
 def test_decode_steps_replayed_graphs(cuda_system, tc_run):
-    assert_check(graph_replay_verdict(tc_run.records, cuda_system.cudagraph_sizes()[1]))
+    assert_check(graph_replay_verdict(tc_run.records, cuda_system.cudagraph_sizes().captured))

@@ -1,7 +1,8 @@
-"""Tensor parallelism (profiles with parallel.tp > 1): the GRPO system sharded over a process group
-of tp ranks (gloo on CPU, NCCL on CUDA) that this module spawns for itself and tears down. Over
-that run: the recompile budget per region and rank, trainer (TP) vs generator (TP) parity, TP vs
-TP=1 of the same weights, and ranks that hold identical replicated results."""
+"""Tensor parallelism (profiles with parallel.tp > 1): the session's provider builds its system on
+every rank of a process group of tp ranks (gloo on CPU, NCCL on CUDA) that this module spawns for
+itself and tears down. Over that run: the recompile budget per region and rank (with the
+AsyncCollectiveTensor-vs-Tensor check), trainer (TP) vs generator (TP) parity, TP vs TP=1 of the
+same weights, and ranks that hold identical replicated results."""
 
 import pytest
 
@@ -10,21 +11,21 @@ from titan_conformance.plugin import assert_check
 
 
 @pytest.fixture(scope="module")
-def tp_results(request, tc_profile):
+def tp_results(tc_options, tc_profile):
     tp = tc_profile.parallel.tp
     if tp == 1:
         pytest.skip("the profile runs unsharded (parallel.tp = 1); TP checks need a profile with "
                     "parallel.tp > 1, e.g. --tc-suite tiny-cpu-tp2")
     import torch
 
-    from titan_conformance.parallel.probe import run_tp
+    from titan_conformance.parallel.tp_run import run_tp
 
-    device = request.config.getoption("--tc-device")
+    device = tc_options.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and torch.cuda.device_count() < tp:
         pytest.skip(f"needs {tp} GPU(s) for parallel.tp = {tp}; this worker holds {torch.cuda.device_count()}")
-    return run_tp(tc_profile, steps=tc_profile.run.steps, device=device)
+    return run_tp(tc_profile, tc_options.system, tc_options.model_path, steps=tc_profile.run.steps, device=device)
 
 
 def test_tp_recompiles_within_limit_on_every_rank(tp_results, tc_profile):

@@ -1,3 +1,4 @@
-from titan_conformance.generator.native import Completion, NativeGenerator
+from titan_conformance.generator.base import Generator, GeneratorConfig
+from titan_conformance.generator.native import NativeGenerator
 
-__all__ = ["Completion", "NativeGenerator"]
+__all__ = ["Generator", "GeneratorConfig", "NativeGenerator"]

@@ -1,188 +1,59 @@
-"""The native generator: the same Qwen3 blocks over a static KV cache, batched prefill + decode.
+"""The native generator: a model over a static KV cache, batched prefill + decode, FULL graphs.
 
-The decode step (every compiled block, the final norm, lm_head and sampling) is one
-shape-static function of (tokens, positions, noise, temperature). On CUDA, in a FULL mode, it is
-captured as one CUDA graph per capture size; a batch is padded up to the next size and a batch
-above the largest runs without a graph.
+The decode step (every compiled block, the final norm, lm_head and sampling) is one shape-static
+function of (tokens, positions, noise, temperature). On CUDA, in a FULL mode, it is captured as one
+CUDA graph per capture size (`capture.py`); a batch is padded up to the next size and a batch above
+the largest runs without a graph. `qwen3.py` builds one over our Qwen3; the torchtitan provider
+builds one over torchtitan's.
 """
 
 from __future__ import annotations
 
-import contextlib
-import statistics
-import time
-from dataclasses import dataclass, field
-from functools import partial
 from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
-from titan_conformance.compilation import CompileConfig, CompileLedger, apply_regional_compile
-from titan_conformance.compilation.warm_start import WarmStart, start_warm_start
+from titan_conformance.compilation.warm_start import WarmStart
 from titan_conformance.errors import ConformanceError
-from titan_conformance.generator.capture_sizes import effective_mode, padded_size
-from titan_conformance.generator.sampling import (
-    all_logprobs, gumbel_noise, sample_tokens, sampling_tensors, warm_up_sampler,
-)
-from titan_conformance.model.args import ModelArgs
-from titan_conformance.model.attention import KVCacheAttention
-from titan_conformance.model.qwen3 import Qwen3Model, detached_from_stack
-from titan_conformance.system.timing import synchronize
+from titan_conformance.generator.base import GeneratorConfig
+from titan_conformance.generator.capture import CapturedGraph, CaptureReport, capture_graphs
+from titan_conformance.generator.sampling import all_logprobs, gumbel_noise, sample_tokens, sampling_tensors
+from titan_conformance.model.qwen3 import detached_from_stack
+from titan_conformance.profile import padded_size
+from titan_conformance.protocol import Completion, GenerateStats
 from titan_conformance.trainer.logprobs import logprobs_from_logits
 
 
-@dataclass
-class Completion:
-    """One sampled completion."""
-
-    prompt_ids: list[int]
-    token_ids: list[int]
-    """Generated tokens, including the final EOS when one was sampled."""
-    logprobs: list[float]
-    """Logprob of each generated token under the distribution it was sampled from."""
-    finished: bool
-    """True when the completion ended on EOS (False: stopped at max_tokens)."""
-
-
-@dataclass
-class CapturedGraph:
-    """One FULL decode graph and the static buffers it reads and writes."""
-
-    graph: torch.cuda.CUDAGraph
-    inputs: tuple[torch.Tensor, ...]
-    """tokens [N, 1], positions [N, 1], noise [N, V], divisor [], noise scale []."""
-    outputs: tuple[torch.Tensor, ...]
-    """tokens [N], token logprobs [N], logits [N, V]."""
-    seconds: float
-    memory_bytes: int
-
-
-@dataclass
-class DecodeProbe:
-    """One decode step as `NativeGenerator.probe_decode` ran it (CPU tensors)."""
-
-    logprobs: torch.Tensor
-    """[B, V] fp32: log-softmax of the step's logits."""
-    tokens: torch.Tensor
-    """[B]: the tokens the step sampled."""
-    token_logprobs: torch.Tensor
-    """[B]: their logprobs as the sampler reported them."""
-    noise: torch.Tensor
-    """[B, V]: the Gumbel noise the step sampled with (temperature 1)."""
-
-
-@dataclass
-class GenerateStats:
-    """What one `generate` call ran: the checks hold a run's decode steps to its graph replays."""
-
-    batch: int
-    """Rows decoded together (prompts x n)."""
-    decode_steps: int = 0
-    """Decode steps after the prefill's first sampled token."""
-    graph_replays: int = 0
-    """Decode steps that replayed a captured FULL graph (the rest ran the step itself)."""
-
-
-@dataclass
-class CaptureReport:
-    sizes: list[int] = field(default_factory=list)
-    seconds: dict[int, float] = field(default_factory=dict)
-    memory_bytes: dict[int, int] = field(default_factory=dict)
-
-
-def cache_rows(max_num_seqs: int, cudagraph_mode: str, capture_sizes: list[int] | None, device) -> int:
-    """KV-cache rows a generator needs: padded rows of a captured batch need rows of their own,
-    never a real row's (no graphs are captured off CUDA or in mode NONE), and so does the padding
-    token of a one-token step (row 1, see `NativeGenerator.forward_step`)."""
-    captured = capture_sizes if effective_mode(cudagraph_mode, device) != "NONE" else None
-    return max([2, max_num_seqs, *(captured or [])])
-
-
 class NativeGenerator:
-    """Generates with the shared model code; weights arrive from the trainer in place.
+    """Generates with a model's own code; weights arrive from the trainer in place.
 
-    `model` already has its KV-cache inner attention (with `cache_rows(...)` rows of
-    `max_model_len` slots) and its compiled blocks; `forward(tokens, positions, slots) -> logits`
-    runs it on one flat row of N tokens ([1, N] each; logits [1, N, V]), every token with its cache
-    slot. `for_qwen3` builds our reference model this way.
+    `model` already has its KV-cache inner attention (`config.cache_rows` rows of `max_model_len`
+    slots) and its compiled blocks; `forward(tokens, positions, slots) -> logits` runs it on one
+    flat row of N tokens ([1, N] each; logits [1, N, V]), every token with its cache slot.
     """
 
     EOS_CHECK_EVERY = 8
     """Decode steps between two host reads of whether every row has sampled EOS."""
 
     def __init__(
-        self,
-        model: nn.Module,
-        vocab_size: int,
-        max_num_seqs: int,
-        max_model_len: int,
-        device: torch.device,
-        cudagraph_mode: str = "NONE",
-        capture_sizes: list[int] | None = None,
+        self, model: nn.Module, *, vocab_size: int, config: GeneratorConfig,
         forward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
-        self.model, self.vocab_size = model, vocab_size
-        self.max_num_seqs, self.max_model_len, self.device = max_num_seqs, max_model_len, device
-        self.cudagraph_mode = effective_mode(cudagraph_mode, device)
-        self.capture_sizes = sorted(capture_sizes or []) if self.cudagraph_mode != "NONE" else []
+        self.model, self.vocab_size, self.config = model, vocab_size, config
+        self.max_num_seqs, self.max_model_len, self.device = config.max_num_seqs, config.max_model_len, config.device
+        self.capture_sizes = sorted(config.captured_sizes)
         self._forward = forward or (lambda tokens, positions, slots: model(tokens, positions, cache_slots=slots))
         self.graphs: dict[int, CapturedGraph] = {}
         self.last_generate: GenerateStats | None = None
+        """The decode steps and graph replays of the latest `generate`."""
         self.replays = 0
         """Graph replays so far (every `run_decode` that replayed one)."""
-        """The decode steps and graph replays of the latest `generate`."""
         self.warm_start: WarmStart | None = None
         """Background kernel compiles started at build; the first forward waits for them."""
 
-    @classmethod
-    def for_qwen3(
-        cls,
-        args: ModelArgs,
-        compile_config: CompileConfig,
-        ledger: CompileLedger,
-        max_num_seqs: int,
-        max_model_len: int,
-        device: torch.device,
-        dtype: torch.dtype,
-        cudagraph_mode: str = "NONE",
-        capture_sizes: list[int] | None = None,
-        tp_mesh=None,
-        unwrap_async: bool = False,
-        stacked: bool = True,
-    ) -> "NativeGenerator":
-        """Our Qwen3 with a static KV cache, regionally compiled under the role `generator`.
-        `tp_mesh`: shard the model over this 1-D DeviceMesh (each rank caches its own KV heads);
-        `unwrap_async`: resolve AsyncCollectiveTensor block inputs before each compiled block;
-        `stacked`: q/k/v and gate/up as one GEMM each (`Qwen3Model.fuse_projections`; never under TP)."""
-        rows = cache_rows(max_num_seqs, cudagraph_mode, capture_sizes, device)
-        with torch.device(device):
-            model = Qwen3Model(args).to(dtype)
-        model.requires_grad_(False).eval()
-        if stacked and tp_mesh is None:
-            model.fuse_projections()
-        tp = tp_mesh.size() if tp_mesh is not None else 1
-        kv_heads = args.n_kv_heads // tp  # each rank caches (and attends over) its own heads
-        model.set_inner_attention(
-            lambda _: KVCacheAttention(rows, max_model_len, kv_heads, args.head_dim, dtype, device)
-        )
-        if tp_mesh is not None:
-            from titan_conformance.parallel import apply_tp
-
-            apply_tp(model, tp_mesh)
-        if unwrap_async:
-            from titan_conformance.parallel import unwrap_async_inputs
-
-            unwrap_async_inputs(model)
-        gen = cls(model, args.vocab_size, max_num_seqs, max_model_len, device, cudagraph_mode, capture_sizes)
-        gen.region = apply_regional_compile(model, compile_config, ledger, role="generator")
-        if compile_config.warm_start:  # last: nothing here may fail once the thread runs
-            gen.warm_start = start_warm_start(
-                device, compile_config.backend if compile_config.enable else None,
-                [partial(model.layers[0].self_attn.inner_attention.warm_up, args.n_heads // tp),
-                 partial(warm_up_sampler, args.vocab_size, dtype, device)],
-            )
-        return gen
+    def can_score(self, temperature: float) -> bool:
+        return True
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Weight sync: copies the trainer's tensors into the generator's in place (no rebuild, no
@@ -248,42 +119,9 @@ class NativeGenerator:
         logits = self.forward_step(tokens, positions)[:, -1]
         return *sample_tokens(logits, noise, divisor, noise_scale), logits
 
-    # --- CUDA graphs -------------------------------------------------------------------------
-
-    @torch.no_grad()
     def capture(self) -> CaptureReport:
-        """Captures one FULL decode graph per capture size, largest first into one shared memory
-        pool (smaller graphs reuse the largest one's memory)."""
-        report = CaptureReport()
-        if self.cudagraph_mode == "NONE":
-            return report
-        pool = torch.cuda.graph_pool_handle()
-        vocab = self.vocab_size
-        for size in sorted(self.capture_sizes, reverse=True):
-            inputs = (
-                torch.zeros(size, 1, dtype=torch.long, device=self.device),
-                torch.zeros(size, 1, dtype=torch.long, device=self.device),
-                torch.zeros(size, vocab, dtype=torch.float32, device=self.device),
-                *sampling_tensors(1.0, self.device),
-            )
-            torch.cuda.synchronize()
-            start, mem_before = time.perf_counter(), torch.cuda.memory_allocated(self.device)
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):  # warm-up: compiles this batch class, allocates workspaces
-                for _ in range(2):
-                    self.decode_step(*inputs)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                outputs = self.decode_step(*inputs)
-            torch.cuda.synchronize()
-            seconds = time.perf_counter() - start
-            memory = torch.cuda.memory_allocated(self.device) - mem_before
-            self.graphs[size] = CapturedGraph(graph, inputs, outputs, seconds, memory)
-            report.seconds[size], report.memory_bytes[size] = seconds, memory
-        report.sizes = sorted(self.graphs)
-        return report
+        """One FULL decode graph per capture size (`generator.capture`)."""
+        return capture_graphs(self)
 
     def run_decode(
         self, tokens, positions, noise, divisor, noise_scale,
@@ -312,7 +150,7 @@ class NativeGenerator:
 
     # --- generation --------------------------------------------------------------------------
 
-    def _prefill_batch(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def prefill(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Writes the prompts into the cache; returns (logits at each prompt's last token, lengths)."""
         lengths = torch.tensor([len(p) for p in rows], device=self.device)
         logits = self.forward_step(*self._padded(rows))[torch.arange(len(rows), device=self.device), lengths - 1]
@@ -353,7 +191,7 @@ class NativeGenerator:
         vocab = self.vocab_size
         divisor, scale = sampling_tensors(temperature, self.device)
         stats, replays_before = GenerateStats(bsz), self.replays
-        logits, lengths = self._prefill_batch(rows)
+        logits, lengths = self.prefill(rows)
         next_tok, logp = sample_tokens(logits, gumbel_noise((bsz, vocab), rng), divisor, scale)
         out_tokens, out_logprobs = [next_tok], [logp]
         done = next_tok == eos_id
@@ -396,51 +234,3 @@ class NativeGenerator:
                 first = len(c.prompt_ids) - 1
                 out.append(logp[i, first : first + len(c.token_ids)].float().cpu())
         return out
-
-    @torch.no_grad()
-    def time_decode_step(self, batch: int, position: int, repeats: int = 5) -> float:
-        """Median seconds of one bare decode step of `batch` rows at `position`, as `generate` runs
-        one (a graph replay at the padded size where one was captured, else the step itself) with
-        nothing around it: the reference a run's generate time per decode step is held to. The
-        first run is not timed. Writes only slots at `position`, which a later generation writes
-        again before it reads them."""
-        position = min(position, self.max_model_len - 1)
-        tokens = torch.zeros(batch, 1, dtype=torch.long, device=self.device)
-        positions = torch.full((batch, 1), position, dtype=torch.long, device=self.device)
-        noise = torch.zeros(batch, self.vocab_size, device=self.device)
-        divisor, scale = sampling_tensors(1.0, self.device)
-        replays, seconds = self.replays, []
-        for _ in range(repeats + 1):
-            synchronize(self.device)
-            start = time.perf_counter()
-            self.run_decode(tokens, positions, noise, divisor, scale)
-            synchronize(self.device)
-            seconds.append(time.perf_counter() - start)
-        self.replays = replays  # a probe, not a decode step of the run
-        return statistics.median(seconds[1:])
-
-    @torch.no_grad()
-    def probe_decode(self, batch: int, how: str, prompt_len: int = 7, seed: int = 0) -> DecodeProbe:
-        """One decode step from a fixed state (deterministic prompts prefilled, then one decode at
-        temperature 1), run `how`: "graph" (replay at the padded size), "compiled" (the same
-        compiled step, no graph) or "eager" (compile bypassed)."""
-        rng = torch.Generator(device=self.device).manual_seed(seed)
-        vocab = self.vocab_size
-        prompts = torch.randint(0, vocab, (batch, prompt_len), generator=rng, device=self.device).tolist()
-        logits, lengths = self._prefill_batch(prompts)
-        tokens = logits.argmax(-1, keepdim=True)
-        noise = gumbel_noise((batch, vocab), rng)
-        args = (tokens, lengths.unsqueeze(1).clone(), noise, *sampling_tensors(1.0, self.device))
-        if how == "graph" or how == "compiled" and batch not in self.graphs:
-            sampled, logp, all_logp = self.run_decode(*args, use_graph=how == "graph", want_all=True)
-        else:
-            if how == "compiled":
-                # The same compiled step on the graph's own input buffers: same addresses and
-                # alignment, so the same kernels are chosen; only the graph itself differs.
-                for buffer, value in zip(self.graphs[batch].inputs, args):
-                    buffer.copy_(value)
-                args = self.graphs[batch].inputs
-            with torch.compiler.set_stance("force_eager") if how == "eager" else contextlib.nullcontext():
-                sampled, logp, step_logits = self.decode_step(*args)
-            all_logp = all_logprobs(step_logits, args[3])
-        return DecodeProbe(all_logp.cpu(), sampled.cpu(), logp.float().cpu(), noise.cpu())

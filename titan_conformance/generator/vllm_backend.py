@@ -19,40 +19,37 @@ import torch
 
 from titan_conformance.compilation import CompileConfig, CompileLedger
 from titan_conformance.errors import ConformanceError
-from titan_conformance.generator.native import Completion
+from titan_conformance.generator.base import GeneratorConfig
+from titan_conformance.protocol import Completion
 from titan_conformance.model.checkpoint import hf_name, read_model_args
 from titan_conformance.vllm_support import INSTALL_HINT, vllm_version
 
+IN_PROCESS = "VLLM_ENABLE_V1_MULTIPROCESSING"
+"""0 runs vLLM's engine in this process (weight sync by reference, the model's compiles in our ledger)."""
 FULL_VOCAB_SCORING = 4096
 """Largest vocabulary whose every prompt logprob vLLM is asked for (see `VllmGenerator.score`)."""
 
-def compilation_config(device: torch.device, cudagraph_mode: str, capture_sizes: list[int]) -> dict:
+def compilation_config(config: GeneratorConfig) -> dict:
     """vLLM CompilationConfig (as a dict): its compiler off, its CUDA graphs ours to configure.
     vLLM's CPU platform supports no CUDA graphs, so there the mode is NONE."""
-    if device.type != "cuda" or cudagraph_mode == "NONE":
+    if not config.captured_sizes:
         return {"mode": 0, "cudagraph_mode": "NONE"}
-    return {"mode": 0, "cudagraph_mode": cudagraph_mode, "cudagraph_capture_sizes": list(capture_sizes)}
+    return {"mode": 0, "cudagraph_mode": config.cudagraph_mode.value, "cudagraph_capture_sizes": list(config.captured_sizes)}
 
 
 class VllmGenerator:
     """Same interface as NativeGenerator: generate, score, load_weights, close."""
 
     def __init__(
-        self,
-        checkpoint: str,
-        compile_config: CompileConfig,
-        ledger: CompileLedger,
-        max_num_seqs: int,
-        max_model_len: int,
-        device: torch.device,
-        dtype: str,
-        cudagraph_mode: str,
-        capture_sizes: list[int],
-        seed: int,
+        self, checkpoint: str, *, config: GeneratorConfig, compile_config: CompileConfig, ledger: CompileLedger,
+        dtype: str, seed: int,
     ) -> None:
         if vllm_version() is None:
             raise ConformanceError(f"The vllm generator backend needs vLLM, which does not import here. {INSTALL_HINT}")
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        self.last_generate = None  # vLLM's scheduler does not say how many decode steps it ran
+        self.vocab_size = read_model_args(checkpoint).vocab_size
+        self._saved_env = os.environ.get(IN_PROCESS)
+        os.environ[IN_PROCESS] = "0"  # restored at close
         from vllm import LLM
 
         from titan_conformance.generator import vllm_model
@@ -60,9 +57,8 @@ class VllmGenerator:
         vllm_model.register()
         self._ledger_key = uuid.uuid4().hex
         vllm_model.LEDGERS[self._ledger_key] = ledger
-        self.device, self.max_num_seqs = device, max_num_seqs
-        self.vocab_size = read_model_args(checkpoint).vocab_size
-        self.compilation = compilation_config(device, cudagraph_mode, capture_sizes)
+        self.device, self.max_num_seqs = config.device, config.max_num_seqs
+        self.compilation = compilation_config(config)
         try:
             self.llm = LLM(
                 model=str(checkpoint),
@@ -74,15 +70,18 @@ class VllmGenerator:
                 skip_tokenizer_init=True,
                 dtype=dtype,
                 seed=seed,
-                max_model_len=max_model_len,
-                max_num_seqs=max_num_seqs,
+                max_model_len=config.max_model_len,
+                max_num_seqs=config.max_num_seqs,
                 logprobs_mode="processed_logprobs",
                 # Weight sync changes what a cached prompt prefix would compute.
                 enable_prefix_caching=False,
                 compilation_config=self.compilation,
                 max_logprobs=self.vocab_size if self.vocab_size <= FULL_VOCAB_SCORING else 20,
-                **({"kv_cache_memory_bytes": 256 << 20} if device.type == "cpu" else {}),
+                **({"kv_cache_memory_bytes": 256 << 20} if config.device.type == "cpu" else {}),
             )
+        except BaseException:
+            self.close()
+            raise
         finally:
             vllm_model.LEDGERS.pop(self._ledger_key, None)
 
@@ -152,7 +151,14 @@ class VllmGenerator:
         return None
 
     def close(self) -> None:
-        """Shuts the in-process engine down and frees its memory (LLM has no shutdown() in 0.32)."""
+        """Shuts the in-process engine down and frees its memory (LLM has no shutdown() in 0.32);
+        puts VLLM_ENABLE_V1_MULTIPROCESSING back as it was."""
+        if "_saved_env" in self.__dict__:
+            saved = self.__dict__.pop("_saved_env")
+            if saved is None:
+                os.environ.pop(IN_PROCESS, None)
+            else:
+                os.environ[IN_PROCESS] = saved
         llm = self.__dict__.pop("llm", None)
         if llm is not None:
             llm.llm_engine.engine_core.shutdown()

@@ -153,14 +153,3 @@ def run_ranks(
         timing.total = time.perf_counter() - start
         timing.ranks = [outs[r][1] for r in range(world_size)]
     return [outs[r][0] for r in range(world_size)]
-
-
-def smoke(rank: int, world_size: int, fail_on_rank: int | None = None) -> dict[str, Any]:
-    """A rank function for checking the launcher: one all-reduce of (rank + 1) over the group.
-    `fail_on_rank` raises there instead, leaving the other ranks waiting in the all-reduce."""
-    if rank == fail_on_rank:
-        raise RuntimeError(f"planted failure on rank {rank}")
-    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"  # NCCL: CUDA only
-    t = torch.tensor([float(rank + 1)], device=device)
-    dist.all_reduce(t)
-    return {"rank": rank, "world_size": dist.get_world_size(), "backend": dist.get_backend(), "sum": float(t)}

@@ -16,7 +16,7 @@ from typing import Any
 from titan_conformance.checks.budgets import compile_warmth, measured, proposed_budget
 from titan_conformance.device_class import recorded_class
 from titan_conformance.errors import ConformanceError
-from titan_conformance.system.profile import Budget
+from titan_conformance.profile import Budget
 
 BUDGET_KEYS = [f.name for f in dataclasses.fields(Budget)]
 

@@ -15,7 +15,10 @@ import shutil
 import subprocess
 import sys
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from titan_conformance.protocol import StepRecord
 
 HISTOGRAM_BINS = 41
 
@@ -130,7 +133,7 @@ def _diff_summary(records: list[Any], tolerance: float) -> dict[str, Any] | None
         },
         "per_position": None,
     }
-    positions = [getattr(r, "token_positions", None) for r in records]
+    positions = [r.token_positions for r in records]
     if all(p is not None and p.numel() == r.logprob_diff.numel() for p, r in zip(positions, records)):
         pos = torch.cat([p.flatten().long() for p in positions])[finite]
         size, a = int(pos.max()) + 1 if pos.numel() else 1, shown.abs().double()
@@ -145,32 +148,24 @@ def _diff_summary(records: list[Any], tolerance: float) -> dict[str, Any] | None
     return out
 
 
-def _step(record: Any) -> dict[str, Any]:
-    times = {k: float(v) for k, v in getattr(record, "times", {}).items()}
-    reward = getattr(record, "reward", None)
+def _step(record: StepRecord) -> dict[str, Any]:
+    times = {k: float(v) for k, v in record.times.items()}
     return jsonable({
-        "step": getattr(record, "step", None),
-        "times": times,
-        "seconds": sum(times.values()),
-        "loss": getattr(record, "loss", None),
-        "reward": getattr(reward, "total", None),
-        "avg_tokens": getattr(record, "avg_tokens", None),
+        "step": record.step, "times": times, "seconds": sum(times.values()), "loss": record.loss,
+        "reward": record.reward.total, "avg_tokens": record.avg_tokens,
+        "decode": record.decode,
     })
 
 
 def _capture(system: Any, profile: Any) -> dict[str, Any]:
-    """Capture sizes the policy yields and those captured, with the capture time per size."""
-    captured, per_size = [], {}
-    if "cudagraphs" in system.capabilities:
-        _, captured = system.cudagraph_sizes()
-        per_size = dict(getattr(getattr(system, "captures", None), "seconds", {}) or {})
-    uses_graphs = profile.cudagraph.mode != "NONE" and getattr(system.device, "type", "cpu") == "cuda"
+    """The system's capture sizes as it reports them (its policy, what it captured, per-size time)."""
+    sizes = system.cudagraph_sizes() if "capture_policy" in system.capabilities else None
     return jsonable({
-        "mode": profile.cudagraph.mode,
-        "policy": list(profile.capture_sizes) if uses_graphs else [],
-        "captured": list(captured),
+        "mode": profile.cudagraph.mode.on(system.device).value,
+        "policy": list(sizes.policy) if sizes else [],
+        "captured": list(sizes.captured) if sizes else [],
         "seconds": system.startup.get("capture"),
-        "seconds_per_size": per_size,
+        "seconds_per_size": dict(sizes.seconds) if sizes else {},
     })
 
 
@@ -186,10 +181,9 @@ def _versions(device: Any) -> dict[str, Any]:
 def run_record(run: Any, profile: Any) -> dict[str, Any]:
     """What one worker's GRPO run (a `ConformanceRun`) measured, for the report and its plots."""
     from titan_conformance.checks.budgets import device_class
-    from titan_conformance.checks.parity import profile_tolerance
 
     system = run.system
-    tolerance = 0.0 if profile.tolerances.bitwise else profile_tolerance(profile).max_abs
+    tolerance = 0.0 if profile.tolerances.bitwise else profile.tolerance.max_abs
     counts: dict[str, int] = {}
     for e in run.compile_events:
         counts[e.region] = counts.get(e.region, 0) + 1

@@ -98,7 +98,7 @@ class ReportSession:
     @pytest.hookimpl(wrapper=True)
     def pytest_fixture_setup(self, fixturedef: pytest.FixtureDef, request: pytest.FixtureRequest):
         if fixturedef.argname == "_tc_build":
-            from titan_conformance.system.timing import phase_listener
+            from titan_conformance.timing import phase_listener
 
             with phase_listener(self._phase):
                 return (yield)

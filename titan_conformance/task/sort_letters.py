@@ -17,6 +17,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from tokenizers import Regex
 
 from titan_conformance.errors import ConformanceError
+from titan_conformance.protocol.records import Reward
 
 LETTERS = "abcdefghijkl"
 SPECIALS = ("<pad>", "<bos>", "<eos>")
@@ -61,16 +62,6 @@ class TaskTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=True)
-
-
-@dataclass(frozen=True)
-class Reward:
-    correctness: float
-    format: float
-
-    @property
-    def total(self) -> float:
-        return self.correctness + self.format
 
 
 @dataclass(frozen=True)

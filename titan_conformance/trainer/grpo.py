@@ -6,21 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-@dataclass(frozen=True)
-class GRPOConfig:
-    """Optimization settings of the trainer."""
-
-    lr: float = 1e-3
-    """AdamW learning rate."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping threshold (global L2 norm)."""
-    clip_eps: float = 0.2
-    """PPO-style clip range of the importance ratio: [1 - eps, 1 + eps]."""
-    kl_coef: float = 0.0
-    """Weight of the k3 KL penalty to the frozen initial policy; 0 builds no reference model."""
+from titan_conformance.profile.sections import GRPOConfig
 
 
 @dataclass

@@ -9,7 +9,8 @@ from torch.distributed.tensor import DTensor
 
 from titan_conformance.model.qwen3 import Qwen3Model
 from titan_conformance.parallel.grads import clip_grad_norm_
-from titan_conformance.trainer.grpo import GRPOConfig, RolloutBatch, grpo_loss
+from titan_conformance.profile.sections import GRPOConfig
+from titan_conformance.trainer.grpo import RolloutBatch, grpo_loss
 from titan_conformance.trainer.logprobs import token_logprobs
 
 

@@ -8,15 +8,31 @@ step actually runs: prompts_per_step x n) and the cap itself. At max_num_seqs = 
 from __future__ import annotations
 
 import bisect
+import enum
 
 from titan_conformance.errors import ConformanceError
 
-MODES = ("NONE", "FULL", "FULL_DECODE_ONLY")
 
+class CudagraphMode(str, enum.Enum):
+    """How the generator's decode step runs: NONE without graphs; FULL and FULL_DECODE_ONLY capture
+    the whole step (every block, the final norm, lm_head and sampling) as one graph per size."""
 
-def effective_mode(mode: str, device) -> str:
-    """CUDA graphs exist on CUDA only: any mode is NONE elsewhere."""
-    return mode if getattr(device, "type", device) == "cuda" else "NONE"
+    NONE = "NONE"
+    FULL = "FULL"
+    FULL_DECODE_ONLY = "FULL_DECODE_ONLY"
+
+    @property
+    def captures(self) -> bool:
+        """Whether this mode captures graphs where graphs exist."""
+        return self is not CudagraphMode.NONE
+
+    def captures_on(self, device) -> bool:
+        """Whether graphs are captured on `device` (a torch.device or its type): CUDA only."""
+        return self.captures and getattr(device, "type", device) == "cuda"
+
+    def on(self, device) -> "CudagraphMode":
+        """The mode as it runs on `device`: NONE off CUDA."""
+        return self if self.captures_on(device) else CudagraphMode.NONE
 
 
 def policy_capture_sizes(max_num_seqs: int, cap: int = 0, explicit: list[int] | None = None) -> list[int]:

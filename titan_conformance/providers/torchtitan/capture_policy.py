@@ -17,8 +17,8 @@ import math
 import typing
 from dataclasses import dataclass
 
-from titan_conformance.generator.capture_sizes import policy_capture_sizes
-from titan_conformance.torchtitan_system.compat import experiments_rl_dir
+from titan_conformance.profile.cudagraph import policy_capture_sizes
+from titan_conformance.providers.torchtitan.compat import experiments_rl_dir
 
 POLICY_MODULE = "torchtitan.experiments.rl.actors.generator"
 POLICY_CLASS = "VLLMCudagraphConfig"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from titan_conformance.parallel.grads import clip_grad_norm_
-from titan_conformance.torchtitan_system.compat import TorchtitanAPI
+from titan_conformance.providers.torchtitan.compat import TorchtitanAPI
 from titan_conformance.trainer import GRPOConfig, RolloutBatch, Trainer
 from titan_conformance.trainer.logprobs import tempered
 from titan_conformance.trainer.trainer import TrainStepResult

@@ -10,7 +10,7 @@ CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 """Modes in which Inductor captures CUDA graphs of its own."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CompileConfig:
     """How each TransformerBlock is compiled (torchtitan's regional compile)."""
 

@@ -1,6 +1,6 @@
 """The provider protocol: everything the checks may ask of a GRPO system under test.
 
-Checks never reach past this protocol. Our reference system (`system.grpo_system`) is the default
+Checks never reach past this protocol. Our reference system (`providers.reference`) is the default
 provider; `--tc-system module:factory`, or an entry point in the group `titan_conformance.systems`,
 plugs in another. A factory is called as `factory(profile, device=..., model_path=...)` and returns
 an object with the attributes and methods of `ConformanceSystem`. A provider lists what it can do in
@@ -13,9 +13,15 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Callable, Protocol, runtime_checkable
 
-from titan_conformance.errors import ConformanceError
+import torch
 
-DEFAULT_FACTORY = "titan_conformance.system.grpo_system:build_system"
+from titan_conformance.compilation.ledger import CompileLedger
+from titan_conformance.errors import ConformanceError
+from titan_conformance.protocol.records import (
+    CaptureSizes, Completion, DecodeProbe, Problem, Reward, StepRecord, Task,
+)
+
+DEFAULT_FACTORY = "titan_conformance.providers.reference:build_system"
 ENTRY_POINT_GROUP = "titan_conformance.systems"
 
 CAPABILITIES = {
@@ -25,39 +31,46 @@ CAPABILITIES = {
     "weight_sync": "sync_weights() pushes the trainer's weights into the generator",
     "compile_ledger": "compile_ledger() returns the CompileLedger of every compiled region",
     "startup_phases": "startup maps each startup phase to seconds",
-    "cudagraphs": "the generator captures FULL CUDA graphs at the capture sizes",
-    "capture_policy": "cudagraph_sizes()[0] is the capture-size policy's list, also where nothing is captured",
+    "cudagraphs": "the generator captures FULL CUDA graphs at the capture sizes; probe_decode(batch, how) runs one "
+    "decode step by graph, compiled step or eagerly",
+    "capture_policy": "cudagraph_sizes().policy is the capture-size policy's list, also where nothing is captured",
     "reference_logprobs": "reference_logprobs(completions, dtype) scores completions with a fresh eager copy of "
     "the trainer's model at dtype (float64: the oracle; the profile's dtype: the precision floor)",
     "decode_timing": "time_decode_step(batch, position) times one bare decode step, and each StepRecord's "
     "`decode` counts the rollout's decode steps and graph replays",
+    "tensor_parallel": "built on every rank of a process group at parallel.tp > 1; weight_checksums() sums "
+    "each full (gathered) parameter",
 }
 
 
 @runtime_checkable
 class ConformanceSystem(Protocol):
-    """A built GRPO system (trainer + generator) as the checks see it."""
+    """A built GRPO system (trainer + generator) as the checks see it. The methods a capability
+    names (`CAPABILITIES`) are needed only where the system declares that capability."""
 
     name: str
     capabilities: frozenset[str]
     startup: dict[str, float]
-    """Seconds per startup phase (build, weight_load, compile, first_generate)."""
-    device: object
-    """The torch.device the system runs on."""
-    task: object
-    """The toy task (prompts via `sample`/`validation_set`, `reward`)."""
-
-    # Optional, read by the report when present: `captures.seconds` (capture size -> seconds), and
-    # `token_positions` on each StepRecord (for the per-position logprob-diff curve).
+    """Seconds per startup phase (build, weight_load, warmup, compile, capture, first_generate)."""
+    device: torch.device
+    """The device the system runs on."""
+    task: Task
+    """The task it trains on (grpo)."""
 
     def describe(self) -> dict[str, str]: ...
-    def step(self): ...
-    def validate(self): ...
-    def rollout(self, problems, seed: int, n: int | None = None, temperature: float | None = None): ...
-    def trainer_logprobs(self, completions): ...
-    def generator_logprobs(self, completions): ...
+    def step(self) -> StepRecord: ...
+    def validate(self) -> Reward: ...
+    def rollout(self, problems: list[Problem], seed: int, n: int | None = None,
+                temperature: float | None = None) -> list[Completion]: ...
+    def trainer_logprobs(self, completions: list[Completion]) -> list[torch.Tensor]: ...
+    def generator_logprobs(self, completions: list[Completion]) -> list[torch.Tensor]: ...
+    def reference_logprobs(self, completions: list[Completion], dtype: torch.dtype) -> list[torch.Tensor]: ...
     def sync_weights(self) -> None: ...
-    def compile_ledger(self): ...
+    def compile_ledger(self) -> CompileLedger: ...
+    def cudagraph_sizes(self) -> CaptureSizes: ...
+    def probe_decode(self, batch: int, how: str) -> DecodeProbe: ...
+    def time_decode_step(self, batch: int, position: int) -> float: ...
+    def weight_checksums(self) -> dict[str, float]: ...
     def close(self) -> None: ...
 
 

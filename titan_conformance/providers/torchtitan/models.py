@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from titan_conformance.compilation import CompileConfig, CompileLedger
-from titan_conformance.compilation.regional import make_forward_private, prepare_compiler, private_region
+from titan_conformance.compilation.regional import make_forward_private, private_region
 from titan_conformance.errors import ConformanceError
 from titan_conformance.model.attention import KVCacheAttention
 from titan_conformance.model.checkpoint import read_checkpoint
-from titan_conformance.torchtitan_system.compat import TorchtitanAPI
+from titan_conformance.providers.torchtitan.compat import TorchtitanAPI
 
 # config.json key -> what the flavor's config holds there.
 _HF_FIELDS = {
@@ -132,7 +132,7 @@ def compile_blocks(api: TorchtitanAPI, model: nn.Module, config: CompileConfig, 
     settings = dataclasses.replace(config, fullgraph=True, dynamic=None, mode=None, options={}).settings()
     region, name = private_region(ledger, role, type(blocks[0]).__name__, settings)
     make_forward_private(blocks, name)
-    prepare_compiler(config)
+    ledger.use_recompile_limit(config.recompile_limit)
     tt_config = api.CompileConfig(enable=True, backend=ledger.backend(region, config.backend, None))
     parallel_dims = api.ParallelDims(dp_replicate=1, dp_shard=1, cp=1, tp=1, pp=1, ep=1, world_size=1)
     api.apply_compile(model, compile_config=tt_config, parallel_dims=parallel_dims)

@@ -1,0 +1,343 @@
+"""The GRPO system both bundled providers share: the run around a model stack.
+
+What differs between providers — which model the trainer and the generator run, how weights load,
+how the trainer compiles, the capture-size policy, the eager copy the precision floor scores with —
+is a `ModelStack` the system is composed with; everything else is here, once: the startup phases
+and their timing, the toy task and its warm-up, GRPO steps, rollouts, weight sync, validation, the
+protocol's probes. `providers.reference` and `providers.torchtitan` are two stacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from titan_conformance.compilation import CompileLedger
+from titan_conformance.data_files import resolve_checkpoint
+from titan_conformance.errors import ConformanceError
+from titan_conformance.generator.base import Generator
+from titan_conformance.generator.native import NativeGenerator
+from titan_conformance.gpus import resolve_device
+from titan_conformance.profile import Profile
+from titan_conformance.protocol import CaptureSizes, Completion, DecodeProbe, Problem, Reward, StepRecord
+from titan_conformance.task import SortLettersTask, TaskTokenizer
+from titan_conformance.task.sort_letters import build_tokenizer
+from titan_conformance.task.warm_up import warm_up
+from titan_conformance.timing import timed
+from titan_conformance.trainer import RolloutBatch, Trainer, group_advantages
+
+STARTUP_PHASES = ("build", "weight_load", "warmup", "compile", "capture", "first_generate")
+"""In the order they run; `warmup` (a random checkpoint's supervised warm-up) is outside the
+startup budget."""
+
+
+@dataclass(kw_only=True)
+class BuildContext:
+    """What a stack builds for."""
+
+    profile: Profile
+    device: torch.device
+    dtype: torch.dtype
+    ledger: CompileLedger
+
+
+class ModelStack(Protocol):
+    """A provider's model side: what the shared GRPO system is composed with."""
+
+    name: str
+
+    def build(self, ctx: BuildContext, ckpt: Path | None) -> Trainer:
+        """The trainer (modules, no weights yet); the native generator too, when it has one (`generator`)."""
+    generator: Generator | None
+    """The generator once built (a vLLM generator starts in `place`)."""
+
+    def load_weights(self, trainer: Trainer, ckpt: Path | None) -> None:
+        """Initialize or load the trainer's (unsharded) weights."""
+
+    def place(self, ctx: BuildContext, trainer: Trainer, ckpt: Path | None) -> None:
+        """After the warm-up: shard the trainer, start a generator that loads weights itself."""
+
+    def compile_trainer(self, ctx: BuildContext, trainer: Trainer) -> None: ...
+
+    def capture_policy(self) -> list[int]:
+        """The capture-size policy's sizes for the profile (also where nothing is captured)."""
+
+    def eager_copy(self, trainer: Trainer, dtype: torch.dtype) -> nn.Module:
+        """An uncompiled, unsharded copy of the trainer's model at `dtype`, with its current weights."""
+
+    def score(self, model: nn.Module, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+        """[B, S] tokens -> [B, S-1] logprobs of each next token under `model` at `temperature`."""
+
+    def vocab_size(self) -> int: ...
+
+    def weight_checksums(self, trainer: Trainer) -> dict[str, float]:
+        """Sum of each full (gathered) parameter: ranks of a TP run must agree."""
+
+    def describe(self) -> dict[str, str]: ...
+
+    def close(self) -> None: ...
+
+
+def mean_reward(rewards: list[Reward]) -> Reward:
+    return Reward(
+        sum(r.correctness for r in rewards) / len(rewards), sum(r.format for r in rewards) / len(rewards)
+    )
+
+
+def rollout_batch(
+    completions: list[Completion], advantages: torch.Tensor, pad_id: int, device: torch.device, width: int = 0
+) -> RolloutBatch:
+    """Right-pads prompt + completion into one tensor at least `width` wide, with the mask and
+    logprobs aligned to targets (entry t scores token t + 1)."""
+    seqs = [c.prompt_ids + c.token_ids for c in completions]
+    width = max(width, *(len(s) for s in seqs))
+    tokens = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(seqs), width - 1, dtype=torch.bool)
+    gen_lp = torch.zeros(len(seqs), width - 1)
+    for i, (c, s) in enumerate(zip(completions, seqs)):
+        tokens[i, : len(s)] = torch.tensor(s)
+        start = len(c.prompt_ids) - 1
+        mask[i, start : start + len(c.token_ids)] = True
+        gen_lp[i, start : start + len(c.token_ids)] = torch.tensor(c.logprobs)
+    return RolloutBatch(tokens.to(device), mask.to(device), gen_lp.to(device), advantages.to(device))
+
+
+class GRPOSystem:
+    """A GRPO system composed with a model stack. Startup phases are timed in `startup`; every
+    process-wide setting it changes (Dynamo's config, log artifacts, environment variables,
+    registries) is undone by `close()`."""
+
+    BASE_CAPABILITIES = frozenset(
+        {"grpo", "trainer_logprobs", "generator_logprobs", "weight_sync", "compile_ledger", "startup_phases",
+         "capture_policy", "reference_logprobs"}
+    )
+
+    def __init__(self, profile: Profile, stack: ModelStack, device: str = "cpu", model_path: str | None = None,
+                 ledger: CompileLedger | None = None) -> None:
+        """`ledger`: record compilations there (the caller keeps them even when building fails)."""
+        self.profile, self.stack, self.name = profile, stack, stack.name
+        self.device = resolve_device(device)
+        self.dtype = getattr(torch, profile.model.dtype)
+        self.scope = contextlib.ExitStack()
+        """Process-wide changes, undone at close (`compilation.regional.scoped_compiler` and the like)."""
+        self.ledger = self.scope.enter_context(ledger or CompileLedger())
+        self.ctx = BuildContext(profile=profile, device=self.device, dtype=self.dtype, ledger=self.ledger)
+        self.startup: dict[str, float] = {}
+        self.history: list[StepRecord] = []
+        self._rng = random.Random(profile.seed)
+        spec = model_path or profile.model.checkpoint
+        ckpt = None if spec == "random" else resolve_checkpoint(spec)
+        s = profile.sampling
+        try:
+            with timed(self.startup, "build", self.device):
+                # The toy task brings its own character tokenizer; its ids fit any vocab >= 16.
+                self.tokenizer = TaskTokenizer(build_tokenizer())
+                self.task = SortLettersTask(self.tokenizer)
+                self.scope.callback(stack.close)
+                self.trainer = stack.build(self.ctx, ckpt)
+            with timed(self.startup, "weight_load", self.device):
+                stack.load_weights(self.trainer, ckpt)
+            if profile.model.warmup_steps:
+                with timed(self.startup, "warmup", self.device):
+                    self._warm_up_on_task()
+            with timed(self.startup, "weight_load", self.device):
+                stack.place(self.ctx, self.trainer, ckpt)
+                self.sync_weights()
+            with timed(self.startup, "compile", self.device):
+                self._wait_warm_start()
+                stack.compile_trainer(self.ctx, self.trainer)
+                self._compile_shapes()
+            with timed(self.startup, "capture", self.device):
+                self.captures = self.generator.capture()
+            with timed(self.startup, "first_generate", self.device):
+                self.rollout(self.task.validation_set(s.num_prompts_per_step), seed=2**31 - 1)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def generator(self) -> Generator:
+        return self.stack.generator
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        native = isinstance(self.generator, NativeGenerator)  # only the native generator is probed and timed
+        out = set(self.BASE_CAPABILITIES)
+        if not self.generator.can_score(self.profile.sampling.temperature):
+            out.discard("generator_logprobs")
+        if native:
+            out |= {"decode_timing"} | ({"cudagraphs"} if self.generator.graphs else set())
+        if self.profile.parallel.tp > 1:
+            out.add("tensor_parallel")
+        return frozenset(out)
+
+    # --- startup -----------------------------------------------------------------------------
+
+    def _wait_warm_start(self) -> None:
+        """Before the main thread compiles or imports much (`compilation/warm_start.py`)."""
+        if isinstance(self.generator, NativeGenerator):
+            self.generator.wait_warm_start()
+
+    def _warm_up_on_task(self) -> None:
+        """The profile's supervised warm-up, unsharded, on the system's device; the reference (KL)
+        model starts from its result too. Under TP every rank warms up alike (same seed, same
+        data), and rank 0's result is broadcast so that no rank drifts by a rounding."""
+        m = self.profile.model
+        warm_up(self.trainer.model, self.task, m.warmup_steps, self.profile.seed, batch=m.warmup_batch, lr=m.warmup_lr)
+        if self.profile.parallel.tp > 1:
+            import torch.distributed as dist
+
+            with torch.no_grad():
+                for param in self.trainer.model.parameters():
+                    dist.broadcast(param.data, src=0)
+        if self.trainer.reference is not None:
+            self.trainer.reference.load_state_dict(self.trainer.model.state_dict())
+
+    def _compile_shapes(self) -> None:
+        """Compiles every shape class the run and the checks use: the trainer's fwd+bwd and its
+        no-grad pass on a full batch at the trainer's fixed width, generator prefill + decode.
+        Gradients are dropped; weights do not change."""
+        s = self.profile.sampling
+        bsz = s.num_prompts_per_step * s.n
+        tokens = torch.full((bsz, self.profile.generator.max_model_len), self.tokenizer.bos_id, dtype=torch.long, device=self.device)
+        self.trainer.model(tokens).float().sum().backward()
+        self.trainer.optimizer.zero_grad(set_to_none=True)
+        self.trainer.logprobs(tokens)
+        prompts = [[self.tokenizer.bos_id] * 5] * s.num_prompts_per_step
+        self.generator.generate(prompts, s.n, 2, s.temperature, 0, self.tokenizer.eos_id)
+
+    # --- the run -----------------------------------------------------------------------------
+
+    def _batch(self, completions: list[Completion], advantages: torch.Tensor) -> RolloutBatch:
+        """The trainer's batch, always max_model_len wide, as torchtitan's trainer trains on a fixed
+        sequence length: Inductor picks kernels by the size hints of batch x length (a reduction's
+        accumulation, a persistent reduction) and guards on them (`4*B*S <= 4096` on a CPU), so
+        batches of varying width recompiled the trainer's backward mid-run, one graph per range."""
+        return rollout_batch(completions, advantages, self.tokenizer.pad_id, self.device, self.profile.generator.max_model_len)
+
+    def sync_weights(self) -> None:
+        self.generator.load_weights(self.trainer.named_weights())
+
+    def rollout(self, problems: list[Problem], seed: int, n: int | None = None,
+                temperature: float | None = None) -> list[Completion]:
+        s = self.profile.sampling
+        return self.generator.generate(
+            [p.prompt_ids for p in problems], s.n if n is None else n, s.max_tokens,
+            s.temperature if temperature is None else temperature, seed, self.tokenizer.eos_id,
+        )
+
+    def step(self) -> StepRecord:
+        """One GRPO step: generate, score, train, sync weights."""
+        s, times = self.profile.sampling, {}
+        index = len(self.history) + 1
+        problems = self.task.sample(self._rng, s.num_prompts_per_step)
+        with timed(times, "generate", self.device):
+            completions = self.rollout(problems, seed=self.profile.seed * 100_003 + index)
+        decode = self.generator.last_generate
+        rewards = [self.task.reward(p, c.token_ids) for p, c in zip((p for p in problems for _ in range(s.n)), completions)]
+        advantages = group_advantages(torch.tensor([r.total for r in rewards]), s.n)
+        batch = self._batch(completions, advantages)
+        with timed(times, "train", self.device):
+            result = self.trainer.step(batch)
+        with timed(times, "weight_sync", self.device):
+            self.sync_weights()
+        mask = batch.completion_mask
+        trainer_lp, generator_lp = (lp[mask].float().cpu() for lp in (result.trainer_logprobs, batch.generator_logprobs))
+        record = StepRecord(
+            index, result.loss, mean_reward(rewards),
+            sum(len(c.token_ids) for c in completions) / len(completions), trainer_lp - generator_lp, times,
+            token_positions=(mask.cumsum(-1) - 1)[mask].cpu(),
+            sequence_index=torch.arange(len(completions), device=mask.device).unsqueeze(1).expand_as(mask)[mask].cpu(),
+            trainer_logprobs=trainer_lp, generator_logprobs=generator_lp,
+            rewards=torch.tensor([r.total for r in rewards]), advantages=advantages.float().cpu(),
+            grad_norm=result.grad_norm, decode=decode,
+        )
+        self.history.append(record)
+        return record
+
+    def validate(self) -> Reward:
+        """Mean reward over the fixed validation set (chunked to max_num_seqs)."""
+        v, problems, rewards = self.profile.validation, self.task.validation_set(self.profile.validation.size), []
+        chunk = self.profile.max_num_seqs
+        for i in range(0, len(problems), chunk):
+            part = problems[i : i + chunk]
+            completions = self.rollout(part, seed=self.profile.seed, n=1, temperature=v.temperature)
+            rewards += [self.task.reward(p, c.token_ids) for p, c in zip(part, completions)]
+        return mean_reward(rewards)
+
+    # --- the protocol's probes ---------------------------------------------------------------
+
+    def describe(self) -> dict[str, str]:
+        return {"provider": self.name, "device": str(self.device), "dtype": self.profile.model.dtype,
+                "torch": torch.__version__, **self.stack.describe()}
+
+    def trainer_logprobs(self, completions: list[Completion]) -> list[torch.Tensor]:
+        """The trainer's logprob of every completion token, scoring all completions as one batch."""
+        batch = self._batch(completions, torch.zeros(len(completions)))
+        logp = self.trainer.logprobs(batch.tokens).float().cpu()
+        mask = batch.completion_mask.cpu()
+        return [row[m] for row, m in zip(logp, mask)]
+
+    def generator_logprobs(self, completions: list[Completion]) -> list[torch.Tensor]:
+        """The generator's logprob of every completion token from one prefill (no decode)."""
+        return self.generator.score(completions, self.profile.sampling.temperature)
+
+    def reference_logprobs(self, completions: list[Completion], dtype: torch.dtype) -> list[torch.Tensor]:
+        """The trainer's current weights in a fresh eager copy of the model at `dtype`, scoring every
+        completion token at the sampling temperature: float64 is the oracle, the profile's dtype the
+        precision floor that trainer and generator are held to. Scored a few sequences at a time,
+        so that no [batch, length, vocab] float64 logits are ever whole."""
+        model = self.stack.eager_copy(self.trainer, dtype)
+        batch = self._batch(completions, torch.zeros(len(completions)))
+        chunk = max(1, (1 << 30) // (batch.tokens.shape[1] * self.stack.vocab_size() * 8))
+        temperature = self.profile.sampling.temperature
+        with torch.no_grad():
+            logp = torch.cat([self.stack.score(model, batch.tokens[i : i + chunk], temperature).double().cpu()
+                              for i in range(0, len(completions), chunk)])
+        del model
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return [row[m] for row, m in zip(logp, batch.completion_mask.cpu())]
+
+    def compile_ledger(self) -> CompileLedger:
+        return self.ledger
+
+    def cudagraph_sizes(self) -> CaptureSizes:
+        captures = getattr(self, "captures", None)
+        return CaptureSizes(self.stack.capture_policy(), sorted(getattr(self.generator, "graphs", {})),
+                            dict(getattr(captures, "seconds", {}) or {}))
+
+    def probe_decode(self, batch: int, how: str) -> DecodeProbe:
+        """One decode step from a fixed state: graph, compiled or eager (`generator.probe`)."""
+        from titan_conformance.generator.probe import probe_decode
+
+        return probe_decode(self.generator, batch, how)
+
+    def time_decode_step(self, batch: int, position: int) -> float:
+        """Seconds of one bare decode step of `batch` rows at `position` (`generator.probe`)."""
+        from titan_conformance.generator.probe import time_decode_step
+
+        return time_decode_step(self.generator, batch, position)
+
+    def weight_checksums(self) -> dict[str, float]:
+        return self.stack.weight_checksums(self.trainer)
+
+    def close(self) -> None:
+        """Shuts the generator down, frees device memory and files, and undoes every process-wide
+        change the system made (in reverse order)."""
+        self.scope.close()
+        self.__dict__.pop("trainer", None)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def __enter__(self) -> "GRPOSystem":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,17 @@
+"""The reference provider (entry point `reference`, the default): our Qwen3 GRPO system."""
+
+from __future__ import annotations
+
+from titan_conformance.providers.grpo import GRPOSystem
+from titan_conformance.providers.reference.stack import ReferenceStack
+
+
+def build_system(profile, device: str = "cpu", model_path: str | None = None, ledger=None) -> GRPOSystem:
+    """The default provider factory. `ledger`: record compilations there (kept even when building fails)."""
+    return GRPOSystem(profile, ReferenceStack(), device=device, model_path=model_path, ledger=ledger)
+
+
+build_system.default_suite = "tiny-cpu"
+"""Read by the plugin: the suite this provider runs when --tc-suite is not given."""
+build_system.generators = ("native", "vllm")
+"""Read by the plugin: the generator backends this provider drives (`--tc-generator auto` picks vLLM when it imports)."""

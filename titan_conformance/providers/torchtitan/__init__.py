@@ -1,0 +1,19 @@
+"""The torchtitan provider (entry point `torchtitan`). This module imports neither torch nor
+torchtitan: the plugin reads the provider's defaults from its entry point's factory."""
+
+DEFAULT_SUITE = "torchtitan-debugmodel"
+"""The suite `--tc-system torchtitan` runs when no --tc-suite is given."""
+
+
+def build_system(profile, device: str = "cpu", model_path: str | None = None, ledger=None):
+    """The `torchtitan` entry point's factory: the shared GRPO system over torchtitan's model stack."""
+    from titan_conformance.providers.grpo import GRPOSystem
+    from titan_conformance.providers.torchtitan.stack import TorchtitanStack
+
+    return GRPOSystem(profile, TorchtitanStack(), device=device, model_path=model_path, ledger=ledger)
+
+
+build_system.default_suite = DEFAULT_SUITE
+"""Read by the plugin: the suite this provider runs by default."""
+build_system.generators = ("native",)
+"""Read by the plugin: the generator backends this provider drives (`--tc-generator auto` keeps these)."""

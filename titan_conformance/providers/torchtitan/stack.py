@@ -1,0 +1,135 @@
+"""The torchtitan model stack (`--tc-system torchtitan`), composed into the shared GRPO system.
+
+Trainer: the flavor's model from torchtitan's registry, built and initialized (or loaded through
+its HF state-dict adapter) as torchtitan does, compiled by torchtitan's `apply_compile`, trained
+with torchtitan's `compute_logprobs` and `GRPOLoss`. Generator: the same model class and weights
+with our KV cache as inner attention, compiled by the same `apply_compile` under the same config,
+capturing FULL decode graphs at the sizes torchtitan's own capture-size policy yields.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from titan_conformance.errors import ConformanceError
+from titan_conformance.generator.base import GeneratorConfig
+from titan_conformance.generator.native import NativeGenerator
+from titan_conformance.providers.grpo import BuildContext
+from titan_conformance.providers.torchtitan import DEFAULT_SUITE
+from titan_conformance.providers.torchtitan.capture_policy import torchtitan_capture_policy
+from titan_conformance.providers.torchtitan.compat import load_torchtitan
+from titan_conformance.providers.torchtitan.models import (
+    build_model, compile_blocks, flavor_spec, load_hf_checkpoint, use_kv_cache,
+)
+from titan_conformance.providers.torchtitan.trainer import TorchtitanTrainer
+from titan_conformance.providers.torchtitan.vllm_path import CUDA_ONLY, vllm_registration_status
+from titan_conformance.task.sort_letters import VOCAB_SIZE
+from titan_conformance.trainer import Trainer
+from titan_conformance.trainer.logprobs import tempered
+
+
+def check_profile(p) -> None:
+    """What the torchtitan provider can build, said before anything is built."""
+    where = f"profile {p.name!r}"
+    problems = [
+        (not p.torchtitan.flavor, f"it sets no torchtitan.flavor; run --tc-suite {DEFAULT_SUITE} or add "
+         "[torchtitan] flavor = \"debugmodel\" (or another Qwen3 flavor)"),
+        (p.parallel.tp > 1, "parallel.tp > 1 is not built by the torchtitan provider in this version"),
+        (p.grpo.kl_coef > 0, "torchtitan's GRPOLoss has no KL term; set grpo.kl_coef = 0"),
+        (p.compile.mode is not None or bool(p.compile.options),
+         "torchtitan's apply_compile passes no compile.mode or compile.options to torch.compile; leave them out"),
+    ]
+    for bad, why in problems:
+        if bad:
+            raise ConformanceError(f"{where} cannot run on the torchtitan provider: {why}.")
+    if p.generator.backend != "native":
+        raise ConformanceError(
+            f"{where} asks for the {p.generator.backend} generator; the torchtitan provider runs the native "
+            f"generator over torchtitan's model. {CUDA_ONLY}, and this version does not drive it; here, "
+            f"{vllm_registration_status(p.torchtitan.flavor)}. Use --tc-generator native."
+        )
+
+
+class TorchtitanStack:
+    name = "torchtitan"
+
+    def __init__(self) -> None:
+        self.generator: NativeGenerator | None = None
+
+    def build(self, ctx: BuildContext, ckpt: Path | None) -> Trainer:
+        p = self.profile = ctx.profile
+        check_profile(p)
+        self.api = load_torchtitan()
+        self.spec = flavor_spec(self.api, p.torchtitan.flavor, p.generator.max_model_len)
+        if self.spec.model.vocab_size < VOCAB_SIZE:
+            raise ConformanceError(f"torchtitan flavor {p.torchtitan.flavor!r} has fewer than the task's {VOCAB_SIZE} tokens.")
+        self.device = ctx.device
+        trainer = TorchtitanTrainer(build_model(self.spec, ctx.device, ctx.dtype, p.seed), self.api, p.grpo, p.sampling.temperature)
+        self._policy = self._capture_policy()
+        config = GeneratorConfig.from_profile(p, ctx.device, self._policy)
+        gen_model = build_model(self.spec, ctx.device, ctx.dtype, p.seed)
+        gen_model.requires_grad_(False).eval()
+        use_kv_cache(gen_model, config.cache_rows, config.max_model_len, ctx.dtype, ctx.device)
+        compile_blocks(self.api, gen_model, p.compile, ctx.ledger, "generator")
+        self.generator = NativeGenerator(
+            gen_model, vocab_size=self.spec.model.vocab_size, config=config,
+            forward=lambda tokens, positions, slots: gen_model(tokens, positions=positions, attention_masks=slots),
+        )
+        return trainer
+
+    def _capture_policy(self) -> list[int]:
+        """torchtitan's decode capture sizes for max_num_seqs (an explicit cudagraph.sizes wins).
+        Sets the report's note on where its policy and ours differ."""
+        p = self.profile
+        try:
+            policy = torchtitan_capture_policy(p.max_num_seqs)
+            self._policy_note, sizes = policy.note(), policy.sizes
+        except LookupError as e:
+            self._policy_note, sizes = f"{e}; ours is used", p.capture_sizes
+        return p.capture_sizes if p.cudagraph.sizes is not None else sizes
+
+    def load_weights(self, trainer: Trainer, ckpt: Path | None) -> None:
+        """torchtitan's own init ran at build; a checkpoint loads through its HF state-dict adapter."""
+        if ckpt is not None:
+            load_hf_checkpoint(trainer.model, self.spec, ckpt, self.profile.torchtitan.flavor)
+
+    def place(self, ctx: BuildContext, trainer: Trainer, ckpt: Path | None) -> None:
+        """Nothing to shard or start: one process, the native generator."""
+
+    def compile_trainer(self, ctx: BuildContext, trainer: Trainer) -> None:
+        compile_blocks(self.api, trainer.model, self.profile.compile, ctx.ledger, "trainer")
+
+    def capture_policy(self) -> list[int]:
+        return self._policy
+
+    def eager_copy(self, trainer: Trainer, dtype: torch.dtype):
+        """torchtitan's model of the flavor at `dtype`, uncompiled, with the trainer's current weights."""
+        model = build_model(self.spec, self.device, dtype, self.profile.seed)
+        model.load_state_dict(trainer.model.state_dict())
+        return model.requires_grad_(False).eval()
+
+    def score(self, model, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+        return self.api.compute_logprobs(tempered(model(tokens)[:, :-1], temperature), tokens[:, 1:])
+
+    def vocab_size(self) -> int:
+        return self.spec.model.vocab_size
+
+    def weight_checksums(self, trainer: Trainer) -> dict[str, float]:
+        return {n: float(t.detach().double().sum()) for n, t in trainer.model.named_parameters()}
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "provider": f"torchtitan {self.api.version}",
+            "generator": "native",
+            "torchtitan": f"{self.api.version} ({self.api.location})",
+            "flavor": self.profile.torchtitan.flavor,
+            "attention": "trainer: torchtitan ScaledDotProductAttention (causal); generator: KV cache",
+            "capture_policy": self._policy_note,
+        }
+
+    def close(self) -> None:
+        if self.generator is not None:
+            self.generator.close()
+            self.generator = None
