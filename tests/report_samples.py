@@ -67,18 +67,20 @@ def _checks(run: ConformanceRun, slow: float) -> dict[str, CheckResult]:
 
 
 def sample_report(slow: float = 1.0, interrupted: bool = False) -> dict:
-    """Two workers, five checks that pass and one skip; times scaled by `slow`."""
+    """Two variants (base on gw0, fp32 on gw1), five checks that pass and one skip; times scaled by `slow`."""
     profile = load_profile("tiny-cpu")
-    store = ReportStore()
-    workers = ("gw0", "gw1")
-    runs = {w: run_record(fake_run(seed, slow=slow), profile) for seed, w in enumerate(workers)}
+    variants = {"base": "gw0", "fp32": "gw1"}
+    store = ReportStore(variants=list(variants))
+    runs = {v: {**run_record(fake_run(seed, slow=slow), profile), "variant": v} for seed, v in enumerate(variants)}
     for i, (name, result) in enumerate(_checks(fake_run(0, slow=slow), slow).items()):
-        worker, nodeid = workers[i % 2], f"conformance/{name}"
-        store.add_phase(nodeid, "setup", "passed", 0.1, worker, "", run=runs.pop(worker, None))
+        variant = list(variants)[i % 2]
+        worker, nodeid = variants[variant], f"conformance/{name}[{variant}]"
+        store.add_phase(nodeid, "setup", "passed", 0.1, worker, "", run=runs.pop(variant, None), variant=variant)
         store.add_phase(nodeid, "call", "passed" if result.passed else "failed", 0.5, worker,
-                        "" if result.passed else result.message, [check_record(result)])
-    store.add_phase("conformance/test_learning.py::test_validation_reward_rises", "setup", "skipped", 0.0, "gw1",
-                    "profile 'tiny-cpu' sets run.expect_learning = false")
+                        "" if result.passed else result.message, [check_record(result)], variant=variant)
+    store.add_phase("conformance/test_learning.py::test_validation_reward_rises[fp32]", "setup", "skipped", 0.0, "gw1",
+                    "profile 'tiny-cpu' sets run.expect_learning = false", variant="fp32")
+    workers = tuple(variants.values())
     for worker in workers:
         store.worker_down(worker, None)
     options = {"suite": "tiny-cpu", "device": "cpu", "generator": "auto", "system": None, "report_dir": None}

@@ -72,33 +72,41 @@ def with_budgets(tmp_path, tables: str):
     return load_profile(str(path))
 
 
-def run_values(report: dict, worker: str) -> dict[str, float]:
-    run = report["runs"][worker]
+def run_values(report: dict, variant: str) -> dict[str, float]:
+    run = report["runs"][variant]
     return measured(run["startup"], [s["times"] for s in run["steps"]])
 
 
 def test_proposed_table_loads_passes_its_run_and_fails_a_slower_one(tmp_path, capsys):
     report = sample_report()
-    report["runs"]["gw1"]["startup"]["compile"] = 9.0  # the slower worker sets compile's budget
+    report["runs"]["base"]["startup"]["compile"] = 9.0  # each variant gets its own table
     tables = proposal_for(report, tmp_path, capsys)
-    assert "[budgets.cpu]" in tables and "2x the slowest of 2 worker(s)" in tables
+    assert "[budgets.cpu]" in tables and "[variants.fp32.budgets.cpu]" in tables and "2x its run's times" in tables
     budget = with_budgets(tmp_path, tables).budgets["cpu"]
     assert budget.compile == 18.0 and budget.startup == 23.0 and budget.step == 1.7  # 2 x 9.0, 11.2, 0.835
-    for worker in report["runs"]:
-        assert budget_verdict(run_values(report, worker), budget, "cpu").passed
-    slower = budget_verdict(run_values(sample_report(slow=3.0), "gw0"), budget, "cpu")
+    assert budget_verdict(run_values(report, "base"), budget, "cpu").passed
+    assert "compile = 16.0" in tables.split("[variants.fp32.budgets.cpu]")[1]  # fp32's 8.0
+    slower = budget_verdict(run_values(sample_report(slow=3.0), "base"), budget, "cpu")
     assert not slower.passed and "compile took 24.000s, budget 18.000s" in slower.message
 
 
 def test_failed_runs_are_left_out_and_old_reports_get_the_model_class(tmp_path, capsys):
     report = sample_report()
-    report["runs"]["gw0"]["error"] = "worker died in step 2"
-    report["runs"]["gw0"]["startup"]["compile"] = 99.0
+    report["runs"]["base"]["error"] = "worker died in step 2"
+    report["runs"]["base"]["startup"]["compile"] = 99.0
     for run in report["runs"].values():  # written before device classes were GPU models
         run["device_class"], run["versions"]["gpu"] = "nvidia a100-sxm4-80gb", "NVIDIA A100-SXM4-80GB"
     tables = proposal_for(report, tmp_path, capsys)
-    assert "[budgets.a100]" in tables and "1 failed worker(s) left out" in tables
-    assert "compile = 16.0" in tables  # gw1's 8.0, not the failed gw0's 99.0
+    assert "[variants.fp32.budgets.a100]" in tables and "1 failed run(s) left out" in tables
+    assert "[budgets.a100]" not in tables and "compile = 16.0" in tables  # fp32's 8.0, not the failed base's 99.0
+
+
+def test_runs_on_a_shared_gpu_are_left_out(tmp_path, capsys):
+    report = sample_report()
+    for run in report["runs"].values():
+        run["gpu_shared"] = "2 workers run variants at once on 1 GPU(s)"
+    assert budgets_command(report, tmp_path) == 2
+    assert "2 on a GPU shared with other workers" in capsys.readouterr().err
 
 
 def test_a_cached_compile_is_called_out(tmp_path, capsys):
@@ -125,7 +133,7 @@ def test_a_report_without_runs_is_an_error(tmp_path, capsys):
     "damage, fragment",
     [
         (lambda run: run.update(startup={}, steps=[]), "no completed run with startup or step times"),
-        (lambda run: run.update(error="killed"), "no completed run with startup or step times (2 run(s), 2 failed)"),
+        (lambda run: run.update(error="killed"), "no completed run with startup or step times (2 run(s), 2 failed,"),
         (lambda run: run["startup"].update(compile="8 s"), "malformed report"),
         (lambda run: run.update(steps=["step 1"]), "malformed report"),
     ],

@@ -36,11 +36,13 @@ def test_report_is_json_of_the_schema(report):
     data = json.loads(json.dumps(report, allow_nan=False))
     assert validate(data, "sample") is data
     assert data["schema_version"] == SCHEMA_VERSION
-    assert set(data["runs"]) == {"gw0", "gw1"} and {t["worker"] for t in data["tests"]} == {"gw0", "gw1"}
+    assert set(data["runs"]) == {"base", "fp32"} and {t["worker"] for t in data["tests"]} == {"gw0", "gw1"}
+    assert {v: (s["status"], s["worker"]) for v, s in data["variants"].items()} == {"base": ("ran", "gw0"), "fp32": ("ran", "gw1")}
+    assert data["runs"]["fp32"]["worker"] == "gw1" and {t["variant"] for t in data["tests"]} == {"base", "fp32"}
     parity = next(t for t in data["tests"] if t["property"] == "logprob_parity")["checks"][0]
     assert parity["limits"] == {"max_abs": 1e-4, "p99_abs": 1e-5, "mean_abs": 1e-6, "min_tokens": 1} and parity["passed"]
     assert {"max_abs", "p99_abs", "frac_over_tolerance", "k3_kl", "mean_exp_abs"} <= set(parity["metrics"])
-    run = data["runs"]["gw0"]
+    run = data["runs"]["base"]
     assert run["compile"]["counts"] == {"trainer.TransformerBlock": 2, "generator.TransformerBlock": 1}
     assert run["capture"]["captured"] == [1, 2, 4, 8] and run["capture"]["seconds_per_size"]["8"] == 0.25
     assert len(run["logprob_diff"]["per_position"]["mean_abs"]) == 12
@@ -83,7 +85,10 @@ def test_the_four_files(written, report):
     assert sorted(p.name for p in written.iterdir()) == sorted(write.FILES)  # no staging folder left
     assert load_report(written / "report.json") == json.loads(json.dumps(report))
     md = (written / "summary.md").read_text()
-    assert md.index("| Logprob parity | ✅ pass") < md.index("| Recompile budget |") < md.index("| Budgets |")
+    assert md.index("| Property | `base` | `fp32` |") < md.index("#### Variant `base`") < md.index("#### Variant `fp32`")
+    base = md[md.index("#### Variant `base`"):]
+    assert base.index("| Logprob parity | ✅ pass") < base.index("| Recompile budget |") < base.index("| Budgets |")
+    assert "- fp32: ran on gw1 (tiny-cpu)" in md
     suite = ET.parse(written / "junit.xml").getroot().find("testsuite")
     assert (suite.get("tests"), suite.get("skipped"), suite.get("failures")) == ("6", "1", "0")
     html = (written / "report.html").read_text()
@@ -138,15 +143,16 @@ def test_step_summary_is_appended_within_its_cap(tmp_path, report):
 
 def test_compare_flags_regressions_beyond_the_threshold(report):
     rows = {(r.section, r.metric): r for r in compare(report, sample_report(slow=1.5))}
-    assert rows["startup", "compile"].regression and rows["step", "total"].regression
-    assert not rows["step", "weight_sync"].regression  # +0.01 s is timer noise (--min-seconds)
-    assert not rows["logprob diff", "max_abs"].regression and rows["capture", "sizes"].note == ""
+    assert rows["[base] startup", "compile"].regression and rows["[fp32] step", "total"].regression
+    assert not rows["[base] step", "weight_sync"].regression  # +0.01 s is timer noise (--min-seconds)
+    assert not rows["[base] logprob diff", "max_abs"].regression and rows["[base] capture", "sizes"].note == ""
     assert not any(r.regression for r in compare(report, sample_report(slow=1.05)))
     head = with_failure(report, "test_recompiles_within_limit", "Recompile budget exceeded")
-    head["runs"]["gw1"]["compile"]["counts"]["generator.TransformerBlock"] = 3
+    head["runs"]["fp32"]["compile"]["counts"]["generator.TransformerBlock"] = 3
     rows = {(r.section, r.metric): r for r in compare(report, head)}
-    assert rows["recompiles", "generator.TransformerBlock"].regression
-    assert rows["verdict", "test_recompiles_within_limit"].regression
+    assert rows["[fp32] recompiles", "generator.TransformerBlock"].regression
+    assert not rows["[base] recompiles", "generator.TransformerBlock"].regression  # per variant
+    assert rows["[fp32] verdict", "test_recompiles_within_limit[fp32]"].regression
 
 
 def test_compare_cli(tmp_path, report, capsys):
@@ -155,12 +161,12 @@ def test_compare_cli(tmp_path, report, capsys):
     head.write_text(json.dumps(sample_report(slow=1.5)))
     assert main(["compare", str(base), str(head)]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"^startup +compile +8\.000s +12\.000s +\+4\.000s \(\+50\.0%\) +REGRESSION$", out, re.M)
-    assert out.rstrip().endswith("10 regression(s)")
+    assert re.search(r"^\[base\] startup +compile +8\.000s +12\.000s +\+4\.000s \(\+50\.0%\) +REGRESSION$", out, re.M)
+    assert out.rstrip().endswith("20 regression(s)")  # 10 a variant
     assert main(["compare", str(base), str(head), "--fail-on-regression"]) == 1
     assert main(["compare", str(base), str(base), "--fail-on-regression"]) == 0
     assert main(["compare", str(base), str(head), "--markdown"]) == 0
-    assert "| startup | compile | 8.000s | 12.000s |" in capsys.readouterr().out
+    assert "| [base] startup | compile | 8.000s | 12.000s |" in capsys.readouterr().out
     other.write_text(json.dumps(dict(report, schema_version=SCHEMA_VERSION + 1)))
     assert main(["compare", str(base), str(other)]) == 2
     assert "titan-conformance: error:" in capsys.readouterr().err

@@ -18,12 +18,19 @@ expect_learning = false
 """
 
 
+VARIANT_PROFILE = EAGER_PROFILE + """
+[variants.reseeded]
+seed = 1
+"""
+
+
 def test_default_suite_passes_under_xdist(suite):
-    """Collection is identical on every worker; each worker builds the system once."""
+    """Collection is identical on every worker; the suite's one variant is built once, on one worker."""
     result = suite("-n", "2", "--tc-device", "cpu")
     # CUDA-graph checks skip on CPU, TP checks on a TP=1 profile, decode timing on the vLLM generator (CI has vLLM).
     result.assert_outcomes(passed=12, skipped=8)
-    result.stdout.fnmatch_lines(["*titan_conformance: suite=tiny-cpu system=reference*"])
+    result.stdout.fnmatch_lines(["*titan_conformance: suite=tiny-cpu variants=base system=reference*"])
+    assert result.stderr.str().count("built reference system, variant base") == 1
 
 
 def test_planted_fault_fails_the_suite_with_the_cause(suite, pytester):
@@ -45,26 +52,35 @@ def test_report_of_an_xdist_run(suite, pytester):
     """The four files, one report merged from both workers, and the terminal's progress and table."""
     profile = pytester.path / "eager.toml"
     profile.write_text(EAGER_PROFILE)
+    profile.write_text(VARIANT_PROFILE)
     result = suite("-n", "2", "--tc-device", "cpu", "--tc-generator", "native", "--tc-suite", str(profile), "--tc-report-dir", "out")
-    result.assert_outcomes(passed=11, skipped=9)
+    result.assert_outcomes(passed=22, skipped=18)
     out = pytester.path / "out"
     assert sorted(p.name for p in out.iterdir()) == ["junit.xml", "report.html", "report.json", "summary.md"]
     report = load_report(out / "report.json")
-    assert not report["partial"] and report["summary"]["passed"] == 11
-    assert {t["worker"] for t in report["tests"]} == {"gw0", "gw1"} == set(report["runs"]) == set(report["workers"])
+    assert not report["partial"] and report["summary"]["passed"] == 22
+    # One worker per variant, each variant built once, all its tests on its worker.
+    assert set(report["runs"]) == {"base", "reseeded"} and set(report["workers"]) == {"gw0", "gw1"}
+    assert {report["runs"][v]["worker"] for v in report["runs"]} == {"gw0", "gw1"}
+    for variant, run in report["runs"].items():
+        assert {t["worker"] for t in report["tests"] if t["variant"] == variant} == {run["worker"]}
+    for variant in ("base", "reseeded"):
+        assert result.stderr.str().count(f"built reference system, variant {variant} ") == 1
     env = report["environment"]
     assert (env["profile"], env["device"], env["backend"]["generator"], env["backend"]["compile"]) == (
         "eager", "cpu", "native", "eager")
-    parity = next(t for t in report["tests"] if t["nodeid"].endswith("test_trainer_matches_generator_on_sampled_rollouts"))
+    parity = next(t for t in report["tests"] if t["nodeid"].endswith("test_trainer_matches_generator_on_sampled_rollouts[base]"))
     assert parity["checks"][0]["limits"]["max_abs"] == 1e-4 and parity["checks"][0]["metrics"]["tokens"] > 0
     for run in report["runs"].values():
         assert [s["step"] for s in run["steps"]] == [1, 2] and set(run["startup"]) >= {"build", "compile"}
         assert run["logprob_diff"]["per_position"]["tokens"][0] > 0
     assert len((out / "summary.md").read_bytes()) < 64 * 1024
-    assert ET.parse(out / "junit.xml").getroot().find("testsuite").get("tests") == "20"
+    assert ET.parse(out / "junit.xml").getroot().find("testsuite").get("tests") == "40"
     assert (out / "report.html").read_text().count('src="data:image/png;base64,') == 4  # no CUDA graphs on CPU
+    assert "| Property | `base` | `reseeded` |" in (out / "summary.md").read_text()
     result.stderr.fnmatch_lines(["*gw?] compile ...*", "*step 2/2: Step  2*"])
-    result.stdout.fnmatch_lines(["*titan_conformance report*", "Logprob parity*PASS*6 passed*", "report: out/*"])
+    result.stdout.fnmatch_lines(["*titan_conformance report*", "variant base: ran on gw*", "  Logprob parity*PASS*6 passed*",
+                                 "variant reseeded: ran on gw*", "report: out/*"])
     assert main(["compare", str(out / "report.json"), str(out / "report.json"), "--fail-on-regression"]) == 0
 
 

@@ -162,8 +162,9 @@ def test_the_suite_runs_on_torchtitan_as_users_run_it(suite, pytester):
     version and where its capture-size policy and ours agree or differ."""
     result = suite("--tc-system", "torchtitan", "--tc-device", "cpu", "--tc-report-dir", "out")
     result.assert_outcomes(passed=12, skipped=8)  # CUDA graphs on CPU, learning (expect_learning off), TP on TP=1
-    result.stdout.fnmatch_lines(["*suite=torchtitan-debugmodel system=torchtitan generator=profile's*"])
+    result.stdout.fnmatch_lines(["*suite=torchtitan-debugmodel variants=base system=torchtitan generator=auto*"])
     summary = (pytester.path / "out" / "summary.md").read_text()
+    assert "generator=native" in summary  # auto keeps a provider that drives no vLLM on its own generator
     assert f"provider=torchtitan {torchtitan.__version__}" in summary
     assert "| capture_policy | torchtitan decode capture sizes [1, 2, 4, 8, 16, 20] (agrees with ours)" in summary
 

@@ -37,12 +37,23 @@ def worker_gpus(gpus: list[str], worker: str, count: int) -> list[str]:
     return gpus[start : start + per_worker]
 
 
-def pin_worker_gpus(worker: str, count: int, device_option: str) -> None:
-    """Gives xdist worker `worker` of `count` its own GPU(s) (within any CUDA_VISIBLE_DEVICES already set)."""
+def pin_worker_gpus(worker: str, count: int, device_option: str) -> list[str]:
+    """Gives xdist worker `worker` of `count` its own GPU(s) (within any CUDA_VISIBLE_DEVICES
+    already set). Returns the GPUs the whole session may use."""
     if device_option == "cpu":
-        return
+        return []
     if gpus := visible_gpus():
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(worker_gpus(gpus, worker, count))
+    return gpus
+
+
+def gpu_sharing(workers: int, runnable_variants: int, gpus: int) -> str | None:
+    """Why workers share a GPU (more of them run variants at once than there are GPUs), or None."""
+    at_once, gpus = min(workers, runnable_variants), max(gpus, 1)
+    if at_once <= gpus:
+        return None
+    return (f"{at_once} workers run variants at once on {gpus} GPU(s), so each step's time includes the others'; "
+            "the in-run ratio checks judge speed here (run with -n <= the GPU count to judge the budgets)")
 
 
 def share_cpu_threads(count: int) -> int | None:

@@ -29,8 +29,12 @@ class SuiteOptions:
     """Profile name or TOML path."""
     model_path: str | None = None
     """HF checkpoint directory overriding the profile's."""
-    generator: str | None = None
-    """Generator backend forced on the profile (None: the profile's)."""
+    generator: str = "auto"
+    """--tc-generator: native or vllm force that backend on every variant; auto keeps each
+    variant's, except that vLLM (where it imports) replaces the native generator of a suite
+    that declares no vLLM variant, on the providers that drive vLLM."""
+    variants: tuple[str, ...] = ()
+    """Variants to run (--tc-variant; `base` is the profile itself); empty: all of them."""
     device: str = "auto"
     """cpu, cuda or auto."""
     system: str | None = None
@@ -45,16 +49,58 @@ class SuiteOptions:
     """Seconds after which the session stops with a partial report."""
 
 
-def suite_profile(options: SuiteOptions):
-    """The profile the session runs, with the options' overrides applied."""
-    from titan_conformance.profile import load_profile
+def _drives_vllm(system: str | None) -> bool:
+    from titan_conformance.protocol import load_factory
 
-    profile = load_profile(options.suite)
-    if options.generator:
-        profile = dataclasses.replace(profile, generator=dataclasses.replace(profile.generator, backend=options.generator))
-    if options.seed is not None:
-        profile = dataclasses.replace(profile, seed=options.seed)
-    return profile
+    return "vllm" in getattr(load_factory(system), "generators", ("native", "vllm"))
+
+
+def suite_variants(options: SuiteOptions) -> list[Any]:
+    """The variants the session runs (`profile.Variant`), with the options' overrides applied:
+    the generator backend (see `SuiteOptions.generator`), the seed, and --tc-variant's selection."""
+    from titan_conformance.profile import suite_variants as declared
+    from titan_conformance.vllm_support import vllm_version
+
+    variants = declared(options.suite)
+    if options.variants:
+        names = [v.name for v in variants]
+        if unknown := [n for n in options.variants if n not in names]:
+            raise ConformanceError(
+                f"--tc-variant {','.join(unknown)}: suite {options.suite!r} has no such variant; it has "
+                f"{', '.join(names)}."
+            )
+        variants = [v for v in variants if v.name in options.variants]
+    has_vllm_variant = any(v.profile.generator.backend == "vllm" for v in declared(options.suite))
+    out = []
+    for v in variants:
+        profile, system = v.profile, v.system or options.system
+        backend = options.generator
+        if backend == "auto":
+            auto_vllm = not has_vllm_variant and vllm_version() is not None and _drives_vllm(system)
+            backend = "vllm" if auto_vllm else None
+        if backend:
+            profile = dataclasses.replace(profile, generator=dataclasses.replace(profile.generator, backend=backend))
+        if options.seed is not None:
+            profile = dataclasses.replace(profile, seed=options.seed)
+        out.append(dataclasses.replace(v, profile=profile, system=system))
+    return out
+
+
+def variant_unavailable(variant: Any, gpus: int | None) -> str | None:
+    """Why `variant` cannot run in this process, or None: its generator or provider does not import
+    here, or it needs more GPUs than the worker holds (`gpus`: None off CUDA)."""
+    from titan_conformance.protocol import load_factory
+    from titan_conformance.vllm_support import INSTALL_HINT, vllm_version
+
+    profile, tp = variant.profile, variant.profile.parallel.tp
+    if profile.generator.backend == "vllm" and vllm_version() is None:
+        return f"variant {variant.name!r} runs the vLLM generator, which does not import here. {INSTALL_HINT}"
+    factory = load_factory(variant.system)
+    if (why := getattr(factory, "unavailable", lambda: None)()) is not None:
+        return f"variant {variant.name!r} needs the {variant.system or 'reference'} provider: {why}"
+    if gpus is not None and gpus < tp:
+        return f"variant {variant.name!r} needs {tp} GPU(s) (parallel.tp = {tp}); this worker holds {gpus}"
+    return None
 
 
 def check_factory(factory: Callable[..., Any], spec: str) -> None:
@@ -87,26 +133,29 @@ def writable_dir(path: Path, what: str) -> Path:
     return path
 
 
-def check_inputs(options: SuiteOptions, report_dir: Path) -> Any:
-    """The profile, after every input was checked: profile, checkpoint (its config, the TP degree
-    against its heads), provider, report folder, compile cache, timeout. ConformanceError on the
-    first bad one."""
-    from titan_conformance.compilation.cache import check_cache_path
+def check_inputs(options: SuiteOptions, report_dir: Path) -> list[Any]:
+    """The session's variants, after every input was checked: the profile and its variants, each
+    variant's checkpoint (its config, the TP degree against its heads) and provider, the report
+    folder, compile cache, timeout. ConformanceError on the first bad one."""
+    from titan_conformance.compilation.cache import check_cache_path, variant_cache_path
     from titan_conformance.protocol import load_factory
     from titan_conformance.profile import check_tp
 
-    profile = suite_profile(options)
-    checkpoint = options.model_path or (None if profile.model.checkpoint == "random" else profile.model.checkpoint)
-    if checkpoint:
-        from titan_conformance.data_files import resolve_checkpoint
-        from titan_conformance.model.checkpoint import read_model_args
+    variants = suite_variants(options)
+    for variant in variants:
+        profile = variant.profile
+        checkpoint = options.model_path or (None if profile.model.checkpoint == "random" else profile.model.checkpoint)
+        if checkpoint:
+            from titan_conformance.data_files import resolve_checkpoint
+            from titan_conformance.model.checkpoint import read_model_args
 
-        where = f"--tc-model-path {checkpoint}" if options.model_path else f"profile {profile.name!r} model.checkpoint"
-        check_tp(read_model_args(resolve_checkpoint(checkpoint)).to_hf_config(), profile.parallel.tp, where)
-    check_factory(load_factory(options.system), options.system or "reference")
+            where = f"--tc-model-path {checkpoint}" if options.model_path else f"profile {profile.name!r} model.checkpoint"
+            check_tp(read_model_args(resolve_checkpoint(checkpoint)).to_hf_config(), profile.parallel.tp, where)
+        check_factory(load_factory(variant.system), variant.system or "reference")
     writable_dir(report_dir, "The report folder")
     if options.compile_cache:
-        check_cache_path(Path(options.compile_cache))
+        for variant in variants:
+            check_cache_path(variant_cache_path(Path(options.compile_cache), variant.name))
     if options.timeout is not None and not options.timeout > 0:
         raise ConformanceError(f"--tc-timeout {options.timeout:g}: give a number of seconds > 0.")
-    return profile
+    return variants

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from titan_conformance.errors import ConformanceError
-from titan_conformance.gpus import pin_worker_gpus, resolve_device, share_cpu_threads, worker_gpu_count
+from titan_conformance.gpus import gpu_sharing, pin_worker_gpus, resolve_device, share_cpu_threads, visible_gpus, worker_gpu_count
 from titan_conformance.inputs import DEVICES, GENERATORS, SuiteOptions
 from titan_conformance.report.session import OPTIONS as REPORT_OPTIONS, ReportSession, progress, record_check
 from titan_conformance.vllm_support import INSTALL_HINT, vllm_version
@@ -30,12 +30,18 @@ WORKER_FLAG = "titan_conformance"
 """workerinput key: the controller's session is ours (so the worker's is too)."""
 PHASES_KEY = "titan_conformance_phases"
 """workerinput key: the folder where workers record their phases."""
+SUITE_KEY = "titan_conformance_suite"
+"""workerinput key: the suite the controller resolved (the GPU default is decided there, where
+torch may look for CUDA; a worker must not before its GPUs are pinned)."""
 FALLBACK_SUITE = "tiny-cpu"
 """The suite of a provider that names none (its factory's `default_suite`)."""
 TRACE_LOGGER = "torch.__trace"
 
 _OPTIONS = pytest.StashKey[SuiteOptions]()
-_PROFILE = pytest.StashKey[object]()
+_VARIANTS = pytest.StashKey[list]()
+_GROUPED = pytest.StashKey[bool]()
+_GPUS = pytest.StashKey[list]()
+"""The GPUs the whole session may use (before a worker was pinned to its share)."""
 _CLEANUP = pytest.StashKey[contextlib.ExitStack]()
 _SESSION = pytest.StashKey[ReportSession]()
 
@@ -46,6 +52,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--tc-suite", default=None,
         help="profile name from suites/ or a path to a TOML file (default: tiny-cpu; torchtitan-debugmodel "
         "with --tc-system torchtitan)",
+    )
+    group.addoption(
+        "--tc-variant", action="append", default=[], metavar="NAME[,NAME]",
+        help="run only these variants of the suite (`base` is the profile itself); default: all",
     )
     group.addoption("--tc-model-path", default=None, help="HF checkpoint directory overriding the profile's model")
     group.addoption(
@@ -101,24 +111,61 @@ def resolve_generator(option: str, vllm: str | None) -> str | None:
     return option
 
 
+def _default_suite(config: pytest.Config, factory, device: str) -> str:
+    """The provider's suite for this machine: its `default_gpu_suite` where torch sees CUDA (and
+    --tc-device allows it), else its `default_suite`. A worker takes what its controller decided."""
+    if (decided := getattr(config, "workerinput", {}).get(SUITE_KEY)) is not None:
+        return decided
+    cpu_suite = getattr(factory, "default_suite", FALLBACK_SUITE)
+    gpu_suite = getattr(factory, "default_gpu_suite", None)
+    if gpu_suite is None or device == "cpu":
+        return cpu_suite
+    import torch
+
+    return gpu_suite if torch.cuda.is_available() else cpu_suite
+
+
 def suite_options(config: pytest.Config) -> SuiteOptions:
-    """The options, with the provider's own defaults: its factory's `default_suite` (the suite it
-    runs without --tc-suite) and `generators` (the backends it drives; `auto` picks vLLM only
-    where the provider drives it). The plugin learns of providers through their factories alone."""
+    """The options, with the provider's own defaults: its factory's `default_suite` and
+    `default_gpu_suite` (the suites it runs without --tc-suite). The plugin learns of providers
+    through their factories alone."""
     from titan_conformance.protocol import load_factory
 
     system = config.getoption("--tc-system")
     generator = config.getoption("--tc-generator")
-    factory = load_factory(system)
-    drives_vllm = "vllm" in getattr(factory, "generators", ("native", "vllm"))
+    resolve_generator(generator, vllm_version())  # `vllm` without vLLM: a usage error
+    device = config.getoption("--tc-device")
     return SuiteOptions(
-        suite=config.getoption("--tc-suite") or getattr(factory, "default_suite", FALLBACK_SUITE),
-        model_path=config.getoption("--tc-model-path"),
-        generator=None if generator == "auto" and not drives_vllm else resolve_generator(generator, vllm_version()),
-        device=config.getoption("--tc-device"), system=system, seed=config.getoption("--tc-seed"),
+        suite=config.getoption("--tc-suite") or _default_suite(config, load_factory(system), device),
+        variants=tuple(n.strip() for arg in config.getoption("--tc-variant") for n in arg.split(",") if n.strip()),
+        model_path=config.getoption("--tc-model-path"), generator=generator,
+        device=device, system=system, seed=config.getoption("--tc-seed"),
         report_dir=config.getoption("--tc-report-dir"), compile_cache=config.getoption("--tc-compile-cache"),
         timeout=config.getoption("--tc-timeout"),
     )
+
+
+def _group_variants_per_worker(config: pytest.Config) -> None:
+    """Under xdist, every test of a variant goes to one worker (`pytest_xdist_make_scheduler`), so
+    each variant's system is built once in the session; more workers run more variants at once.
+    An explicit --dist is the user's."""
+    given = [str(a) for a in config.invocation_params.args]
+    explicit = any(a == "--dist" or a.startswith("--dist=") for a in given)
+    if getattr(config.option, "dist", "no") == "load" and not explicit:
+        config.stash[_GROUPED] = True
+        # A worker restarted after a crash hangs xdist's scope scheduler (pytest-xdist 3.8); the
+        # crashed variant's tests are reported as failed either way, the other workers go on.
+        if getattr(config.option, "maxworkerrestart", None) is None:
+            config.option.maxworkerrestart = "0"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    if not config.stash.get(_GROUPED, False):
+        return None
+    from titan_conformance.variant_scheduling import VariantScheduling
+
+    return VariantScheduling(config, log, [v.name for v in config.stash[_VARIANTS]])
 
 
 class _QuietTrace(logging.Filter):
@@ -144,26 +191,32 @@ def pytest_configure(config: pytest.Config) -> None:
     worker = getattr(config, "workerinput", None)
     cleanup = config.stash[_CLEANUP] = contextlib.ExitStack()
     if worker is not None:  # a worker process of our own session: its GPUs and its share of the cores
-        pin_worker_gpus(worker["workerid"], worker["workercount"], options.device)
+        config.stash[_GPUS] = pin_worker_gpus(worker["workerid"], worker["workercount"], options.device)
         if (threads := share_cpu_threads(worker["workercount"])) is not None:
             import torch
 
             cleanup.callback(torch.set_num_threads, threads)
+    else:
+        config.stash[_GPUS] = visible_gpus() if options.device != "cpu" else []
     trace, quiet = logging.getLogger(TRACE_LOGGER), _QuietTrace()
     trace.addFilter(quiet)
     cleanup.callback(trace.removeFilter, quiet)
     if worker is None:
         report_dir, phases = _controller_inputs(config, options)
         cleanup.callback(shutil.rmtree, phases, ignore_errors=True)
+        _group_variants_per_worker(config)
     else:
         report_dir, phases = None, Path(worker[PHASES_KEY]) if worker.get(PHASES_KEY) else None
-        from titan_conformance.inputs import suite_profile
+        from titan_conformance.inputs import suite_variants
 
-        config.stash[_PROFILE] = suite_profile(options)  # the controller has checked it
+        config.stash[_VARIANTS] = suite_variants(options)  # the controller has checked them
     config.stash[_OPTIONS] = options
     session_options = {name: getattr(options, name) for name in REPORT_OPTIONS}
     worker_id = worker["workerid"] if worker else "main"
-    session = config.stash[_SESSION] = ReportSession(config, session_options, report_dir, phases, worker_id, options.timeout)
+    variants = [v.name for v in config.stash[_VARIANTS]]
+    session = config.stash[_SESSION] = ReportSession(
+        config, session_options, report_dir, phases, worker_id, options.timeout, variants,
+    )
     config.pluginmanager.register(session, "titan_conformance.report")
 
 
@@ -174,7 +227,7 @@ def _controller_inputs(config: pytest.Config, options: SuiteOptions) -> tuple[Pa
     from titan_conformance.report.write import default_report_dir
 
     try:
-        name = Path(options.suite).stem
+        name = Path(options.suite).name.removesuffix(".toml")
         report_dir = Path(options.report_dir) if options.report_dir else default_report_dir(name)
         if options.device == "cuda":
             import torch
@@ -184,7 +237,7 @@ def _controller_inputs(config: pytest.Config, options: SuiteOptions) -> tuple[Pa
                     f"--tc-device cuda was asked for, but torch {torch.__version__} sees no CUDA device; run on a GPU "
                     "runner with a CUDA build of torch, or use --tc-device cpu."
                 )
-        config.stash[_PROFILE] = check_inputs(options, report_dir)
+        config.stash[_VARIANTS] = check_inputs(options, report_dir)
     except ConformanceError as e:
         raise pytest.UsageError(str(e)) from None
     return report_dir, Path(tempfile.mkdtemp(prefix="tc-phases-"))
@@ -202,6 +255,20 @@ def pytest_configure_node(node) -> None:
     if (session := config.stash.get(_SESSION, None)) is not None:
         node.workerinput[WORKER_FLAG] = True
         node.workerinput[PHASES_KEY] = str(session.phases.folder)
+        node.workerinput[SUITE_KEY] = config.stash[_OPTIONS].suite
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every check that needs the system runs once per variant: test ids `[variant]`, a
+    session-scoped parameter (pytest runs a variant's tests together and releases its system
+    before building the next; under xdist one worker runs all of a variant's tests)."""
+    if "tc_variant" not in metafunc.fixturenames or _VARIANTS not in metafunc.config.stash:
+        return
+    metafunc.parametrize(
+        "tc_variant",
+        [pytest.param(v, id=v.name) for v in metafunc.config.stash[_VARIANTS]],
+        indirect=True, scope="session",
+    )
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -230,10 +297,10 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function):
 def pytest_report_header(config: pytest.Config) -> list[str]:
     if (options := config.stash.get(_OPTIONS, None)) is None:
         return []
-    generator = options.generator or "profile's"
+    variants = ", ".join(v.name for v in config.stash.get(_VARIANTS, []))
     return [
-        f"titan_conformance: suite={options.suite} system={options.system or 'reference'} "
-        f"generator={generator} device={options.device} vllm={vllm_version() or 'not installed'}"
+        f"titan_conformance: suite={options.suite} variants={variants or '-'} system={options.system or 'reference'} "
+        f"generator={options.generator} device={options.device} vllm={vllm_version() or 'not installed'}"
     ]
 
 
@@ -241,10 +308,27 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def tc_profile(request: pytest.FixtureRequest):
-    if _PROFILE not in request.config.stash:
+def _tc_unavailable(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Variant name -> why it cannot run on this worker (absent where it can)."""
+    from titan_conformance.inputs import variant_unavailable
+
+    gpus = worker_gpu_count() if resolve_device(request.config.stash[_OPTIONS].device).type == "cuda" else None
+    return {v.name: why for v in request.config.stash.get(_VARIANTS, []) if (why := variant_unavailable(v, gpus))}
+
+
+@pytest.fixture(scope="session")
+def tc_variant(request: pytest.FixtureRequest, _tc_unavailable):
+    """The variant (`profile.Variant`) the test runs on; one that cannot run here skips, saying why."""
+    if not hasattr(request, "param"):
         pytest.skip("not a titan_conformance session")
-    return request.config.stash[_PROFILE]
+    if why := _tc_unavailable.get(request.param.name):
+        pytest.skip(why)
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def tc_profile(tc_variant):
+    return tc_variant.profile
 
 
 @pytest.fixture(scope="session")
@@ -256,10 +340,22 @@ def tc_options(request: pytest.FixtureRequest) -> SuiteOptions:
 
 
 @pytest.fixture(scope="session")
-def _tc_build(request: pytest.FixtureRequest, tc_profile):
+def tc_gpu_sharing(request: pytest.FixtureRequest, _tc_unavailable) -> str | None:
+    """Why this worker's GPU is shared with other workers running variants at the same time, or
+    None where it holds its GPU(s) alone (absolute time budgets mean something only then)."""
+    config = request.config
+    if resolve_device(config.stash[_OPTIONS].device).type != "cuda":
+        return None
+    workers = getattr(config, "workerinput", {}).get("workercount", 1)
+    runnable = sum(v.name not in _tc_unavailable for v in config.stash[_VARIANTS])
+    return gpu_sharing(workers, runnable, len(config.stash[_GPUS]))
+
+
+@pytest.fixture(scope="session")
+def _tc_build(request: pytest.FixtureRequest, tc_variant, tc_profile):
     """The session's Build: the system, or why there is none. Never raises for a failed build."""
     from titan_conformance.build import Build, build
-    from titan_conformance.compilation.cache import restore_compile_cache, save_compile_cache
+    from titan_conformance.compilation.cache import restore_compile_cache, save_compile_cache, variant_cache_path
     from titan_conformance.protocol import load_factory
     from titan_conformance.report.collect import failed_build_record
     from titan_conformance.report.session import RUN_KEY, add_pending
@@ -272,19 +368,21 @@ def _tc_build(request: pytest.FixtureRequest, tc_profile):
             "unsharded profiles"
         ))
         return
-    cache_file = Path(options.compile_cache) if options.compile_cache else None
+    cache_file = variant_cache_path(Path(options.compile_cache), tc_variant.name) if options.compile_cache else None
     cache_use = restore_compile_cache(cache_file) if cache_file else None
-    outcome = build(load_factory(options.system), tc_profile, options.device, options.model_path, options.system or "reference")
+    system_spec = tc_variant.system
+    outcome = build(load_factory(system_spec), tc_profile, options.device, options.model_path, system_spec or "reference")
     if outcome.error:
         with contextlib.suppress(ConformanceError):
-            add_pending(RUN_KEY, failed_build_record(tc_profile, resolve_device(options.device), outcome.error))
+            record = failed_build_record(tc_profile, resolve_device(options.device), outcome.error)
+            add_pending(RUN_KEY, {**record, "variant": tc_variant.name})
         progress(config, f"the system did not build: {outcome.error}")
         yield outcome
         return
     system = outcome.system
     try:  # whatever happens from here on, the system's engines and process groups are released
         startup = ", ".join(f"{k}={v:.1f}s" for k, v in system.startup.items())
-        progress(config, f"built {system.name} system ({startup})")
+        progress(config, f"built {system.name} system, variant {tc_variant.name} ({startup})")
         if cache_use is not None:
             save_compile_cache(cache_file, cache_use)
             outcome.cache_use = cache_use

@@ -65,6 +65,12 @@ class CompileCacheUse:
     """Why the file was not restored or not saved, when it was not ('' when all went well)."""
 
 
+def variant_cache_path(path: Path, variant: str) -> Path:
+    """The cache file of one variant of a suite: `path` for the base, `path.<variant>` beside it
+    for the others (each variant's workers write their own, so no two workers race on one file)."""
+    return path if variant == "base" else path.with_name(f"{path.name}.{variant}")
+
+
 def restore_compile_cache(path: Path) -> CompileCacheUse:
     """Loads `path` into torch.compiler's caches; a missing file is a cold start, an unusable one a
     warning and a cold start (the save after startup replaces it)."""

@@ -11,21 +11,16 @@ from titan_conformance.plugin import assert_check
 
 
 @pytest.fixture(scope="module")
-def tp_results(tc_options, tc_profile):
+def tp_results(tc_options, tc_variant, tc_profile):
     tp = tc_profile.parallel.tp
     if tp == 1:
         pytest.skip("the profile runs unsharded (parallel.tp = 1); TP checks need a profile with "
                     "parallel.tp > 1, e.g. --tc-suite tiny-cpu-tp2")
-    import torch
-
+    from titan_conformance.gpus import resolve_device
     from titan_conformance.parallel.tp_run import run_tp
 
-    device = tc_options.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and torch.cuda.device_count() < tp:
-        pytest.skip(f"needs {tp} GPU(s) for parallel.tp = {tp}; this worker holds {torch.cuda.device_count()}")
-    return run_tp(tc_profile, tc_options.system, tc_options.model_path, steps=tc_profile.run.steps, device=device)
+    device = resolve_device(tc_options.device).type  # a worker with too few GPUs skipped the variant
+    return run_tp(tc_profile, tc_variant.system, tc_options.model_path, steps=tc_profile.run.steps, device=device)
 
 
 def test_tp_recompiles_within_limit_on_every_rank(tp_results, tc_profile):

@@ -2,7 +2,9 @@
 
 from titan_conformance.profile.compile_config import CompileConfig
 from titan_conformance.profile.cudagraph import CudagraphMode, padded_size, policy_capture_sizes
-from titan_conformance.profile.loading import bundled_profiles, check_tp, load_profile, profile_variants
+from titan_conformance.profile.loading import (
+    Variant, bundled_profiles, check_tp, load_profile, profile_variants, suite_variants,
+)
 from titan_conformance.profile.sections import (
     Budget, FloorRatio, GRPOConfig, Profile, SpeedSection, Tolerance, Tolerances,
 )
@@ -10,5 +12,5 @@ from titan_conformance.profile.sections import (
 __all__ = [
     "Budget", "CompileConfig", "CudagraphMode", "FloorRatio", "GRPOConfig", "Profile", "SpeedSection", "Tolerance",
     "Tolerances", "bundled_profiles", "check_tp", "load_profile", "padded_size", "policy_capture_sizes",
-    "profile_variants",
+    "Variant", "profile_variants", "suite_variants",
 ]

@@ -7,6 +7,7 @@ what is allowed; a Literal field takes one of its values, an enum field one of i
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 import enum
 import math
 import tomllib
@@ -234,30 +235,77 @@ def _merged(base: dict, override: dict) -> dict:
     return out
 
 
+VARIANT_KEYS = {
+    "system": "the provider that builds the variant (module:factory or an entry-point name)",
+    "base": "a profile (bundled name or TOML path) the variant starts from instead of this one",
+}
+"""Keys a `[variants.NAME]` table may hold besides profile overrides."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Variant:
+    """One system of a suite: its base profile, or one `[variants.NAME]` of it."""
+
+    name: str
+    """`base`, or the variant's name: the `[name]` of its test ids."""
+    profile: Profile
+    """The profile the variant runs."""
+    system: str | None = None
+    """The provider that builds it; None: the session's (--tc-system)."""
+
+
+def _variant_tables(path: Path, data: dict) -> dict[str, dict]:
+    """The profile's `[variants.*]` tables (popped from `data`), each checked: known keys, right types."""
+    variants = data.pop("variants", {})
+    if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+        raise ConformanceError(f"Profile {path}: [variants] must hold one table per variant, e.g. [variants.fp32].")
+    for name, table in variants.items():
+        if name == "base" or "name" in table or "variants" in table:
+            raise ConformanceError(
+                f"Profile {data['name']!r}: variants.{name} cannot be named `base` nor set name or variants."
+            )
+        for key, what in VARIANT_KEYS.items():
+            if key in table and not isinstance(table[key], str):
+                raise ConformanceError(f"Profile key 'variants.{name}.{key}' must be a string: {what}.")
+        if "base" in table:
+            _read_profile(table["base"])  # names a profile that exists
+        _build(Profile, {k: v for k, v in table.items() if k not in VARIANT_KEYS}, f"variants.{name}")
+    return variants
+
+
 def profile_variants(name_or_path: str) -> list[str]:
     """The names of the variants a profile declares (`[variants.NAME]` tables), in file order."""
-    _, data = _read_profile(name_or_path)
-    return list(data.get("variants") or {})
+    path, data = _read_profile(name_or_path)
+    return list(_variant_tables(path, data))
 
 
 def load_profile(name_or_path: str, variant: str | None = None) -> Profile:
     """A bundled profile name (e.g. `tiny-cpu`) or a path to a TOML file; with `variant`, that
-    `[variants.NAME]` table of it merged over the rest (its profile is named `base[NAME]`)."""
+    `[variants.NAME]` table of it merged over the rest, or over its `base` profile (the result is
+    named `profile[NAME]`)."""
     path, data = _read_profile(name_or_path)
-    variants = data.pop("variants", {})
-    if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
-        raise ConformanceError(f"Profile {path}: [variants] must hold one table per variant, e.g. [variants.fp32].")
-    for name, override in variants.items():
-        if "name" in override or "variants" in override:
-            raise ConformanceError(f"Profile {data['name']!r}: variants.{name} cannot set name or variants.")
-        _build(Profile, override, f"variants.{name}")  # unknown keys and wrong types, named in the variant
+    variants = _variant_tables(path, data)
     if variant:
         if variant not in variants:
             raise ConformanceError(
                 f"Profile {data['name']!r} has no variant {variant!r}; it has {', '.join(variants) or 'none'}."
             )
-        data = _merged(data, variants[variant])
-        data["name"] = f"{data['name']}[{variant}]"
+        table, name = variants[variant], data["name"]
+        if "base" in table:
+            base_path, data = _read_profile(table["base"])
+            _variant_tables(base_path, data)
+        data = _merged(data, {k: v for k, v in table.items() if k not in VARIANT_KEYS})
+        data["name"] = f"{name}[{variant}]"
     profile = _build(Profile, data, "")
     _check(profile)
     return profile
+
+
+def suite_variants(name_or_path: str) -> list[Variant]:
+    """The suite a profile declares: its base, then each of its variants, in file order."""
+    path, data = _read_profile(name_or_path)
+    tables = _variant_tables(path, data)
+    return [Variant(name="base", profile=load_profile(name_or_path))] + [
+        Variant(name=name, profile=load_profile(name_or_path, name), system=table.get("system"))
+        for name, table in tables.items()
+    ]

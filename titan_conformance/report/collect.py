@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import platform
 import shutil
 import subprocess
 import sys
 from importlib import metadata
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -75,8 +75,8 @@ def _version(distribution: str) -> str | None:
 
 
 def environment(options: dict[str, Any], runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Where the report was made. Device facts come from the first worker's run, when one ran."""
-    first = runs[min(runs)] if runs else {}
+    """Where the report was made. Device facts come from the first variant's run, when one ran."""
+    first = next(iter(runs.values()), {})
     versions = first.get("versions", {})
     smi = _nvidia_smi()
     system = first.get("system", {})
@@ -90,7 +90,7 @@ def environment(options: dict[str, Any], runs: dict[str, dict[str, Any]]) -> dic
         "driver": smi.get("driver"),
         "gpu": versions.get("gpu") or smi.get("gpu"),
         "vllm": _version("vllm"),
-        "profile": first.get("profile") or os.path.splitext(os.path.basename(suite))[0],
+        "profile": str(first.get("profile") or "").split("[")[0] or Path(suite).name.removesuffix(".toml"),
         "profile_description": first.get("profile_description", ""),
         "device": first.get("device") or options.get("device"),
         "device_class": first.get("device_class"),

@@ -2,7 +2,7 @@
 
 Compared: startup by phase, step time by phase (medians over steps), the logprob difference,
 compiles per region (and recompile-limit hits), capture sizes and capture time, and every test's
-verdict. Workers of one report are summarized by their median (times) or worst value (counts).
+verdict, variant by variant (each variant ran once; step times are medians over its steps).
 """
 
 from __future__ import annotations
@@ -44,43 +44,54 @@ def _ordered(keys: list[str]) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
-def _parity(report: dict[str, Any]) -> dict[str, Any]:
-    for test in report["tests"]:
+def _parity(tests: list[dict[str, Any]], run: dict[str, Any]) -> dict[str, Any]:
+    for test in tests:
         for check in test["checks"]:
             if check["name"] == "logprob_parity" and check["metrics"]:
                 return check["metrics"]
-    stats = [r["logprob_diff"]["stats"] for r in report["runs"].values() if r.get("logprob_diff")]
-    return stats[0] if stats else {}
+    return (run.get("logprob_diff") or {}).get("stats") or {}
+
+
+def _extract_variant(run: dict[str, Any], tests: list[dict[str, Any]], section: str) -> dict[tuple[str, str], tuple[str, Any]]:
+    """(section, metric) -> (kind, value) of one variant's run and tests; `section` prefixes each
+    section name (the variant's, where a report has several)."""
+    out: dict[tuple[str, str], tuple[str, Any]] = {}
+    startup, steps = run.get("startup") or {}, run.get("steps") or []
+    for phase, seconds in startup.items():
+        out[section + "startup", phase] = ("seconds", seconds)
+    if startup:
+        out[section + "startup", "total"] = ("seconds", sum(startup.values()))
+    for phase in _ordered([p for s in steps for p in s["times"]]):
+        out[section + "step", phase] = ("seconds", _median([s["times"][phase] for s in steps if phase in s["times"]]))
+    if steps:
+        out[section + "step", "total"] = ("seconds", _median([s["seconds"] for s in steps]))
+    parity = _parity(tests, run)
+    for metric in PARITY_METRICS:
+        if metric in parity:
+            out[section + "logprob diff", metric] = ("diff", parity[metric])
+    compiled = run.get("compile") or {}
+    for region, count in compiled.get("counts", {}).items():
+        out[section + "recompiles", region] = ("count", count)
+    if run:
+        out[section + "recompiles", "limit hits"] = ("count", len(compiled.get("limit_hits", [])))
+    if capture := run.get("capture"):
+        out[section + "capture", "sizes"] = ("sizes", capture.get("captured", []))
+        if isinstance(capture.get("seconds"), (int, float)):
+            out[section + "capture", "time"] = ("seconds", capture["seconds"])
+    for test in tests:
+        out[section + "verdict", test["nodeid"].split("::", 1)[-1]] = ("verdict", test["outcome"])
+    return out
 
 
 def extract(report: dict[str, Any]) -> dict[tuple[str, str], tuple[str, Any]]:
-    """(section, metric) -> (kind, value) for one report."""
-    runs = list(report["runs"].values())
+    """(section, metric) -> (kind, value) for one report, variant by variant (a variant's sections
+    are prefixed with its name where the report is not of the base variant alone)."""
+    names = list(dict.fromkeys([*report.get("variants", {}), *report["runs"], *(t["variant"] for t in report["tests"])]))
     out: dict[tuple[str, str], tuple[str, Any]] = {}
-    for phase in _ordered([p for r in runs for p in r["startup"]]):
-        out["startup", phase] = ("seconds", _median([r["startup"][phase] for r in runs if phase in r["startup"]]))
-    if runs:
-        out["startup", "total"] = ("seconds", _median([sum(r["startup"].values()) for r in runs]))
-    steps = [s for r in runs for s in r["steps"]]
-    for phase in _ordered([p for s in steps for p in s["times"]]):
-        out["step", phase] = ("seconds", _median([s["times"][phase] for s in steps if phase in s["times"]]))
-    if steps:
-        out["step", "total"] = ("seconds", _median([s["seconds"] for s in steps]))
-    parity = _parity(report)
-    for metric in PARITY_METRICS:
-        if metric in parity:
-            out["logprob diff", metric] = ("diff", parity[metric])
-    for region in _ordered([g for r in runs for g in r["compile"].get("counts", {})]):
-        out["recompiles", region] = ("count", max(r["compile"].get("counts", {}).get(region, 0) for r in runs))
-    if runs:
-        out["recompiles", "limit hits"] = ("count", max(len(r["compile"].get("limit_hits", [])) for r in runs))
-    captures = [r["capture"] for r in runs if r.get("capture")]
-    if captures:
-        out["capture", "sizes"] = ("sizes", captures[0].get("captured", []))
-        times = [c["seconds"] for c in captures if isinstance(c.get("seconds"), (int, float))]
-        out["capture", "time"] = ("seconds", _median(times))
-    for test in report["tests"]:
-        out["verdict", test["nodeid"].split("::", 1)[-1]] = ("verdict", test["outcome"])
+    for name in names:
+        prefix = "" if names == ["base"] else f"[{name}] "
+        tests = [t for t in report["tests"] if t["variant"] == name]
+        out.update(_extract_variant(report["runs"].get(name, {}), tests, prefix))
     return out
 
 

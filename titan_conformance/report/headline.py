@@ -114,11 +114,18 @@ def _count(outcomes: list[str]) -> str:
     return ", ".join(f"{outcomes.count(o)} {o}" for o in order if o in outcomes) or "no tests"
 
 
-def property_rows(report: dict[str, Any]) -> list[PropertyRow]:
-    """One row per property (the four, then "Other checks" when any ran)."""
+def variant_names(report: dict[str, Any]) -> list[str]:
+    """The session's variants in the suite's order."""
+    return list(report.get("variants") or {}) or list(dict.fromkeys(t.get("variant", "base") for t in report["tests"]))
+
+
+def property_rows(report: dict[str, Any], variant: str | None = None) -> list[PropertyRow]:
+    """One row per property (the four, then "Other checks" when any ran), over the tests of
+    `variant` (None: of every variant)."""
     rows = []
+    mine = [t for t in report["tests"] if variant is None or t.get("variant", "base") == variant]
     for key, title in PROPERTIES.items():
-        tests = [t for t in report["tests"] if t["property"] == key]
+        tests = [t for t in mine if t["property"] == key]
         if key == "other" and not tests:
             continue
         outcomes = [t["outcome"] for t in tests]
@@ -133,6 +140,23 @@ def property_rows(report: dict[str, Any]) -> list[PropertyRow]:
             numbers = [t["message"] for t in tests if t["outcome"] == "skipped"][:1]
         rows.append(PropertyRow(key, title, _verdict(outcomes), _count(outcomes), "; ".join(numbers)))
     return rows
+
+
+def variant_matrix(report: dict[str, Any]) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """Variants x properties: the variant names, then (property title, verdict per variant) rows."""
+    names = variant_names(report)
+    per_variant = {name: {r.key: r.verdict for r in property_rows(report, name)} for name in names}
+    rows = [(title, [per_variant[n].get(key, "not run") for n in names])
+            for key, title in PROPERTIES.items() if any(key in per_variant[n] for n in names)]
+    return names, rows
+
+
+def variant_line(name: str, state: dict[str, Any]) -> str:
+    """e.g. "fp32: ran on gw1 (qwen3-0.6b[fp32])" or "vllm: skipped: variant 'vllm' runs ..."."""
+    where = f" on {state['worker']}" if state.get("worker") and state.get("status") == "ran" else ""
+    profile = f" ({state['profile']})" if state.get("profile") else ""
+    reason = f": {state['reason']}" if state.get("reason") else ""
+    return f"{name}: {state.get('status', 'not run')}{where}{profile}{reason}"
 
 
 def overall(report: dict[str, Any]) -> str:

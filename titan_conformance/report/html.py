@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from titan_conformance.report.headline import failures, overall, property_rows
+from titan_conformance.report.headline import failures, overall, property_rows, variant_line, variant_matrix
 
 
 def _num(value: Any) -> str:
@@ -17,9 +17,9 @@ def _num(value: Any) -> str:
 
 def _ledger(report: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
     events, hits = [], []
-    for worker, run in report["runs"].items():
-        events += [dict(e, worker=worker) for e in run["compile"].get("events", [])]
-        hits += [f"{worker}: {h}" for h in run["compile"].get("limit_hits", [])]
+    for variant, run in report["runs"].items():
+        events += [dict(e, worker=f"{variant} ({run.get('worker')})") for e in run["compile"].get("events", [])]
+        hits += [f"{variant}: {h}" for h in run["compile"].get("limit_hits", [])]
     return events, hits
 
 
@@ -34,7 +34,10 @@ def render_html(report: dict[str, Any]) -> str:
     )
     env.filters["num"] = _num
     ledger, hits = _ledger(report)
+    names, matrix = variant_matrix(report)
     return env.get_template("report.html.j2").render(
         report=report, env=report["environment"], overall=overall(report), rows=property_rows(report),
+        variant_names=names, matrix=matrix, variant_lines=[variant_line(n, s) for n, s in report.get("variants", {}).items()],
+        variant_rows={n: property_rows(report, n) for n in names},
         failures=failures(report), plots=all_plots(report), ledger=ledger, limit_hits=hits,
     )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from titan_conformance.report.headline import VERDICT_MARK, failures, overall, property_rows
+from titan_conformance.report.headline import (
+    VERDICT_MARK, failures, overall, property_rows, variant_line, variant_matrix, variant_names,
+)
 
 SUMMARY_LIMIT = 64 * 1024 - 1
 """Bytes; GitHub's comment limit is 65536 characters, and fewer bytes are never more characters."""
@@ -60,9 +62,18 @@ def summary_markdown(report: dict[str, Any]) -> str:
     ]
     if report["partial"]:
         lines += [f"> **Partial report**: {report['partial_reason']}.", ""]
-    lines += ["| Property | Verdict | Tests | Key numbers |", "| --- | --- | --- | --- |"]
-    for row in property_rows(report):
-        lines.append(f"| {row.title} | {VERDICT_MARK[row.verdict]} {row.verdict} | {row.tests} | {cell(row.numbers)} |")
+    names = variant_names(report)
+    if len(names) > 1:
+        names, matrix = variant_matrix(report)
+        lines += ["| Property | " + " | ".join(f"`{n}`" for n in names) + " |", "| --- |" + " --- |" * len(names)]
+        lines += [f"| {title} | " + " | ".join(VERDICT_MARK[v] for v in verdicts) + " |" for title, verdicts in matrix]
+        lines += [""] + [f"- {cell(variant_line(n, s))}" for n, s in (report.get("variants") or {}).items()]
+    for name in names:
+        if len(names) > 1:
+            lines += ["", f"#### Variant `{name}`", ""]
+        lines += ["| Property | Verdict | Tests | Key numbers |", "| --- | --- | --- | --- |"]
+        for row in property_rows(report, name if len(names) > 1 else None):
+            lines.append(f"| {row.title} | {VERDICT_MARK[row.verdict]} {row.verdict} | {row.tests} | {cell(row.numbers)} |")
     crashed = {w: s for w, s in report["workers"].items() if s["status"] != "finished"}
     if crashed:
         lines += [""] + [f"- Worker `{w}` {s['status']}" + (f": {cell(s['error'])}" if s.get("error") else "")

@@ -63,6 +63,12 @@ def property_of(nodeid: str, checks: list[dict[str, Any]] = ()) -> str:
     return _MODULE_PROPERTY.get(module) or next(filter(None, by_check), "other")
 
 
+def variant_of(nodeid: str, variants: list[str] | set[str]) -> str | None:
+    """The variant among a nodeid's parameter ids, e.g. `fp32` of `test_x[fp32-name]`, or None."""
+    ids = nodeid.rpartition("[")[2].rstrip("]").split("-") if nodeid.endswith("]") else []
+    return next((i for i in ids if i in variants), None)
+
+
 def _outcome(when: str, outcome: str) -> str:
     """junit-style: a failing setup or teardown is an error; a skip is a skip in any phase."""
     if outcome == "failed" and when in ("setup", "teardown"):
@@ -76,10 +82,16 @@ class ReportStore:
 
     tests: dict[str, dict[str, Any]] = field(default_factory=dict)
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Variant name -> its run record (with the worker that ran it)."""
+    variants: list[str] = field(default_factory=list)
+    """The session's variants in the suite's order (known on the controller before any test)."""
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
     finished: set[str] = field(default_factory=set)
     """Nodeids whose outcome is known: the call phase reported, or setup did not pass."""
+
+    def _order(self, variant: str) -> tuple[int, str]:
+        return (self.variants.index(variant) if variant in self.variants else len(self.variants), variant)
 
     @property
     def active(self) -> bool:
@@ -95,25 +107,46 @@ class ReportStore:
 
     def add_phase(
         self, nodeid: str, when: str, outcome: str, duration: float, worker: str, message: str,
-        checks: list[dict[str, Any]] = (), run: dict[str, Any] | None = None,
+        checks: list[dict[str, Any]] = (), run: dict[str, Any] | None = None, variant: str | None = None,
     ) -> None:
-        """One phase report (setup, call or teardown) of one test."""
+        """One phase report (setup, call or teardown) of one test of `variant` (None: read from
+        the nodeid, as for a test whose worker crashed)."""
         self.worker_up(worker)
         test = self.tests.setdefault(nodeid, {
-            "nodeid": nodeid, "property": property_of(nodeid), "outcome": "passed", "duration_s": 0.0,
-            "worker": worker, "message": "", "checks": [],
+            "nodeid": nodeid, "variant": variant or self._variant_of(nodeid), "property": property_of(nodeid),
+            "outcome": "passed", "duration_s": 0.0, "worker": worker, "message": "", "checks": [],
         })
         test["duration_s"] += float(duration)
         test["checks"] += list(checks)
         test["property"] = property_of(nodeid, test["checks"])
         if run is not None:
-            self.runs[worker] = run
+            self.runs[run.get("variant") or test["variant"]] = {**run, "worker": worker}
         result = _outcome(when, outcome)
         if when == "call" or result != "passed":
             self.finished.add(nodeid)
         # The first phase that does not pass decides (a teardown error after a failure stays a failure).
         if result != "passed" and test["outcome"] == "passed":
             test["outcome"], test["message"] = result, message
+
+    def _variant_of(self, nodeid: str) -> str:
+        return variant_of(nodeid, self.variants) or "base"
+
+    def variant_table(self, tests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Variant -> whether it ran (and on which worker), failed to build, or skipped (and why)."""
+        names = list(dict.fromkeys([*self.variants, *(t["variant"] for t in tests), *self.runs]))
+        table = {}
+        for name in names:
+            run, mine = self.runs.get(name), [t for t in tests if t["variant"] == name]
+            if run is not None:
+                failed = str(run.get("error") or "").startswith("build failed")
+                status, reason = ("build failed", run["error"]) if failed else ("ran", run.get("error"))
+            elif mine and all(t["outcome"] == "skipped" for t in mine):
+                status, reason = "skipped", mine[0]["message"]
+            else:
+                status, reason = "not run", None
+            table[name] = {"status": status, "worker": (run or {}).get("worker") or next((t["worker"] for t in mine), None),
+                           "profile": (run or {}).get("profile"), "reason": reason}
+        return table
 
     def to_report(
         self, exitstatus: int, collected: int, interrupted: bool, options: dict[str, Any], in_progress: bool = False,
@@ -156,6 +189,7 @@ class ReportStore:
             "environment": environment(options, self.runs),
             "workers": workers,
             "summary": summary,
+            "variants": self.variant_table(tests),
             "tests": tests,
-            "runs": dict(sorted(self.runs.items())),
+            "runs": {name: self.runs[name] for name in sorted(self.runs, key=self._order)},
         }

@@ -48,9 +48,9 @@ def _plot(
     return Plot(key, title, "data:image/png;base64," + base64.b64encode(out.getvalue()).decode("ascii"))
 
 
-def _per_worker(report: dict[str, Any], pick: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
-    """`pick(run)` of each worker whose run has it (not empty)."""
-    return {worker: value for worker, run in report["runs"].items() if (value := pick(run))}
+def _per_run(report: dict[str, Any], pick: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
+    """`pick(run)` of each variant's run that has it (not empty)."""
+    return {variant: value for variant, run in report["runs"].items() if (value := pick(run))}
 
 
 def _numbers(values: list[Any]) -> list[float]:
@@ -59,7 +59,7 @@ def _numbers(values: list[Any]) -> list[float]:
 
 
 def logprob_histogram(report: dict[str, Any]) -> Plot:
-    runs = _per_worker(report, lambda r: r.get("logprob_diff"))
+    runs = _per_run(report, lambda r: r.get("logprob_diff"))
     tol = next(iter(runs.values()), {}).get("tolerance_max_abs")
     bound = max((abs(d["histogram"]["edges"][0]) for d in runs.values()), default=0.0)
 
@@ -85,7 +85,7 @@ def logprob_histogram(report: dict[str, Any]) -> Plot:
 
 
 def logprob_per_position(report: dict[str, Any]) -> Plot:
-    runs = _per_worker(report, lambda r: (r.get("logprob_diff") or {}).get("per_position"))
+    runs = _per_run(report, lambda r: (r.get("logprob_diff") or {}).get("per_position"))
 
     def draw(ax):
         for worker, p in runs.items():
@@ -116,7 +116,7 @@ def capture_size_diffs(report: dict[str, Any]) -> Plot:
 
 
 def startup_phases(report: dict[str, Any]) -> Plot:
-    runs = _per_worker(report, lambda r: r["startup"])
+    runs = _per_run(report, lambda r: r["startup"])
     phases = list(dict.fromkeys(p for s in runs.values() for p in s))
 
     def draw(ax):
@@ -127,12 +127,12 @@ def startup_phases(report: dict[str, Any]) -> Plot:
             ax.barh(workers, widths, left=left, label=phase)
             left = [a + b for a, b in zip(left, widths)]
 
-    return _plot("startup_phases", "Startup by phase", runs, "No worker built the system, so no startup was timed.",
-                 draw, "seconds", "worker", height=1.4 + 0.5 * len(runs), legend_right=True)
+    return _plot("startup_phases", "Startup by phase", runs, "No variant's system was built, so no startup was timed.",
+                 draw, "seconds", "variant", height=1.4 + 0.5 * len(runs), legend_right=True)
 
 
 def step_times(report: dict[str, Any]) -> Plot:
-    runs = _per_worker(report, lambda r: r["steps"])
+    runs = _per_run(report, lambda r: r["steps"])
 
     def draw(ax):
         from matplotlib.ticker import MaxNLocator

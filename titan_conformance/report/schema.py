@@ -9,10 +9,12 @@ A report is a JSON object:
   `system_details` (what the provider says about itself, e.g. torchtitan's version and capture policy);
 - `workers`: worker id -> {`status`: finished | crashed | interrupted | running, `error`};
 - `summary`: counts of test outcomes;
-- `tests`: one record per test: `nodeid`, `property`, `outcome`, `duration_s`, `worker`,
+- `variants`: variant name (`base`, or a `[variants.NAME]` of the profile) -> {`status`: ran |
+  build failed | skipped | not run, `worker`, `profile`, `reason`}, in the suite's order;
+- `tests`: one record per test: `nodeid`, `variant`, `property`, `outcome`, `duration_s`, `worker`,
   `message`, and `checks` (each: `name`, `passed`, `message`, `metrics`, `limits`);
-- `runs`: worker id -> what that worker's GRPO run measured (`startup`, `steps`,
-  `logprob_diff`, `compile`, `capture`, ...).
+- `runs`: variant name -> what its GRPO run measured (`worker`, `startup`, `steps`,
+  `logprob_diff`, `compile`, `capture`, ...); each variant is built and run once per session.
 
 `schema_version` changes when a field changes meaning or disappears; readers refuse other versions.
 """
@@ -26,7 +28,8 @@ from typing import Any
 from titan_conformance.errors import ConformanceError
 
 SCHEMA = "titan_conformance.report"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: runs and tests per variant (1 had runs per worker)."""
 
 OUTCOMES = ("passed", "failed", "skipped", "error")
 WORKER_STATUSES = ("finished", "crashed", "interrupted", "running")
@@ -37,16 +40,17 @@ _TOP_LEVEL: dict[str, type | tuple[type, ...]] = {
     "environment": dict,
     "workers": dict,
     "summary": dict,
+    "variants": dict,
     "tests": list,
     "runs": dict,
 }
 _TEST: dict[str, type | tuple[type, ...]] = {
-    "nodeid": str, "property": str, "outcome": str, "duration_s": (int, float), "worker": str, "checks": list,
+    "nodeid": str, "variant": str, "property": str, "outcome": str, "duration_s": (int, float), "worker": str, "checks": list,
 }
 _CHECK: dict[str, type | tuple[type, ...]] = {
     "name": str, "passed": bool, "message": str, "metrics": dict, "limits": dict,
 }
-_RUN: dict[str, type | tuple[type, ...]] = {"startup": dict, "steps": list, "compile": dict}
+_RUN: dict[str, type | tuple[type, ...]] = {"worker": str, "startup": dict, "steps": list, "compile": dict}
 
 
 def _fields(obj: Any, spec: dict[str, type | tuple[type, ...]], where: str) -> list[str]:
@@ -72,8 +76,8 @@ def problems(data: Any) -> list[str]:
             found.append(f"tests[{i}].outcome is {test['outcome']!r}, not one of {', '.join(OUTCOMES)}")
         for j, check in enumerate(test.get("checks", []) if isinstance(test, dict) else []):
             found += _fields(check, _CHECK, f"tests[{i}].checks[{j}]")
-    for worker, run in data["runs"].items():
-        found += _fields(run, _RUN, f"runs[{worker!r}]")
+    for variant, run in data["runs"].items():
+        found += _fields(run, _RUN, f"runs[{variant!r}]")
     return found
 
 

@@ -27,9 +27,11 @@ from titan_conformance.report.merge import SUITE_NODEID, ReportStore
 CHECK_KEY = "titan_conformance.check"
 RUN_KEY = "titan_conformance.run"
 SUITE_KEY = "titan_conformance.suite"
-KEYS = (CHECK_KEY, RUN_KEY, SUITE_KEY)
+VARIANT_KEY = "titan_conformance.variant"
+KEYS = (CHECK_KEY, RUN_KEY, SUITE_KEY, VARIANT_KEY)
 SUITE_PACKAGE = "titan_conformance.conformance."
-OPTIONS = ("suite", "model_path", "generator", "device", "system", "seed", "report_dir", "compile_cache", "timeout")
+OPTIONS = ("suite", "variants", "model_path", "generator", "device", "system", "seed", "report_dir", "compile_cache",
+           "timeout")
 LONG_PHASES = ("compile", "capture")
 
 _pending: list[tuple[str, str]] = []
@@ -79,14 +81,15 @@ class ReportSession:
     --tc-timeout ends with a partial one that says which phase each worker had reached."""
 
     def __init__(self, config: pytest.Config, options: dict[str, Any], report_dir: Path | None,
-                 phase_folder: Path | None, worker: str = "main", timeout: float | None = None) -> None:
+                 phase_folder: Path | None, worker: str = "main", timeout: float | None = None,
+                 variants: list[str] = ()) -> None:
         from titan_conformance.report.phases import PhaseLog
 
         self.config = config
         self.is_worker = hasattr(config, "workerinput")
         self.options, self.report_dir, self.timeout = options, report_dir, timeout
         self.phases = PhaseLog(worker, phase_folder)
-        self.store = ReportStore()
+        self.store = ReportStore(variants=list(variants))
         self.report: dict[str, Any] | None = None
         self.written: Path | None = None
         self.write_error: str | None = None
@@ -108,6 +111,8 @@ class ReportSession:
 
             try:
                 record = run_record(result, request.getfixturevalue("tc_profile"))
+                record["variant"] = request.getfixturevalue("tc_variant").name
+                record["gpu_shared"] = request.getfixturevalue("tc_gpu_sharing")
             except Exception as e:  # an odd provider must not fail every check; the report says so
                 progress(self.config, f"the report leaves out this worker's run: {type(e).__name__}: {e}")
             else:
@@ -128,7 +133,10 @@ class ReportSession:
         report = yield
         module = getattr(getattr(item, "module", None), "__name__", "")
         if _pending or module.startswith(SUITE_PACKAGE):
+            variant = getattr(getattr(item, "callspec", None), "params", {}).get("tc_variant")
             report.user_properties += [(SUITE_KEY, ""), *_pending]
+            if variant is not None:
+                report.user_properties.append((VARIANT_KEY, variant.name))
             _pending.clear()
         return report
 
@@ -143,9 +151,10 @@ class ReportSession:
             return  # not a conformance test
         report.user_properties[:] = [p for p in report.user_properties if p[0] not in KEYS]
         runs = [json.loads(v) for k, v in ours if k == RUN_KEY]
+        variant = next((v for k, v in ours if k == VARIANT_KEY), None)
         self.store.add_phase(
             report.nodeid, report.when, report.outcome, report.duration, _worker_id(report), _message(report),
-            [json.loads(v) for k, v in ours if k == CHECK_KEY], runs[-1] if runs else None,
+            [json.loads(v) for k, v in ours if k == CHECK_KEY], runs[-1] if runs else None, variant,
         )
 
     @pytest.hookimpl(optionalhook=True)
@@ -198,6 +207,8 @@ class ReportSession:
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR  # no report is not a pass
 
     def _write(self, report: dict[str, Any]) -> None:
+        if self.config.option.collectonly:  # nothing ran: no report, and an older one stays as it was
+            return
         from titan_conformance.report.write import append_step_summary, write_report
 
         try:
@@ -211,7 +222,7 @@ class ReportSession:
             self.write_error = f"{type(e).__name__}: {e} (a bug in titan_conformance's report writer)"
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.report is None:
+        if self.report is None or self.config.option.collectonly:
             return
         from titan_conformance.report.terminal import terminal_summary
 

@@ -5,16 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from titan_conformance.report.headline import property_rows
+from titan_conformance.report.headline import property_rows, variant_line, variant_names
 
 
 def summary_lines(report: dict[str, Any], written: Path | None, write_error: str | None) -> list[tuple[str, dict]]:
     """(text, markup) lines, markup as TerminalWriter keywords (green=True, ...)."""
     colour = {"pass": {"green": True}, "fail": {"red": True, "bold": True}, "skip": {"yellow": True}}
-    rows = property_rows(report)
-    width = max(len(r.title) for r in rows)
-    lines = [(f"{r.title:<{width}}  {r.verdict.upper():<7}  {r.tests:<22}  {r.numbers[:90]}", colour.get(r.verdict, {}))
-             for r in rows]
+    names = variant_names(report)
+    several = len(names) > 1
+    lines: list[tuple[str, dict]] = []
+    for name in names if several else [None]:
+        rows = property_rows(report, name)
+        if several:
+            state = (report.get("variants") or {}).get(name, {})
+            lines.append((f"variant {variant_line(name, state)}"[:160], {"bold": True}))
+            if state.get("status") != "ran":
+                continue
+        width = max(len(r.title) for r in rows)
+        indent = "  " if several else ""
+        lines += [(f"{indent}{r.title:<{width}}  {r.verdict.upper():<7}  {r.tests:<22}  {r.numbers[:90]}",
+                   colour.get(r.verdict, {})) for r in rows]
     for worker, state in report["workers"].items():
         if state["status"] != "finished":
             lines.append((f"worker {worker} {state['status']}: {state.get('error') or ''}".rstrip(": "), {"red": True}))

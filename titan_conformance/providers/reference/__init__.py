@@ -13,5 +13,7 @@ def build_system(profile, device: str = "cpu", model_path: str | None = None, le
 
 build_system.default_suite = "tiny-cpu"
 """Read by the plugin: the suite this provider runs when --tc-suite is not given."""
+build_system.default_gpu_suite = "qwen3-0.6b"
+"""Read by the plugin: the suite it runs where torch sees CUDA (with the variants that apply)."""
 build_system.generators = ("native", "vllm")
 """Read by the plugin: the generator backends this provider drives (`--tc-generator auto` picks vLLM when it imports)."""

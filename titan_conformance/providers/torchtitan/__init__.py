@@ -13,7 +13,23 @@ def build_system(profile, device: str = "cpu", model_path: str | None = None, le
     return GRPOSystem(profile, TorchtitanStack(), device=device, model_path=model_path, ledger=ledger)
 
 
+def unavailable() -> str | None:
+    """Why torchtitan cannot be used here (absent, an import error, an API that moved), or None."""
+    from titan_conformance.errors import ConformanceError
+    from titan_conformance.providers.torchtitan.compat import load_torchtitan
+
+    try:
+        load_torchtitan()
+    except ConformanceError as e:
+        return str(e)
+    return None
+
+
 build_system.default_suite = DEFAULT_SUITE
 """Read by the plugin: the suite this provider runs by default."""
+build_system.default_gpu_suite = "torchtitan-qwen3-0.6b"
+"""Read by the plugin: the suite it runs by default where torch sees CUDA."""
+build_system.unavailable = unavailable
+"""Read by the plugin: a variant built by this provider skips with this reason."""
 build_system.generators = ("native",)
 """Read by the plugin: the generator backends this provider drives (`--tc-generator auto` keeps these)."""
