@@ -75,11 +75,11 @@ def sample_report(slow: float = 1.0, interrupted: bool = False) -> dict:
     for i, (name, result) in enumerate(_checks(fake_run(0, slow=slow), slow).items()):
         variant = list(variants)[i % 2]
         worker, nodeid = variants[variant], f"conformance/{name}[{variant}]"
-        store.add_phase(nodeid, "setup", "passed", 0.1, worker, "", run=runs.pop(variant, None), variant=variant)
+        store.add_phase(nodeid, "setup", "passed", 0.1, worker, "", run=runs.pop(variant, None))
         store.add_phase(nodeid, "call", "passed" if result.passed else "failed", 0.5, worker,
-                        "" if result.passed else result.message, [check_record(result)], variant=variant)
+                        "" if result.passed else result.message, [check_record(result)])
     store.add_phase("conformance/test_learning.py::test_validation_reward_rises[fp32]", "setup", "skipped", 0.0, "gw1",
-                    "profile 'tiny-cpu' sets run.expect_learning = false", variant="fp32")
+                    "profile 'tiny-cpu' sets run.expect_learning = false")
     workers = tuple(variants.values())
     for worker in workers:
         store.worker_down(worker, None)

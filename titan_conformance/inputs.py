@@ -62,6 +62,7 @@ def suite_variants(options: SuiteOptions) -> list[Any]:
     from titan_conformance.vllm_support import vllm_version
 
     variants = declared(options.suite)
+    has_vllm_variant = any(v.profile.generator.backend == "vllm" for v in variants)
     if options.variants:
         names = [v.name for v in variants]
         if unknown := [n for n in options.variants if n not in names]:
@@ -70,7 +71,6 @@ def suite_variants(options: SuiteOptions) -> list[Any]:
                 f"{', '.join(names)}."
             )
         variants = [v for v in variants if v.name in options.variants]
-    has_vllm_variant = any(v.profile.generator.backend == "vllm" for v in declared(options.suite))
     out = []
     for v in variants:
         profile, system = v.profile, v.system or options.system

@@ -107,13 +107,13 @@ class ReportStore:
 
     def add_phase(
         self, nodeid: str, when: str, outcome: str, duration: float, worker: str, message: str,
-        checks: list[dict[str, Any]] = (), run: dict[str, Any] | None = None, variant: str | None = None,
+        checks: list[dict[str, Any]] = (), run: dict[str, Any] | None = None,
     ) -> None:
-        """One phase report (setup, call or teardown) of one test of `variant` (None: read from
-        the nodeid, as for a test whose worker crashed)."""
+        """One phase report (setup, call or teardown) of one test; its variant is read from the
+        nodeid's parameter ids (as the scheduler groups them)."""
         self.worker_up(worker)
         test = self.tests.setdefault(nodeid, {
-            "nodeid": nodeid, "variant": variant or self._variant_of(nodeid), "property": property_of(nodeid),
+            "nodeid": nodeid, "variant": variant_of(nodeid, self.variants) or "base", "property": property_of(nodeid),
             "outcome": "passed", "duration_s": 0.0, "worker": worker, "message": "", "checks": [],
         })
         test["duration_s"] += float(duration)
@@ -127,9 +127,6 @@ class ReportStore:
         # The first phase that does not pass decides (a teardown error after a failure stays a failure).
         if result != "passed" and test["outcome"] == "passed":
             test["outcome"], test["message"] = result, message
-
-    def _variant_of(self, nodeid: str) -> str:
-        return variant_of(nodeid, self.variants) or "base"
 
     def variant_table(self, tests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """Variant -> whether it ran (and on which worker), failed to build, or skipped (and why)."""

@@ -27,8 +27,7 @@ from titan_conformance.report.merge import SUITE_NODEID, ReportStore
 CHECK_KEY = "titan_conformance.check"
 RUN_KEY = "titan_conformance.run"
 SUITE_KEY = "titan_conformance.suite"
-VARIANT_KEY = "titan_conformance.variant"
-KEYS = (CHECK_KEY, RUN_KEY, SUITE_KEY, VARIANT_KEY)
+KEYS = (CHECK_KEY, RUN_KEY, SUITE_KEY)
 SUITE_PACKAGE = "titan_conformance.conformance."
 OPTIONS = ("suite", "variants", "model_path", "generator", "device", "system", "seed", "report_dir", "compile_cache",
            "timeout")
@@ -133,10 +132,7 @@ class ReportSession:
         report = yield
         module = getattr(getattr(item, "module", None), "__name__", "")
         if _pending or module.startswith(SUITE_PACKAGE):
-            variant = getattr(getattr(item, "callspec", None), "params", {}).get("tc_variant")
             report.user_properties += [(SUITE_KEY, ""), *_pending]
-            if variant is not None:
-                report.user_properties.append((VARIANT_KEY, variant.name))
             _pending.clear()
         return report
 
@@ -151,10 +147,9 @@ class ReportSession:
             return  # not a conformance test
         report.user_properties[:] = [p for p in report.user_properties if p[0] not in KEYS]
         runs = [json.loads(v) for k, v in ours if k == RUN_KEY]
-        variant = next((v for k, v in ours if k == VARIANT_KEY), None)
         self.store.add_phase(
             report.nodeid, report.when, report.outcome, report.duration, _worker_id(report), _message(report),
-            [json.loads(v) for k, v in ours if k == CHECK_KEY], runs[-1] if runs else None, variant,
+            [json.loads(v) for k, v in ours if k == CHECK_KEY], runs[-1] if runs else None,
         )
 
     @pytest.hookimpl(optionalhook=True)
