@@ -162,16 +162,49 @@ def torchtitan_generator_compiled_differently(profile, **kw):
 
     real = tt_stack.compile_blocks
 
-    def compile_blocks(api, model, config, ledger, role):
+    def compile_blocks(api, model, config, ledger, role, dims=None):
         if role == "generator":
             config = dataclasses.replace(config, backend="aot_eager" if config.backend != "aot_eager" else "inductor")
-        return real(api, model, config, ledger, role)
+        return real(api, model, config, ledger, role, dims)
 
     tt_stack.compile_blocks = compile_blocks
     try:
         return torchtitan_system(profile, **kw)
     finally:
         tt_stack.compile_blocks = real
+
+
+def torchtitan_generator_without_attention_all_reduce(profile, **kw):
+    """The generator's attention output projection takes a local fast path (as a PR might, to
+    save a collective per layer in decode): each rank's `wo` multiplies its heads' share and
+    declares the partial sum replicated, so the all-reduce torchtitan's plan puts after `wo` is
+    gone. The trainer keeps the plan."""
+    import torch.nn.functional as F
+    from torch.distributed.tensor import DTensor, Replicate
+
+    import titan_conformance.providers.torchtitan.stack as tt_stack
+    from titan_conformance.providers.torchtitan import build_system as torchtitan_system
+
+    real = tt_stack.build_generator_model
+
+    def local_wo(wo):
+        def forward(x):
+            w = wo.weight
+            partial = F.linear(x.to_local(), w.to_local())
+            return DTensor.from_local(partial, w.device_mesh, [Replicate()], run_check=False)
+        return forward
+
+    def build_generator_model(*args, **kwargs):
+        model = real(*args, **kwargs)
+        for block in model.layers.values():
+            block.attention.wo.forward = local_wo(block.attention.wo)
+        return model
+
+    tt_stack.build_generator_model = build_generator_model
+    try:
+        return torchtitan_system(profile, **kw)
+    finally:
+        tt_stack.build_generator_model = real
 
 
 def torchtitan_policy_without_max_num_seqs(profile, **kw):

@@ -9,11 +9,20 @@ from titan_conformance.checks.parity import flat, parity_verdict
 from titan_conformance.checks.recompiles import recompile_verdict
 from titan_conformance.checks.result import CheckResult
 
-UNWRAP_BACKWARD_HINT = (
-    " With parallel.unwrap_async = false a backward through a compiled block traced on an "
-    "AsyncCollectiveTensor input fails in DTensor's redistribute backward ('Tensor' object has no "
-    "attribute '_local_tensor'; torch 2.13, Inductor and aot_eager): set parallel.unwrap_async = true."
-)
+UNWRAP_HINTS = {
+    "'_local_tensor'": (
+        " With parallel.unwrap_async = false a backward through a compiled block traced on an "
+        "AsyncCollectiveTensor input fails in DTensor's redistribute backward ('Tensor' object has no "
+        "attribute '_local_tensor'; torch 2.13, Inductor and aot_eager): set parallel.unwrap_async = true."
+    ),
+    "'elem'": (
+        " With parallel.unwrap_async = false a DTensor block input holds an AsyncCollectiveTensor on "
+        "block 0 (the embedding's all-reduce) and a Tensor on the others, and a compiled block's "
+        "runtime wrapper fails on the one it was not traced for ('Tensor' object has no attribute "
+        "'elem'; torch 2.13, torchtitan's TP plan on DTensor): set parallel.unwrap_async = true."
+    ),
+}
+"""Known failures of a TP run without the unwrap: the error's signature -> what to do."""
 
 TP1_HINT = (
     "The sharded model does not compute what the unsharded one does with the same weights: look at "
@@ -25,6 +34,13 @@ TP1_HINT = (
 def run_error(results) -> str | None:
     errors = [f"rank {r.rank}: {r.error}" for r in results if r.error]
     return "; ".join(errors) or None
+
+
+def unwrap_hint(error: str | None, profile) -> str:
+    """What to do about a known failure of a run without the unwrap; "" otherwise."""
+    if not error or profile.parallel.unwrap_async:
+        return ""
+    return next((hint for signature, hint in UNWRAP_HINTS.items() if signature in error), "")
 
 
 def tp_recompile_verdict(results, profile) -> CheckResult:
@@ -40,16 +56,15 @@ def tp_recompile_verdict(results, profile) -> CheckResult:
             f"the TP run failed before it finished ({error}); the recompile budget was not measured "
             f"over the whole run (compiles so far: {verdict.metrics['compiles_per_region']})."
         )
-    if not verdict.passed and "_local_tensor" in (error or ""):
-        verdict.message = verdict.message.replace("\n", UNWRAP_BACKWARD_HINT + "\n", 1)
+    if not verdict.passed and (hint := unwrap_hint(error, profile)):
+        verdict.message = verdict.message.replace("\n", hint + "\n", 1) if "\n" in verdict.message else verdict.message + hint
     return verdict
 
 
 def tp_parity_verdicts(results, profile) -> list[CheckResult]:
     """Trainer (TP) vs generator (TP); TP vs TP = 1 with the same weights; ranks agree exactly."""
     if err := run_error(results):
-        hint = UNWRAP_BACKWARD_HINT if "_local_tensor" in err and not profile.parallel.unwrap_async else ""
-        return [CheckResult("tp_parity", False, f"the TP run failed: {err}.{hint}")]
+        return [CheckResult("tp_parity", False, f"the TP run failed: {err}.{unwrap_hint(err, profile)}")]
     r0 = results[0]
     tol, bitwise = profile.tolerance, profile.tolerances.bitwise
     tp = len(results)

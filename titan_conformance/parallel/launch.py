@@ -75,6 +75,17 @@ _ERROR_GRACE_S = 3.0
 """After a rank fails, how long to wait for the others' errors before killing them."""
 
 
+def require_process_group(tp: int, where: str) -> None:
+    """A system at parallel.tp = `tp` is built on every rank of a process group of `tp` ranks."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if world != tp:
+        raise ConformanceError(
+            f"{where} asks for parallel.tp = {tp}: build it on every rank of a process group of "
+            f"{tp} ranks (titan_conformance.parallel.run_ranks does; this process has "
+            f"{'no process group' if world == 1 else f'{world} ranks'})."
+        )
+
+
 def default_backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 

@@ -144,9 +144,11 @@ def hooks_in_dict_order(module: nn.Module) -> bool:
     )
 
 
+def gathered(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's full tensor (a collective: every rank calls it); a plain tensor as it is."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter gathered to its full tensor (on every rank)."""
-    return {
-        n: (p.full_tensor() if isinstance(p, DTensor) else p).detach().clone()
-        for n, p in model.named_parameters()
-    }
+    return {n: gathered(p).detach().clone() for n, p in model.named_parameters()}

@@ -9,11 +9,13 @@ and returns one `RankReport` per rank.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import sys
 import traceback
 
 import torch
 
+from titan_conformance.compilation.ledger import CompileLedger
 from titan_conformance.parallel.launch import LaunchTiming, run_ranks
 from titan_conformance.protocol import RankReport, load_factory
 
@@ -27,11 +29,16 @@ def tp_rank_run(rank: int, world_size: int, spec: str | None, profile, model_pat
     steps, then score a fixed set of completions with the trainer (TP), the generator (TP) and an
     eager unsharded copy of the same weights (TP = 1: `reference_logprobs`, a collective)."""
     out = RankReport(rank)
+    factory = load_factory(spec)
+    # A factory that takes `ledger=` (ours do) records there, so a build that fails in compile
+    # still reports what it compiled (e.g. a recompile-limit hit or a crash in a compiled block).
+    ledger = CompileLedger() if "ledger" in inspect.signature(factory).parameters else None
     try:
-        system = load_factory(spec)(profile, device=device, model_path=model_path)
+        system = factory(profile, device=device, model_path=model_path, **({"ledger": ledger} if ledger else {}))
     except Exception as e:  # e.g. a failing compile in warm-up: a verdict
         out.error = f"building the system failed: {type(e).__name__}: {e}".splitlines()[0]
         _print_traceback(rank)
+        _add_compilations(out, ledger, rank)
         return out
     try:
         out.startup, out.describe = dict(system.startup), dict(system.describe())
@@ -50,12 +57,16 @@ def tp_rank_run(rank: int, world_size: int, spec: str | None, profile, model_pat
             out.error = f"{type(e).__name__}: {e}".splitlines()[0]
             _print_traceback(rank)
         if "compile_ledger" in system.capabilities:
-            ledger = system.compile_ledger()
-            out.events = [dataclasses.replace(e, rank=rank) for e in ledger.events]
-            out.limit_hits = [f"{h} on rank {rank}" for h in ledger.limit_hits]
+            _add_compilations(out, system.compile_ledger(), rank)
     finally:
         system.close()
     return out
+
+
+def _add_compilations(out: RankReport, ledger: CompileLedger | None, rank: int) -> None:
+    if ledger is not None:
+        out.events = [dataclasses.replace(e, rank=rank) for e in ledger.events]
+        out.limit_hits = [f"{h} on rank {rank}" for h in ledger.limit_hits]
 
 
 def _print_traceback(rank: int) -> None:

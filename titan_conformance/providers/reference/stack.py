@@ -154,15 +154,9 @@ class ReferenceStack:
         tp = profile.parallel.tp
         check_tp(args.to_hf_config(), tp, where)
         if tp > 1:
-            import torch.distributed as dist
+            from titan_conformance.parallel.launch import require_process_group
 
-            world = dist.get_world_size() if dist.is_initialized() else 1
-            if world != tp:
-                raise ConformanceError(
-                    f"{where} asks for parallel.tp = {tp}: build it on every rank of a process group of "
-                    f"{tp} ranks (titan_conformance.parallel.run_ranks does; this process has "
-                    f"{'no process group' if world == 1 else f'{world} ranks'})."
-                )
+            require_process_group(tp, where)
             if profile.generator.backend != "native":
                 raise ConformanceError(f"{where}: parallel.tp > 1 runs the native generator only in this version.")
         if args.vocab_size < VOCAB_SIZE:

@@ -40,7 +40,11 @@ class TorchtitanAPI:
     apply_compile: Callable[..., None]
     """torchtitan.distributed.compile.apply_compile: regional compile, one block at a time."""
     CompileConfig: type
+    ParallelismConfig: type
+    TrainingConfig: type
     ParallelDims: type
+    FusedQKVLinear: type
+    """The fused q/k/v projection some flavors use (torchtitan's TP plan splits it by rows)."""
     compute_logprobs: Callable[..., Any]
     """torchtitan.components.loss.compute_logprobs(logits, labels)."""
     GRPOLoss: type
@@ -79,6 +83,9 @@ def load_torchtitan() -> TorchtitanAPI:
         ("torchtitan.models.qwen3", "model_registry"),
         ("torchtitan.distributed.compile", "apply_compile"),
         ("torchtitan.config", "CompileConfig"),
+        ("torchtitan.config", "ParallelismConfig"),
+        ("torchtitan.config", "TrainingConfig"),
+        ("torchtitan.models.common.attention", "FusedQKVLinear"),
         ("torchtitan.distributed", "ParallelDims"),
         ("torchtitan.components.loss", "compute_logprobs"),
         ("torchtitan.models.common.attention", "ScaledDotProductAttention"),

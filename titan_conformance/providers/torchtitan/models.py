@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -98,29 +97,90 @@ def load_hf_checkpoint(model: nn.Module, spec, ckpt: Path, flavor: str) -> None:
         ) from None
 
 
-class CacheAttention(nn.Module):
-    """Our KV cache behind torchtitan's inner-attention call `(q, k, v, *, attention_masks, scale,
-    enable_gqa)`. The generator passes each token's cache slot as `attention_masks`, which
-    torchtitan's blocks hand to the inner attention untouched (vLLM's wrapper reads its slot
-    mapping from its forward context instead)."""
+def attach_tp_plan(api: TorchtitanAPI, spec, tp: int) -> None:
+    """Fills the sharding configs of torchtitan's Qwen3 TP plan into the spec's model config (its
+    `update_from_config`, as torchtitan's trainer and vLLM wrapper call it before building), so that
+    models built from the spec carry the plan and `parallelize` applies it. No sequence parallel:
+    the toy batches are tiny and both roles keep activations replicated between blocks."""
+    from types import SimpleNamespace
 
-    def __init__(self, cache: KVCacheAttention) -> None:
-        super().__init__()
-        self.cache = cache
+    if tp > 1 and isinstance(spec.model.layers[0].attention.qkv_linear, api.FusedQKVLinear.Config):
+        raise ConformanceError(
+            "torchtitan's TP plan shards a fused wqkv projection by rows, which only its spmd_types "
+            "backend splits per head; this provider runs TP on the DTensor backend. Use a flavor with "
+            "separate q/k/v projections (torchtitan.flavor = \"debugmodel_non_fused_qkv\") at parallel.tp > 1."
+        )
+    spec.model.update_from_config(config=SimpleNamespace(parallelism=_tp_only(api, tp)))
 
-    def forward(self, q, k, v, *, attention_masks: torch.Tensor, scale: float | None = None, **_: Any):
-        return self.cache(q, k, v, attention_masks, scale)
+
+TP_BACKEND = "partial_dtensor"
+"""torchtitan's DTensor backend for model-parallel axes: parameters are DTensors and the logits a
+vocab-sharded DTensor that torchtitan's `compute_logprobs` gathers itself. Its default,
+spmd_types, keeps local tensors that every forward must run under torchtitan's mesh context."""
 
 
-def use_kv_cache(model: nn.Module, rows: int, max_len: int, dtype: torch.dtype, device: torch.device) -> None:
-    """Swaps every block's inner attention for a KV cache of `rows` sequences x `max_len` slots."""
+def tp_dims(api: TorchtitanAPI, tp: int, device: torch.device):
+    """torchtitan's ParallelDims over the current process group (TP only), its mesh built on the
+    system's device type: torchtitan takes the device type from the machine's accelerator and
+    assumes CUDA without one, so a gloo (CPU) run sets it for the mesh build and restores it."""
+    import torch.distributed as dist
+    import torchtitan.distributed.parallel_dims as parallel_dims_module
+
+    dims = api.ParallelDims.from_config(_tp_only(api, tp), dist.get_world_size())
+    machine_default = parallel_dims_module.device_type
+    parallel_dims_module.device_type = device.type
+    try:
+        dims.build_mesh()
+    finally:
+        parallel_dims_module.device_type = machine_default
+    return dims
+
+
+def _tp_only(api: TorchtitanAPI, tp: int):
+    return api.ParallelismConfig(tensor_parallel_degree=tp, enable_sequence_parallel=False, spmd_backend=TP_BACKEND)
+
+
+def parallelize(api: TorchtitanAPI, spec, model: nn.Module, dims) -> None:
+    """torchtitan's parallelize function for the flavor's model family (Qwen3's `parallelize_qwen3`),
+    TP only: torchtitan's compile is applied separately (`compile_blocks`, counted per role), no
+    activation checkpointing, no data parallel (`skip_dp`, as torchtitan's generator calls it).
+    torchtitan parallelizes on meta and initializes after; the trainer here is parallelized after
+    its warm-up, so a tied embedding is re-tied the way torchtitan's init does it."""
+    spec.parallelize_fn(
+        model, parallel_dims=dims, training=api.TrainingConfig(), parallelism=_tp_only(api, dims.tp),
+        compile_config=api.CompileConfig(enable=False), ac_config=None, dump_folder="", skip_dp=True,
+    )
+    if model.enable_weight_tying:  # each module got its own DTensor; torchtitan's init_states re-ties them
+        model.tok_embeddings.weight = model.lm_head.weight
+
+
+def build_generator_model(api: TorchtitanAPI, spec, device: torch.device, dtype: torch.dtype, rows: int, max_len: int, dims=None) -> nn.Module:
+    """The generator's model: built on meta at `dtype`, our KV cache as every block's inner
+    attention (`kv_cache.CacheAttention`, which takes over the SDPA's sharding config), sharded by
+    torchtitan's plan when `dims` is given, then materialized with its buffers (RoPE) initialized.
+    Its weights are whatever weight sync sends; the cache holds this rank's kv heads."""
+    from titan_conformance.providers.torchtitan.kv_cache import CacheAttention
+
+    with torch.device("meta"):
+        model = spec.model.build()
+    for param in model.parameters():
+        param.data = param.data.to(dtype)
+    for block in model.layers.values():
+        block.attention.inner_attention = CacheAttention(block.attention.inner_attention._sharding_config)
+    if dims is not None:
+        parallelize(api, spec, model, dims)
+    model.to_empty(device=device)
+    with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        model.init_weights(buffer_device=device)
+    tp = dims.tp if dims is not None else 1
     for block in model.layers.values():
         attn = block.attention
-        cache = KVCacheAttention(rows, max_len, attn.n_kv_heads, attn.head_dim, dtype, device)
-        attn.inner_attention = CacheAttention(cache)
+        attn.inner_attention.attach(KVCacheAttention(rows, max_len, attn.n_kv_heads // tp, attn.head_dim, dtype, device))
+    return model.requires_grad_(False).eval()
 
 
-def compile_blocks(api: TorchtitanAPI, model: nn.Module, config: CompileConfig, ledger: CompileLedger, role: str) -> str | None:
+def compile_blocks(api: TorchtitanAPI, model: nn.Module, config: CompileConfig, ledger: CompileLedger, role: str,
+                   dims=None) -> str | None:
     """torchtitan's `apply_compile` over the model, each role with its own code object and budget
     (see compilation.regional) and a counting backend; returns the region (None: compile off)."""
     blocks = list(model.layers.values())
@@ -134,6 +194,6 @@ def compile_blocks(api: TorchtitanAPI, model: nn.Module, config: CompileConfig, 
     make_forward_private(blocks, name)
     ledger.use_recompile_limit(config.recompile_limit)
     tt_config = api.CompileConfig(enable=True, backend=ledger.backend(region, config.backend, None))
-    parallel_dims = api.ParallelDims(dp_replicate=1, dp_shard=1, cp=1, tp=1, pp=1, ep=1, world_size=1)
-    api.apply_compile(model, compile_config=tt_config, parallel_dims=parallel_dims)
+    dims = dims or api.ParallelDims(dp_replicate=1, dp_shard=1, cp=1, tp=1, pp=1, ep=1, world_size=1)
+    api.apply_compile(model, compile_config=tt_config, parallel_dims=dims)
     return region

@@ -4,7 +4,9 @@ Trainer: the flavor's model from torchtitan's registry, built and initialized (o
 its HF state-dict adapter) as torchtitan does, compiled by torchtitan's `apply_compile`, trained
 with torchtitan's `compute_logprobs` and `GRPOLoss`. Generator: the same model class and weights
 with our KV cache as inner attention, compiled by the same `apply_compile` under the same config,
-capturing FULL decode graphs at the sizes torchtitan's own capture-size policy yields.
+capturing FULL decode graphs at the sizes torchtitan's own capture-size policy yields. At
+parallel.tp > 1 both are sharded by torchtitan's own TP plan for Qwen3 (`parallelize_qwen3` over
+the sharding configs its `update_from_config` fills in), on each rank of the process group.
 """
 
 from __future__ import annotations
@@ -20,8 +22,12 @@ from titan_conformance.providers.grpo import BuildContext
 from titan_conformance.providers.torchtitan import DEFAULT_SUITE
 from titan_conformance.providers.torchtitan.capture_policy import torchtitan_capture_policy
 from titan_conformance.providers.torchtitan.compat import load_torchtitan
+from titan_conformance.parallel.launch import require_process_group
+from titan_conformance.parallel.tp_plan import full_state_dict, gathered
+from titan_conformance.parallel.unwrap import unwrap_async_output
 from titan_conformance.providers.torchtitan.models import (
-    build_model, compile_blocks, flavor_spec, load_hf_checkpoint, use_kv_cache,
+    attach_tp_plan, build_generator_model, build_model, compile_blocks, flavor_spec,
+    load_hf_checkpoint, parallelize, tp_dims,
 )
 from titan_conformance.providers.torchtitan.trainer import TorchtitanTrainer
 from titan_conformance.providers.torchtitan.vllm_path import CUDA_ONLY, vllm_registration_status
@@ -36,7 +42,7 @@ def check_profile(p) -> None:
     problems = [
         (not p.torchtitan.flavor, f"it sets no torchtitan.flavor; run --tc-suite {DEFAULT_SUITE} or add "
          "[torchtitan] flavor = \"debugmodel\" (or another Qwen3 flavor)"),
-        (p.parallel.tp > 1, "parallel.tp > 1 is not built by the torchtitan provider in this version"),
+        (p.parallel.tp > 1 and p.generator.backend != "native", "parallel.tp > 1 runs the native generator only"),
         (p.grpo.kl_coef > 0, "torchtitan's GRPOLoss has no KL term; set grpo.kl_coef = 0"),
         (p.compile.mode is not None or bool(p.compile.options),
          "torchtitan's apply_compile passes no compile.mode or compile.options to torch.compile; leave them out"),
@@ -66,18 +72,28 @@ class TorchtitanStack:
         if self.spec.model.vocab_size < VOCAB_SIZE:
             raise ConformanceError(f"torchtitan flavor {p.torchtitan.flavor!r} has fewer than the task's {VOCAB_SIZE} tokens.")
         self.device = ctx.device
+        self.dims = None
+        if p.parallel.tp > 1:
+            require_process_group(p.parallel.tp, f"profile {p.name!r}")
+            attach_tp_plan(self.api, self.spec, p.parallel.tp)
+            self.dims = tp_dims(self.api, p.parallel.tp, ctx.device)
         trainer = TorchtitanTrainer(build_model(self.spec, ctx.device, ctx.dtype, p.seed), self.api, p.grpo, p.sampling.temperature)
         self._policy = self._capture_policy()
         config = GeneratorConfig.from_profile(p, ctx.device, self._policy)
-        gen_model = build_model(self.spec, ctx.device, ctx.dtype, p.seed)
-        gen_model.requires_grad_(False).eval()
-        use_kv_cache(gen_model, config.cache_rows, config.max_model_len, ctx.dtype, ctx.device)
-        compile_blocks(self.api, gen_model, p.compile, ctx.ledger, "generator")
+        gen_model = build_generator_model(self.api, self.spec, ctx.device, ctx.dtype, config.cache_rows, config.max_model_len, self.dims)
+        self._unwrap(gen_model)
+        compile_blocks(self.api, gen_model, p.compile, ctx.ledger, "generator", self.dims)
         self.generator = NativeGenerator(
             gen_model, vocab_size=self.spec.model.vocab_size, config=config,
-            forward=lambda tokens, positions, slots: gen_model(tokens, positions=positions, attention_masks=slots),
+            forward=lambda tokens, positions, slots: gathered(gen_model(tokens, positions=positions, attention_masks=slots)),
         )
         return trainer
+
+    def _unwrap(self, model) -> None:
+        """parallel.unwrap_async: the embedding's all-reduce (block 0's input) resolved as it leaves
+        the embedding (`unwrap_async_output`: apply_compile's blocks trace their own hooks)."""
+        if self.dims is not None and self.profile.parallel.unwrap_async:
+            unwrap_async_output(model.tok_embeddings)
 
     def _capture_policy(self) -> list[int]:
         """torchtitan's decode capture sizes for max_num_seqs (an explicit cudagraph.sizes wins).
@@ -96,18 +112,24 @@ class TorchtitanStack:
             load_hf_checkpoint(trainer.model, self.spec, ckpt, self.profile.torchtitan.flavor)
 
     def place(self, ctx: BuildContext, trainer: Trainer, ckpt: Path | None) -> None:
-        """Nothing to shard or start: one process, the native generator."""
+        """After the warm-up, under TP: torchtitan's plan shards the trainer's full weights (rank 0's
+        copy, which the warm-up broadcast to all) and the optimizer is rebuilt over the shards."""
+        if self.dims is not None:
+            parallelize(self.api, self.spec, trainer.model, self.dims)
+            self._unwrap(trainer.model)
+            trainer.reset_optimizer()
 
     def compile_trainer(self, ctx: BuildContext, trainer: Trainer) -> None:
-        compile_blocks(self.api, trainer.model, self.profile.compile, ctx.ledger, "trainer")
+        compile_blocks(self.api, trainer.model, self.profile.compile, ctx.ledger, "trainer", self.dims)
 
     def capture_policy(self) -> list[int]:
         return self._policy
 
     def eager_copy(self, trainer: Trainer, dtype: torch.dtype):
-        """torchtitan's model of the flavor at `dtype`, uncompiled, with the trainer's current weights."""
+        """torchtitan's model of the flavor at `dtype`, uncompiled and unsharded, with the trainer's
+        current weights (gathered under TP: a collective, every rank calls it)."""
         model = build_model(self.spec, self.device, dtype, self.profile.seed)
-        model.load_state_dict(trainer.model.state_dict())
+        model.load_state_dict({n: gathered(t) for n, t in trainer.model.state_dict().items()})
         return model.requires_grad_(False).eval()
 
     def score(self, model, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -117,7 +139,7 @@ class TorchtitanStack:
         return self.spec.model.vocab_size
 
     def weight_checksums(self, trainer: Trainer) -> dict[str, float]:
-        return {n: float(t.detach().double().sum()) for n, t in trainer.model.named_parameters()}
+        return {n: float(t.double().sum()) for n, t in full_state_dict(trainer.model).items()}
 
     def describe(self) -> dict[str, str]:
         return {
@@ -127,6 +149,8 @@ class TorchtitanStack:
             "flavor": self.profile.torchtitan.flavor,
             "attention": "trainer: torchtitan ScaledDotProductAttention (causal); generator: KV cache",
             "capture_policy": self._policy_note,
+            **({"tensor_parallel": f"torchtitan {self.spec.parallelize_fn.__name__}, {self.dims.tp} ranks, DTensor"}
+               if self.dims is not None else {}),
         }
 
     def close(self) -> None:
