@@ -17,8 +17,12 @@ from titan_conformance.checks.parity import flat, parity_verdict, rows_locator
 from titan_conformance.checks.result import CheckResult
 from titan_conformance.checks.rollouts import sampled_completions
 
-MAX_STEPS = 3
-"""Trainer steps taken, at most, until the trainer's logprobs move past the parity noise."""
+MAX_STEPS = 5
+"""Trainer steps taken, at most, until the trainer's logprobs move far enough past the parity noise."""
+MOVE_OVER_NOISE = 6.0
+"""How far past the parity noise the trainer's logprobs must move: a landed sync's tracking error is at
+most (noise before + noise after) / movement, ~2/6 here, under MAX_TRACKING_ERROR (an H200 bf16 run
+that stopped at 4.5x the noise measured 0.54 on a landed sync)."""
 MAX_TRACKING_ERROR = 0.5
 """Largest tracking error of a sync that landed (a skipped sync is 1, a healthy one ~noise/movement)."""
 
@@ -46,13 +50,13 @@ def check_weight_sync(system, profile) -> CheckResult:
         system.step()  # trains, then syncs
         trainer_after = flat(system.trainer_logprobs(completions))
         moved = _mean_abs(trainer_after - trainer_before)
-        if moved > noise:
+        if moved > MOVE_OVER_NOISE * noise:
             break
     else:
         return CheckResult(
             "weight_sync", False,
-            f"{MAX_STEPS} trainer steps moved the trainer's logprobs by a mean {moved:.2e}, no more than the parity "
-            f"noise {noise:.2e} before them, so a sync cannot be told from none; raise grpo.lr in the profile.",
+            f"{MAX_STEPS} trainer steps moved the trainer's logprobs by a mean {moved:.2e}, less than "
+            f"{MOVE_OVER_NOISE:g}x the parity noise {noise:.2e} before them, so a sync cannot be told from none; raise grpo.lr in the profile.",
             {"trainer_moved_mean_abs": moved, "parity_noise_mean_abs": noise},
         )
     generator_after = flat(system.generator_logprobs(completions))
