@@ -137,3 +137,25 @@ def test_each_xdist_worker_gets_its_own_gpus(monkeypatch):
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"  # workers outnumber GPUs: they share
     pin_worker_gpus("gw0", 4, "cpu")
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"  # a CPU run leaves it alone
+
+
+def test_the_controller_checks_inputs_without_the_compiler(pytester):
+    """Under xdist the controller checks the inputs and merges reports while the workers wait to be
+    spawned: Dynamo, Inductor and the model stack (seconds of imports) are the workers' to import.
+    The profile's compile settings are still checked there."""
+    pytester.makepyfile(probe_plugin="""
+        import sys
+        import pytest
+
+        @pytest.hookimpl(trylast=True)
+        def pytest_configure(config):
+            heavy = ("torch._dynamo", "torch._inductor", "titan_conformance.model", "titan_conformance.providers.grpo")
+            print("HEAVY:" + ",".join(m for m in heavy if m in sys.modules))
+        """)
+    result = pytester.runpytest_subprocess("-p", "probe_plugin", "--pyargs", "titan_conformance", "--tc-device", "cpu",
+                                           "--tc-suite", "qwen3-0.6b", "--collect-only", "-q", "-s")
+    result.stdout.fnmatch_lines(["HEAVY:"])
+    bad = pytester.makefile(".toml", bad='[compile]\nbackend = "no_such_backend"\n')
+    result = pytester.runpytest_subprocess("--pyargs", "titan_conformance", "--tc-suite", str(bad), "--collect-only")
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["*compile.backend = 'no_such_backend' is not a torch.compile backend*"])

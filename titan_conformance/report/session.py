@@ -180,6 +180,9 @@ class ReportSession:
         except ValueError:  # not the main thread
             pass
 
+    # Before xdist's, which waits for the workers' processes to end (seconds of interpreter and CUDA
+    # teardown each): every worker has reported by then, and the report is written meanwhile.
+    @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.timeout and signal.SIGALRM in self._saved_signals:
             signal.setitimer(signal.ITIMER_REAL, 0)

@@ -1,13 +1,15 @@
-"""The reference provider (entry point `reference`, the default): our Qwen3 GRPO system."""
+"""The reference provider (entry point `reference`, the default): our Qwen3 GRPO system. The plugin
+reads the factory's defaults on the controller, which runs no system: the stack is imported when
+a system is built."""
 
 from __future__ import annotations
 
-from titan_conformance.providers.grpo import GRPOSystem
-from titan_conformance.providers.reference.stack import ReferenceStack
 
-
-def build_system(profile, device: str = "cpu", model_path: str | None = None, ledger=None) -> GRPOSystem:
+def build_system(profile, device: str = "cpu", model_path: str | None = None, ledger=None):
     """The default provider factory. `ledger`: record compilations there (kept even when building fails)."""
+    from titan_conformance.providers.grpo import GRPOSystem
+    from titan_conformance.providers.reference.stack import ReferenceStack
+
     return GRPOSystem(profile, ReferenceStack(), device=device, model_path=model_path, ledger=ledger)
 
 
