@@ -1,13 +1,15 @@
 """Where a GRPO system's first steps spend their time, against its later steps.
 
     python benchmarks/first_steps.py [--suite qwen3-0.6b] [--variant fp32] [--device cuda] [--steps 4]
-                                     [--compile-cache FILE] [--out DIR]
+                                     [--compile-cache FILE] [--profile-startup] [--out DIR]
 
 Builds the reference system as the suite does, then runs the steps one by one and prints, per step,
 generate / train / weight_sync, the compilations Dynamo made during it and the Inductor cache
 counters it moved. Step 1 runs under cProfile; its top functions by cumulative time go to
 first-step-profile.txt in --out. A first step much slower than the rest with no compilation in it
 is work that belongs in the timed startup (and, if it is a compile, in the compile cache).
+--profile-startup runs the build under cProfile too (startup-profile.txt: by cumulative and by own
+time), to see what a startup phase spends its time on.
 """
 
 from __future__ import annotations
@@ -22,9 +24,17 @@ from pathlib import Path
 
 import torch
 
-from titan_conformance.compilation.cache import compile_cache_counters, restore_compile_cache, save_compile_cache
+from titan_conformance.compilation.cache import (
+    compile_cache_counters, restore_compile_cache, save_compile_cache, variant_cache_path,
+)
 from titan_conformance.profile import load_profile
 from titan_conformance.providers.reference import build_system
+
+
+def top_functions(profiler: cProfile.Profile, key: str, count: int) -> str:
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats(key).print_stats(count)
+    return text.getvalue()
 
 
 def main() -> None:
@@ -34,14 +44,21 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--compile-cache", default=None)
+    parser.add_argument("--profile-startup", action="store_true")
     parser.add_argument("--out", default=".")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cache = Path(args.compile_cache) if args.compile_cache else None
+    cache = variant_cache_path(Path(args.compile_cache), args.variant or "base") if args.compile_cache else None
     use = restore_compile_cache(cache) if cache else None
+    profile = load_profile(args.suite, args.variant)
     wall = time.perf_counter()
-    system = build_system(load_profile(args.suite, args.variant), device=args.device)
+    if args.profile_startup:
+        profiler = cProfile.Profile()
+        system = profiler.runcall(build_system, profile, device=args.device)
+        (out / "startup-profile.txt").write_text(top_functions(profiler, "cumulative", 90) + top_functions(profiler, "tottime", 40))
+    else:
+        system = build_system(profile, device=args.device)
     built = time.perf_counter() - wall
     if use is not None:
         save_compile_cache(cache, use)
@@ -58,9 +75,7 @@ def main() -> None:
             record = system.step()
             if profiler:
                 profiler.disable()
-                text = io.StringIO()
-                pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(60)
-                (out / "first-step-profile.txt").write_text(text.getvalue())
+                (out / "first-step-profile.txt").write_text(top_functions(profiler, "cumulative", 60))
             seconds = time.perf_counter() - start
             moved = {k: v - counters.get(k, 0) for k, v in compile_cache_counters().items() if v != counters.get(k, 0)}
             compiled = [f"{e.region}: {e.reason}" for e in system.ledger.events[events:]]

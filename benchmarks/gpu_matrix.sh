@@ -3,14 +3,30 @@
 # variants): each bf16/fp32 variant alone (no -n) cold then with its compile cache restored, then
 # the whole suite at -n 4 with the caches restored, RUNS_N4 times in a row. Every run goes through
 # session_phases.py (where the wall time goes) with fresh Inductor/Triton dirs: only
-# --tc-compile-cache carries over. One device call; logs and reports under $OUT; the tables last.
+# --tc-compile-cache carries over. One device call; logs and reports packed in $OUT/matrix.tgz; the
+# tables last. PARTS picks parts (default: base-cold base-cached fp32-cold fp32-cached n4-cached).
 set -u
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 if ! python3 -m pip install --no-deps --no-build-isolation -q -e . > "$OUT/install.log" 2>&1; then
   export PYTHONPATH=$PWD PYTEST_ADDOPTS="-p titan_conformance.plugin"
 fi
-CACHE=$(mktemp -d)/compile-cache.bin
+# A runner's installed packages have their bytecode (pip compiles it); the GPU image sets
+# PYTHONDONTWRITEBYTECODE, so each of a session's processes would compile the sources of every
+# module it imports again (seconds each, at every run). Bytecode under a prefix, made before the runs.
+unset PYTHONDONTWRITEBYTECODE
+export PYTHONPYCACHEPREFIX
+PYTHONPYCACHEPREFIX=$(mktemp -d)
+start=$SECONDS
+python3 -m compileall -q -j 0 $(python3 -c 'import importlib, os
+for m in ("os", "torch", "triton", "sympy", "numpy", "jinja2", "markupsafe", "_pytest", "pluggy", "xdist", "execnet",
+          "networkx", "filelock", "fsspec", "safetensors", "titan_conformance"):
+    try:
+        print(os.path.dirname(importlib.import_module(m).__file__))
+    except ImportError:
+        pass') > /dev/null 2>&1
+echo "bytecode compiled in $((SECONDS - start)) s (not in any run below)" > "$OUT/table.txt"
+CACHE=${CACHE:-$(mktemp -d)/compile-cache.bin}  # each variant its own file beside it
 run() {  # name, runs, then pytest options
   local name=$1 runs=$2; shift 2
   timeout "${PART_TIMEOUT:-200}" python3 benchmarks/session_phases.py --runs "$runs" --fresh-caches --out "$OUT/$name" -- \
@@ -19,15 +35,23 @@ run() {  # name, runs, then pytest options
   echo "== $name (rc=$?)" >> "$OUT/table.txt"
   cat "$OUT/$name/table.txt" >> "$OUT/table.txt"
 }
-mkdir -p "$OUT"/{base-cold,base-cached,fp32-cold,fp32-cached,n4-cached}
-run base-cold 1 --tc-variant base
-run base-cached 1 --tc-variant base
-run fp32-cold 1 --tc-variant fp32
-run fp32-cached 1 --tc-variant fp32
-PART_TIMEOUT=$((${PART_TIMEOUT:-200} * ${RUNS_N4:-3})) run n4-cached "${RUNS_N4:-3}" -n 4
+PARTS=${PARTS:-base-cold base-cached fp32-cold fp32-cached n4-cached}
+for part in $PARTS; do
+  mkdir -p "$OUT/$part"
+  case $part in
+    n4-cached) PART_TIMEOUT=$((${PART_TIMEOUT:-200} * ${RUNS_N4:-3})) run n4-cached "${RUNS_N4:-3}" -n 4 ;;
+    *) run "$part" 1 --tc-variant "${part%%-*}" ;;  # base-cold: variant base, cold
+  esac
+done
 python3 - "$OUT" <<'PY' >> "$OUT/table.txt"
 import json, sys, pathlib
-print("\nper variant (startup phases, median step, failed checks)")
+print("\nper variant (startup phases, median step, tests' time and the slowest, failed checks)")
+
+
+def seconds(test):
+    return f"{test['nodeid'].split('::')[-1].split('[')[0]}={test.get('duration_s') or 0:.1f}"
+
+
 for d in sorted(pathlib.Path(sys.argv[1]).glob("*/report-*")):
     r = json.loads((d / "report.json").read_text())
     for name, v in r["variants"].items():
@@ -37,8 +61,13 @@ for d in sorted(pathlib.Path(sys.argv[1]).glob("*/report-*")):
         st = run.get("startup", {})
         steps = sorted(s["seconds"] for s in run.get("steps", []))
         med = f"{steps[len(steps) // 2]:.3f}" if steps else "-"
-        bad = [t["nodeid"].split("::")[-1] for t in r["tests"] if t["variant"] == name and t["outcome"] in ("failed", "error")]
+        tests = [t for t in r["tests"] if t["variant"] == name]
+        bad = [t["nodeid"].split("::")[-1] for t in tests if t["outcome"] in ("failed", "error")]
+        slow = sorted(tests, key=lambda t: -(t.get("duration_s") or 0))[:4]
         print(f"{d.parent.name}/{d.name:9} {name:5} {v.get('worker') or '-':4} startup={sum(st.values()):.1f}s "
-              f"{' '.join(f'{k}={x:.1f}' for k, x in st.items())} step_med={med} failed={bad}")
+              f"{' '.join(f'{k}={x:.1f}' for k, x in st.items())} step_med={med} "
+              f"tests={sum(t.get('duration_s') or 0 for t in tests):.1f}s ({', '.join(map(seconds, slow))}) failed={bad}")
 PY
+# The device tool brings back a few files only: the parts' logs and reports in one archive.
+(cd "$OUT" && tar czf matrix.tgz $PARTS && rm -rf $PARTS)
 cat "$OUT/table.txt"

@@ -9,7 +9,7 @@ def test_default_profile_loads_and_derives_max_num_seqs():
     assert "tiny-cpu" in bundled_profiles()
     assert profile.max_num_seqs == profile.sampling.num_prompts_per_step * profile.sampling.n
     assert profile.compile.fullgraph and profile.compile.recompile_limit == 8
-    assert profile.compile.max_compiles == {"trainer": 2, "generator": 1}
+    assert profile.compile.max_compiles == {"trainer": 1, "generator": 1}
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,8 @@ def test_weight_sync_moves_generator_to_trainer_weights_without_recompiling(comp
     assert changed, "the step's weight sync did not change the generator"
     assert logprob_diff(system, seed=3).abs().max() <= TOLERANCE
     assert record.times["weight_sync"] >= 0
-    # Trainer no-grad scoring above may compile its own graph; the generator never recompiles.
-    assert system.ledger.counts()["generator.TransformerBlock"] == compiles_before["generator.TransformerBlock"]
+    # Scoring runs the trainer's training forward and the generator's one graph: nothing recompiles.
+    assert system.ledger.counts() == compiles_before
 
 
 def test_skipped_weight_sync_is_caught(compiled_system):

@@ -200,15 +200,14 @@ class GRPOSystem:
             self.trainer.reference.load_state_dict(self.trainer.model.state_dict())
 
     def _compile_shapes(self) -> None:
-        """Compiles every shape class the run and the checks use: the trainer's fwd+bwd and its
-        no-grad pass on a full batch at the trainer's fixed width, generator prefill + decode.
-        Gradients are dropped; weights do not change."""
+        """Compiles every shape class the run and the checks use: the trainer's fwd+bwd on a full
+        batch at the trainer's fixed width (its logprob probes run that forward too), generator
+        prefill + decode. Gradients are dropped; weights do not change."""
         s = self.profile.sampling
         bsz = s.num_prompts_per_step * s.n
         tokens = torch.full((bsz, self.profile.generator.max_model_len), self.tokenizer.bos_id, dtype=torch.long, device=self.device)
         self.trainer.model(tokens).float().sum().backward()
         self.trainer.optimizer.zero_grad(set_to_none=True)
-        self.trainer.logprobs(tokens)
         prompts = [[self.tokenizer.bos_id] * 5] * s.num_prompts_per_step
         self.generator.generate(prompts, s.n, 2, s.temperature, 0, self.tokenizer.eos_id)
 
@@ -292,9 +291,10 @@ class GRPOSystem:
         """The trainer's current weights in a fresh eager copy of the model at `dtype`, scoring every
         completion token at the sampling temperature: float64 is the oracle, the profile's dtype the
         precision floor that trainer and generator are held to. Scored a few sequences at a time,
-        so that no [batch, length, vocab] float64 logits are ever whole."""
+        so that no [batch, length, vocab] float64 logits are ever whole, and only as wide as the
+        longest (an eager copy has no compiled graph to keep at the trainer's fixed width)."""
         model = self.stack.eager_copy(self.trainer, dtype)
-        batch = self._batch(completions, torch.zeros(len(completions)))
+        batch = rollout_batch(completions, torch.zeros(len(completions)), self.tokenizer.pad_id, self.device)
         chunk = max(1, (1 << 30) // (batch.tokens.shape[1] * self.stack.vocab_size() * 8))
         temperature = self.profile.sampling.temperature
         with torch.no_grad():

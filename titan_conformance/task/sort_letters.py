@@ -91,6 +91,11 @@ class SortLettersTask:
         """A fixed set, disjoint in seed from training draws."""
         return self.sample(random.Random(f"validation-{seed}"), size)
 
+    @property
+    def demonstration_width(self) -> int:
+        """The longest demonstration: <bos>, max_len letters, '=', them sorted, <eos>."""
+        return 2 * self.max_len + 3
+
     def demonstration(self, problem: Problem) -> list[int]:
         """Prompt + the correct completion (for the fixture's supervised warm-up)."""
         return [*problem.prompt_ids, *self.tokenizer.encode(problem.answer), self.tokenizer.eos_id]

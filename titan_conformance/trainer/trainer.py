@@ -53,8 +53,10 @@ class Trainer:
         )
 
     def logprobs(self, tokens: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return token_logprobs(self.model, tokens, self.temperature)
+        """Scored by the training forward (grad mode, graph dropped), as a GRPO step scores: the
+        logprobs a check compares are the ones the trainer trains on, and its blocks compile one
+        graph (under no_grad Dynamo's grad-mode guard would compile a second: +1 compile at startup)."""
+        return token_logprobs(self.model, tokens, self.temperature).detach()
 
     def step(self, batch: RolloutBatch) -> TrainStepResult:
         self.model.train()

@@ -25,8 +25,10 @@ class TorchtitanTrainer(Trainer):
         return tempered(self.model(tokens)[:, :-1], self.temperature)
 
     def logprobs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """By the training forward, as `Trainer.logprobs` says why."""
+        logits = self._scaled_logits(tokens)
         with torch.no_grad():
-            return self.api.compute_logprobs(self._scaled_logits(tokens), tokens[:, 1:])
+            return self.api.compute_logprobs(logits, tokens[:, 1:])
 
     def step(self, batch: RolloutBatch) -> TrainStepResult:
         self.model.train()
