@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import warnings
 from typing import Callable
 
 import torch
@@ -87,11 +88,18 @@ def warm_up(
     opt.zero_grad(set_to_none=True)
 
 
-def _capture(train_step: Callable[[], None], opt: torch.optim.Optimizer) -> torch.cuda.CUDAGraph:
+def _capture(train_step: Callable[[], None], opt: torch.optim.Optimizer) -> torch.cuda.CUDAGraph | None:
     """One training step recorded (not run) as a CUDA graph; its gradients live in the graph's
-    pool. thread_local: the warm start may launch its kernels from its own thread meanwhile."""
+    pool. thread_local: the warm start may launch its kernels from its own thread meanwhile. None,
+    with a warning, where a model's step cannot be captured (a host sync in it): the warm-up then
+    goes on eagerly, to the same weights."""
     opt.zero_grad(set_to_none=True)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-        train_step()
+    try:
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            train_step()
+    except RuntimeError as e:
+        opt.zero_grad(set_to_none=True)
+        warnings.warn(f"The task warm-up runs eagerly: its step could not be captured as a CUDA graph ({e}).", stacklevel=3)
+        return None
     return graph
