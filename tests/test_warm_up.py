@@ -2,6 +2,7 @@
 
 import copy
 import random
+import warnings
 
 import pytest
 import torch
@@ -52,10 +53,35 @@ def test_graph_replays_train_as_eager_steps_do(task):
     model = Qwen3Model(TINY).cuda()
     model.init_weights(0)
     graphed, eager, first_three = model, copy.deepcopy(model), copy.deepcopy(model)
-    warm_up(graphed, task, 8, seed=1, graphed=True)
-    warm_up(eager, task, 8, seed=1, graphed=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to eager steps, no warning about them
+        assert warm_up(graphed, task, 8, seed=1, graphed=True) == 5
+        assert warm_up(eager, task, 8, seed=1, graphed=False) == 0
     warm_up(first_three, task, 3, seed=1)
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()
     for (name, a), b in zip(graphed.named_parameters(), eager.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
     moved = [float((a - b).abs().max()) for a, b in zip(graphed.parameters(), first_three.parameters())]
     assert max(moved) > 1e-3
+
+
+class SyncingModel(Qwen3Model):
+    """A model whose forward reads a value back to the host, as some do: its step cannot be captured."""
+
+    def forward(self, tokens, *args, **kwargs):
+        if float(tokens.float().mean()) < 0:
+            raise AssertionError("unreachable")
+        return super().forward(tokens, *args, **kwargs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_a_step_that_cannot_be_captured_warms_up_eagerly(task):
+    model = SyncingModel(TINY).cuda()
+    model.init_weights(0)
+    eager = copy.deepcopy(model)
+    with pytest.warns(UserWarning, match="runs eagerly: its step could not be captured"):
+        assert warm_up(model, task, 6, seed=1) == 0
+    warm_up(eager, task, 6, seed=1, graphed=False)
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()  # the caller's stream is back
+    for a, b in zip(model.parameters(), eager.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

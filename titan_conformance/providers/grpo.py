@@ -277,11 +277,17 @@ class GRPOSystem:
                 "torch": torch.__version__, **self.stack.describe()}
 
     def trainer_logprobs(self, completions: list[Completion]) -> list[torch.Tensor]:
-        """The trainer's logprob of every completion token, scoring all completions as one batch."""
-        batch = self._batch(completions, torch.zeros(len(completions)))
-        logp = self.trainer.logprobs(batch.tokens).float().cpu()
-        mask = batch.completion_mask.cpu()
-        return [row[m] for row, m in zip(logp, mask)]
+        """The trainer's logprob of every completion token, by its training forward, in near-equal
+        batches of at most max_num_seqs (what a train step holds in memory, activations kept for a
+        backward included; never a batch of 1 where more were given, which Dynamo specializes)."""
+        parts = -(-len(completions) // self.profile.max_num_seqs)
+        out: list[torch.Tensor] = []
+        for i in range(parts):
+            part = completions[i * len(completions) // parts : (i + 1) * len(completions) // parts]
+            batch = self._batch(part, torch.zeros(len(part)))
+            logp = self.trainer.logprobs(batch.tokens).float().cpu()
+            out += [row[m] for row, m in zip(logp, batch.completion_mask.cpu())]
+        return out
 
     def generator_logprobs(self, completions: list[Completion]) -> list[torch.Tensor]:
         """The generator's logprob of every completion token from one prefill (no decode)."""

@@ -45,11 +45,12 @@ def demonstrations(task: SortLettersTask, rng: random.Random, batch: int, width:
 def warm_up(
     model: nn.Module, task: SortLettersTask, steps: int, seed: int, batch: int = 64, lr: float = 2e-3,
     after_step: Callable[[int], None] | None = None, graphed: bool | None = None,
-) -> None:
+) -> int:
     """Teacher-forced cross-entropy on correct demonstrations (completion tokens only), AdamW.
     `model(tokens [B, S]) -> logits [B, S, V]`; deterministic for a seed. `after_step(k)` is called
     after step k (1-based), e.g. to evaluate a warm-up as it goes. `graphed`: replay the steps after
-    the first EAGER_STEPS from a CUDA graph (None: on CUDA; the same kernels either way)."""
+    the first EAGER_STEPS from a CUDA graph (None: on CUDA; the same kernels either way). Returns
+    how many steps were graph replays."""
     rng = random.Random(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     device = params[0].device
@@ -67,16 +68,19 @@ def warm_up(
         opt.step()
 
     stream = torch.cuda.Stream(device) if graphed else None
-    graph = None
+    graph, replays = None, 0
     for step in range(1, steps + 1):
         for static, new in zip((tokens, targets), demonstrations(task, rng, batch, width)):
             static.copy_(new)
         if graph is not None:
             graph.replay()
+            replays += 1
         else:
             if stream is not None:
                 stream.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext(), warnings.catch_warnings():
+                # capturable=True on every CUDA step, so that eager and replayed steps run the same kernels.
+                warnings.filterwarnings("ignore", "This instance was constructed with capturable=True")
                 opt.zero_grad(set_to_none=True)
                 train_step()
             if stream is not None:
@@ -86,6 +90,11 @@ def warm_up(
         if after_step is not None:
             after_step(step)
     opt.zero_grad(set_to_none=True)
+    if on_cuda:  # the graph's pool and AdamW's state (a side stream's blocks) go back to the device
+        torch.cuda.synchronize(device)
+        del graph, opt
+        torch.cuda.empty_cache()
+    return replays
 
 
 def _capture(train_step: Callable[[], None], opt: torch.optim.Optimizer) -> torch.cuda.CUDAGraph | None:
@@ -94,11 +103,14 @@ def _capture(train_step: Callable[[], None], opt: torch.optim.Optimizer) -> torc
     with a warning, where a model's step cannot be captured (a host sync in it): the warm-up then
     goes on eagerly, to the same weights."""
     opt.zero_grad(set_to_none=True)
-    graph = torch.cuda.CUDAGraph()
+    graph, stream = torch.cuda.CUDAGraph(), torch.cuda.current_stream()
     try:
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             train_step()
     except RuntimeError as e:
+        # A failed capture's exit raises before torch.cuda.graph restores the caller's stream.
+        torch.cuda.set_stream(stream)
+        torch.cuda.synchronize()
         opt.zero_grad(set_to_none=True)
         warnings.warn(f"The task warm-up runs eagerly: its step could not be captured as a CUDA graph ({e}).", stacklevel=3)
         return None
