@@ -11,7 +11,9 @@ from titan_conformance.profile import Tolerance
 
 
 def check_batch_invariance(system, profile) -> CheckResult:
-    """The same sequences scored in a batch of m and a batch of n give the same logprobs."""
+    """The same sequences scored as a set of m and inside a set of n give the same logprobs (how a
+    provider batches them is its own: ours scores at the trainer's training shape, so the short
+    sequences sit among empty rows in one case and among other rollouts in the other)."""
     completions = sampled_completions(system, profile, "batch-invariance", 1)
     full = system.trainer_logprobs(completions)
     # Short sequences alone (narrower padding, smaller batch) vs inside the whole batch.
@@ -22,7 +24,7 @@ def check_batch_invariance(system, profile) -> CheckResult:
     limit = tol.batch_invariance_max_abs
     batch_tol = Tolerance(max_abs=limit, p99_abs=limit, mean_abs=limit)
     return parity_verdict(
-        "batch_invariance", f"trainer logprobs of {len(part)} sequences in a batch of {len(part)} vs {len(completions)}",
+        "batch_invariance", f"trainer logprobs of {len(part)} sequences scored as a set of {len(part)} vs in one of {len(completions)}",
         flat(alone) - flat([full[i] for i in part]), batch_tol, profile.tolerances.bitwise,
         hint="Batch composition leaks into a sequence's logprobs: padding seen through the attention "
         "mask, packed sequences attending across their boundaries, or kernels whose reduction order "

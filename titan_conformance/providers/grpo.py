@@ -277,15 +277,18 @@ class GRPOSystem:
                 "torch": torch.__version__, **self.stack.describe()}
 
     def trainer_logprobs(self, completions: list[Completion]) -> list[torch.Tensor]:
-        """The trainer's logprob of every completion token, by its training forward, in near-equal
-        batches of at most max_num_seqs (what a train step holds in memory, activations kept for a
-        backward included; never a batch of 1 where more were given, which Dynamo specializes)."""
-        parts = -(-len(completions) // self.profile.max_num_seqs)
-        out: list[torch.Tensor] = []
-        for i in range(parts):
-            part = completions[i * len(completions) // parts : (i + 1) * len(completions) // parts]
+        """The trainer's logprob of every completion token, by its training forward at its training
+        shape: batches of a GRPO step's rows (the last one filled up with rows of padding) at the
+        fixed width. Another batch size recompiles the trainer's fwd+bwd graph (a batch that equals
+        a model dimension is specialized; Inductor guards on size hints, `4*B*S <= 4096` on a CPU),
+        so a probe would pay a compile the run never does."""
+        s = self.profile.sampling
+        rows, out = s.num_prompts_per_step * s.n, []
+        for start in range(0, len(completions), rows):
+            part = completions[start : start + rows]
             batch = self._batch(part, torch.zeros(len(part)))
-            logp = self.trainer.logprobs(batch.tokens).float().cpu()
+            tokens = torch.cat([batch.tokens, batch.tokens.new_full((rows - len(part), batch.tokens.shape[1]), self.tokenizer.pad_id)])
+            logp = self.trainer.logprobs(tokens)[: len(part)].float().cpu()
             out += [row[m] for row, m in zip(logp, batch.completion_mask.cpu())]
         return out
 
