@@ -6,8 +6,8 @@ and a trainer step changes nothing that a check could see.
 
 Every step has the same shapes (a fixed-width batch, the loss over every position with the prompt
 and padding ignored), so on CUDA the whole step — forward, backward and AdamW — is captured once
-as a CUDA graph and replayed: an eager step of the 0.6B shape is ~170 ms of kernel launches from
-Python for ~15 ms of GPU work.
+as a CUDA graph and replayed: an eager step of the 0.6B shape took ~170 ms on an H200 (40 in
+6.9 s), most of it Python launching thousands of small kernels.
 """
 
 from __future__ import annotations
