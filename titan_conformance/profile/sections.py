@@ -259,9 +259,14 @@ class Profile:
     (h100, h200, a100, b200, l40s, mi300x, ...): `[budgets.h100]`."""
 
     @property
+    def rollouts_per_step(self) -> int:
+        """Sequences a GRPO step samples and trains on, num_prompts_per_step x n: the trainer's batch."""
+        return self.sampling.num_prompts_per_step * self.sampling.n
+
+    @property
     def max_num_seqs(self) -> int:
-        """The largest decode batch: generator.max_num_seqs, or num_prompts_per_step x n."""
-        return self.generator.max_num_seqs or self.sampling.num_prompts_per_step * self.sampling.n
+        """The largest decode batch: generator.max_num_seqs, or rollouts_per_step."""
+        return self.generator.max_num_seqs or self.rollouts_per_step
 
     @cached_property
     def capture_sizes(self) -> list[int]:

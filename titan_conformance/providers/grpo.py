@@ -204,8 +204,7 @@ class GRPOSystem:
         batch at the trainer's fixed width (its logprob probes run that forward too), generator
         prefill + decode. Gradients are dropped; weights do not change."""
         s = self.profile.sampling
-        bsz = s.num_prompts_per_step * s.n
-        tokens = torch.full((bsz, self.profile.generator.max_model_len), self.tokenizer.bos_id, dtype=torch.long, device=self.device)
+        tokens = torch.full((self.profile.rollouts_per_step, self.profile.generator.max_model_len), self.tokenizer.bos_id, dtype=torch.long, device=self.device)
         self.trainer.model(tokens).float().sum().backward()
         self.trainer.optimizer.zero_grad(set_to_none=True)
         prompts = [[self.tokenizer.bos_id] * 5] * s.num_prompts_per_step
@@ -282,8 +281,7 @@ class GRPOSystem:
         fixed width. Another batch size recompiles the trainer's fwd+bwd graph (a batch that equals
         a model dimension is specialized; Inductor guards on size hints, `4*B*S <= 4096` on a CPU),
         so a probe would pay a compile the run never does."""
-        s = self.profile.sampling
-        rows, out = s.num_prompts_per_step * s.n, []
+        rows, out = self.profile.rollouts_per_step, []
         for start in range(0, len(completions), rows):
             part = completions[start : start + rows]
             batch = self._batch(part, torch.zeros(len(part)))

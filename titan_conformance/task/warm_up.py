@@ -12,7 +12,6 @@ as a CUDA graph and replayed: an eager step of the 0.6B shape took ~170 ms on an
 
 from __future__ import annotations
 
-import contextlib
 import random
 import warnings
 from typing import Callable
@@ -78,7 +77,7 @@ def warm_up(
         else:
             if stream is not None:
                 stream.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext(), warnings.catch_warnings():
+            with torch.cuda.stream(stream), warnings.catch_warnings():  # (None: no stream, as on a CPU)
                 # capturable=True on every CUDA step, so that eager and replayed steps run the same kernels.
                 warnings.filterwarnings("ignore", "This instance was constructed with capturable=True")
                 opt.zero_grad(set_to_none=True)
