@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from typing import TYPE_CHECKING
 
 from titan_conformance.errors import ConformanceError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def visible_gpus() -> list[str]:

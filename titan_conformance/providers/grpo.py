@@ -20,7 +20,6 @@ from torch import nn
 
 from titan_conformance.compilation import CompileLedger
 from titan_conformance.data_files import resolve_checkpoint
-from titan_conformance.errors import ConformanceError
 from titan_conformance.generator.base import Generator
 from titan_conformance.generator.native import NativeGenerator
 from titan_conformance.gpus import resolve_device
