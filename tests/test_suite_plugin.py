@@ -6,7 +6,7 @@ import os
 import xml.etree.ElementTree as ET
 
 from titan_conformance.cli import main
-from titan_conformance.gpus import pin_worker_gpus
+from titan_conformance.gpus import pin_worker_gpus, share_cpu_threads
 from titan_conformance.report.schema import load_report
 
 EAGER_PROFILE = """
@@ -137,6 +137,26 @@ def test_each_xdist_worker_gets_its_own_gpus(monkeypatch):
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"  # workers outnumber GPUs: they share
     pin_worker_gpus("gw0", 4, "cpu")
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"  # a CPU run leaves it alone
+
+
+def test_each_xdist_worker_takes_its_share_of_the_cores(monkeypatch):
+    """Threads and Inductor's compile pool: 4 workers of a 16-core runner take 4 cores each, not
+    4 x 16 threads and 4 x 16 compile subprocesses; a pool size the user set stays."""
+    import torch
+    import torch._inductor.config as inductor
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    threads, pool = torch.get_num_threads(), inductor.compile_threads
+    monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS", raising=False)
+    restore = share_cpu_threads(4)
+    assert (torch.get_num_threads(), inductor.compile_threads) == (4, 4)
+    restore()
+    assert (torch.get_num_threads(), inductor.compile_threads) == (threads, pool)
+    monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "8")
+    restore = share_cpu_threads(16)
+    assert (torch.get_num_threads(), inductor.compile_threads) == (1, pool)
+    restore()
+    assert share_cpu_threads(1) is None  # one worker: all the cores are its own
 
 
 def test_the_controller_checks_inputs_without_the_compiler(pytester):

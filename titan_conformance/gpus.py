@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from titan_conformance.errors import ConformanceError
 
@@ -60,18 +60,30 @@ def gpu_sharing(workers: int, runnable_variants: int, gpus: int) -> str | None:
             "the in-run ratio checks judge speed here (run with -n <= the GPU count to judge the budgets)")
 
 
-def share_cpu_threads(count: int) -> int | None:
-    """Each of `count` xdist workers' torch takes its share of the cores: n workers each running as
-    many threads as there are cores oversubscribe them, and small ops then spin and wait more than
-    they compute (a generate step 5x its bare step on 2 contended cores). Returns the thread count
-    it replaced (None when it changed nothing)."""
+def share_cpu_threads(count: int) -> Callable[[], None] | None:
+    """Each of `count` xdist workers takes its share of the cores, for torch's threads and for
+    Inductor's pool of compile subprocesses: n workers each running as many threads as there are
+    cores oversubscribe them, and small ops then spin and wait more than they compute (a generate
+    step 5x its bare step on 2 contended cores); n pools of one subprocess per core each import torch
+    at start (seconds of CPU each) and contend for the cores while weights load. A pool size the user
+    set (TORCHINDUCTOR_COMPILE_THREADS) stays. Returns what puts the settings back (None when it
+    changed nothing)."""
     if count <= 1:
         return None
     import torch
+    import torch._inductor.config as inductor
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // count))
-    return before
+    share = max(1, (os.cpu_count() or 1) // count)
+    threads, compile_threads = torch.get_num_threads(), inductor.compile_threads
+    torch.set_num_threads(share)
+    if "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ:
+        inductor.compile_threads = share  # 1: Inductor compiles in the worker, with no pool
+
+    def restore() -> None:
+        torch.set_num_threads(threads)
+        inductor.compile_threads = compile_threads
+
+    return restore
 
 
 def resolve_device(name: str) -> "torch.device":

@@ -192,10 +192,8 @@ def pytest_configure(config: pytest.Config) -> None:
     cleanup = config.stash[_CLEANUP] = contextlib.ExitStack()
     if worker is not None:  # a worker process of our own session: its GPUs and its share of the cores
         config.stash[_GPUS] = pin_worker_gpus(worker["workerid"], worker["workercount"], options.device)
-        if (threads := share_cpu_threads(worker["workercount"])) is not None:
-            import torch
-
-            cleanup.callback(torch.set_num_threads, threads)
+        if (restore := share_cpu_threads(worker["workercount"])) is not None:
+            cleanup.callback(restore)
     else:
         config.stash[_GPUS] = visible_gpus() if options.device != "cpu" else []
     trace, quiet = logging.getLogger(TRACE_LOGGER), _QuietTrace()

@@ -1,15 +1,15 @@
 """Cold-start work that need not wait for the first compile: started at build, while weights load.
 
-A cold generator on CUDA pays, before its first graph is compiled, for things that do not depend
-on the graph: Inductor's pool of compile workers (16 subprocesses that each import torch: 2.7 s on
-an H200 before they take work; until then Inductor compiles its kernels in the main process, one
-after the other), the import of Inductor's compiler (0.7 s), and the JIT compiles of our own
-Triton kernels, which Inductor launches but does not build (cache attention 1.1 s, the sampler's
-two kernels 1.0 s). `start_warm_start` begins all of it at build time: the pool in the background
-as Inductor would at its first compile, the import and the kernels on a thread of their own (the
-weight load that follows spends its time in CUDA and file reads, which release the GIL). The
-generator's first forward waits for the thread (`WarmStart.wait`; the GRPO system waits before its
-trainer compiles), so whatever is left of it counts in the compile phase.
+A cold generator on CUDA pays, before its first graph is compiled, for things that do not depend on
+the graph: Inductor's pool of compile workers (a subprocess per core of the worker's share, each
+importing torch: 2.7 s for an H200 machine's 16 before they take work; until then Inductor compiles
+its kernels in the main process, one after the other), the import of Inductor's compiler (0.7 s),
+and the JIT compiles of our own Triton kernels, which Inductor launches but does not build (cache
+attention 1.1 s, the sampler's two kernels 1.0 s). `start_warm_start` begins all of it at build
+time: the pool in the background as Inductor would at its first compile, the import and the kernels
+on a thread of their own (the weight load that follows spends its time in CUDA and file reads, which
+release the GIL). The generator's first forward waits for the thread (`WarmStart.wait`; the GRPO
+system waits before its trainer compiles), so whatever is left of it counts in the compile phase.
 
 A warm-up that fails is a warning, not an error: the first compile or launch then does that work,
 as it would without a warm start.
