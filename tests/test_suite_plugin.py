@@ -145,16 +145,21 @@ def test_each_xdist_worker_takes_its_share_of_the_cores(monkeypatch):
     import torch
     import torch._inductor.config as inductor
 
+    # torch's thread count as a plain value: vLLM's CPU worker, loaded earlier in this process by
+    # other tests, turns torch.set_num_threads into a no-op once it has bound its threads.
+    threads = {"n": 7}
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads["n"])
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: threads.update(n=n))
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
-    threads, pool = torch.get_num_threads(), inductor.compile_threads
+    monkeypatch.setattr(inductor, "compile_threads", 16)
     monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS", raising=False)
     restore = share_cpu_threads(4)
-    assert (torch.get_num_threads(), inductor.compile_threads) == (4, 4)
+    assert (threads["n"], inductor.compile_threads) == (4, 4)
     restore()
-    assert (torch.get_num_threads(), inductor.compile_threads) == (threads, pool)
+    assert (threads["n"], inductor.compile_threads) == (7, 16)
     monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "8")
     restore = share_cpu_threads(16)
-    assert (torch.get_num_threads(), inductor.compile_threads) == (1, pool)
+    assert (threads["n"], inductor.compile_threads) == (1, 16)
     restore()
     assert share_cpu_threads(1) is None  # one worker: all the cores are its own
 
