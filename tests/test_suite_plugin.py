@@ -151,17 +151,21 @@ def test_each_xdist_worker_takes_its_share_of_the_cores(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads["n"])
     monkeypatch.setattr(torch, "set_num_threads", lambda n: threads.update(n=n))
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
-    monkeypatch.setattr(inductor, "compile_threads", 16)
     monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS", raising=False)
-    restore = share_cpu_threads(4)
-    assert (threads["n"], inductor.compile_threads) == (4, 4)
-    restore()
-    assert (threads["n"], inductor.compile_threads) == (7, 16)
-    monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "8")
-    restore = share_cpu_threads(16)
-    assert (threads["n"], inductor.compile_threads) == (1, 16)
-    restore()
-    assert share_cpu_threads(1) is None  # one worker: all the cores are its own
+    # Not monkeypatch.setattr: its undo deletes a torch config entry, which hides it for good.
+    pool, inductor.compile_threads = inductor.compile_threads, 16
+    try:
+        restore = share_cpu_threads(4)
+        assert (threads["n"], inductor.compile_threads) == (4, 4)
+        restore()
+        assert (threads["n"], inductor.compile_threads) == (7, 16)
+        monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "8")
+        restore = share_cpu_threads(16)
+        assert (threads["n"], inductor.compile_threads) == (1, 16)
+        restore()
+        assert share_cpu_threads(1) is None  # one worker: all the cores are its own
+    finally:
+        inductor.compile_threads = pool
 
 
 def test_the_controller_checks_inputs_without_the_compiler(pytester):
