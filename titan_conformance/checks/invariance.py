@@ -24,7 +24,8 @@ def check_batch_invariance(system, profile) -> CheckResult:
     limit = tol.batch_invariance_max_abs
     batch_tol = Tolerance(max_abs=limit, p99_abs=limit, mean_abs=limit)
     return parity_verdict(
-        "batch_invariance", f"trainer logprobs of {len(part)} sequences scored as a set of {len(part)} vs in one of {len(completions)}",
+        "batch_invariance",
+        f"trainer logprobs of {len(part)} sequences scored as a set of {len(part)} vs in one of {len(completions)}",
         flat(alone) - flat([full[i] for i in part]), batch_tol, profile.tolerances.bitwise,
         hint="Batch composition leaks into a sequence's logprobs: padding seen through the attention "
         "mask, packed sequences attending across their boundaries, or kernels whose reduction order "

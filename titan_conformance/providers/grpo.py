@@ -203,7 +203,8 @@ class GRPOSystem:
         batch at the trainer's fixed width (its logprob probes run that forward too), generator
         prefill + decode. Gradients are dropped; weights do not change."""
         s = self.profile.sampling
-        tokens = torch.full((self.profile.rollouts_per_step, self.profile.generator.max_model_len), self.tokenizer.bos_id, dtype=torch.long, device=self.device)
+        shape = (self.profile.rollouts_per_step, self.profile.generator.max_model_len)
+        tokens = torch.full(shape, self.tokenizer.bos_id, dtype=torch.long, device=self.device)
         self.trainer.model(tokens).float().sum().backward()
         self.trainer.optimizer.zero_grad(set_to_none=True)
         prompts = [[self.tokenizer.bos_id] * 5] * s.num_prompts_per_step
@@ -284,7 +285,8 @@ class GRPOSystem:
         for start in range(0, len(completions), rows):
             part = completions[start : start + rows]
             batch = self._batch(part, torch.zeros(len(part)))
-            tokens = torch.cat([batch.tokens, batch.tokens.new_full((rows - len(part), batch.tokens.shape[1]), self.tokenizer.pad_id)])
+            padding = batch.tokens.new_full((rows - len(part), batch.tokens.shape[1]), self.tokenizer.pad_id)
+            tokens = torch.cat([batch.tokens, padding])
             logp = self.trainer.logprobs(tokens)[: len(part)].float().cpu()
             out += [row[m] for row, m in zip(logp, batch.completion_mask.cpu())]
         return out
