@@ -16,7 +16,7 @@ fi
 # module it imports again (seconds each, at every run). Bytecode under a prefix, made before the runs.
 unset PYTHONDONTWRITEBYTECODE
 export PYTHONPYCACHEPREFIX
-PYTHONPYCACHEPREFIX=$(mktemp -d)
+PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-$(mktemp -d)}  # a caller may share it with later runs
 start=$SECONDS
 python3 -m compileall -q -j 0 $(python3 -c 'import importlib, os
 for m in ("os", "torch", "triton", "sympy", "numpy", "jinja2", "markupsafe", "_pytest", "pluggy", "xdist", "execnet",

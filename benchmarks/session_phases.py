@@ -53,7 +53,12 @@ def phases(marks: list[dict], launched: float, exited: float) -> dict[str, float
         out["collection"] = test_start - first("controller", "configured")
         out["tests (first start to last finish)"] = test_end - test_start
     out["controller: last test to its summary"] = first("controller", "unconfigured") - test_end
+    if at("controller", "sessionfinished"):
+        out["  of which sessionfinish"] = first("controller", "sessionfinished") - first("controller", "sessionfinish")
     out["controller teardown + exit"] = exited - first("controller", "unconfigured")
+    if not workers and at("controller", "atexit"):
+        out["  of which atexit handlers"] = max(at("controller", "atexit")) - first("controller", "unconfigured")
+        out["  of which interpreter teardown"] = exited - max(at("controller", "atexit"))
     out["wall"] = exited - launched
     out["outside the tests"] = out["wall"] - out["tests (first start to last finish)"]
     return out

@@ -57,6 +57,16 @@ def pytest_runtest_logfinish(nodeid: str, location) -> None:
     _mark("test_finish")
 
 
+# Around every sessionfinish implementation: ours writes the report there.
+@pytest.hookimpl(wrapper=True)
+def pytest_sessionfinish(session: pytest.Session):
+    _mark("sessionfinish")
+    try:
+        return (yield)
+    finally:
+        _mark("sessionfinished")
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
     _mark("unconfigured")

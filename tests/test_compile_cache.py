@@ -16,7 +16,9 @@ from titan_conformance.compilation.cache import MAGIC, CompileCacheUse, restore_
 _JOB = """
 import json, sys, torch
 from pathlib import Path
-from titan_conformance.compilation.cache import compile_cache_counters, restore_compile_cache, save_compile_cache
+from titan_conformance.compilation.cache import (
+    compile_cache_counters, restore_compile_cache, restored_inductor_code, save_compile_cache,
+)
 from titan_conformance.model import ModelArgs, Qwen3Model
 from titan_conformance.compilation import CompileConfig, CompileLedger, apply_regional_compile
 
@@ -26,7 +28,8 @@ model = Qwen3Model(ModelArgs(vocab_size=16, dim=16, n_layers=2, n_heads=2, n_kv_
 apply_regional_compile(model, CompileConfig(), CompileLedger(), role="job")
 model(torch.randint(0, 16, (2, 5)))
 save_compile_cache(path, use)
-print(json.dumps({"restored": use.restored_bytes, "saved": use.saved_bytes, **compile_cache_counters()}))
+print(json.dumps({"restored": use.restored_bytes, "saved": use.saved_bytes, "restored_code": restored_inductor_code(),
+                  **compile_cache_counters()}))
 """
 
 
@@ -44,9 +47,10 @@ def test_a_restored_cache_makes_a_fresh_runner_compile_nothing(tmp_path):
     cache_file = tmp_path / "ci-cache" / "compile.bin"
     cold = _job(cache_file, tmp_path, "cold")
     assert cold["restored"] == 0 and cold["saved"] > 0 and cold["fxgraph_cache_miss"] >= 1
+    assert not cold["restored_code"]  # a cold start warms Inductor's compile pool
     assert compile_warmth(cold) == "cold compile"
     warm = _job(cache_file, tmp_path, "warm")
-    assert warm["restored"] == cold["saved"]
+    assert warm["restored"] == cold["saved"] and warm["restored_code"]  # no compile pool warmed for it
     assert warm["fxgraph_cache_miss"] == 0 and warm["fxgraph_cache_hit"] == cold["fxgraph_cache_miss"], warm
     assert compile_warmth(warm).endswith("Inductor graphs from cache")
     assert not list(cache_file.parent.glob(".compile.bin.*"))  # the atomic write left no temp file
@@ -64,7 +68,7 @@ def test_an_unusable_cache_file_is_a_cold_start_not_a_failed_gate(tmp_path, capl
     cache_file.parent.mkdir()
     cache_file.write_bytes(MAGIC + b"a truncated blob")
     job = _job(cache_file, tmp_path, "after-corrupt")
-    assert job["restored"] == 0 and job["saved"] > 0 and job["fxgraph_cache_miss"] >= 1
+    assert job["restored"] == 0 and job["saved"] > 0 and job["fxgraph_cache_miss"] >= 1 and not job["restored_code"]
 
 
 def test_an_unwritable_cache_file_is_reported_not_raised(tmp_path):

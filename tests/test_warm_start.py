@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from titan_conformance.compilation import CompileConfig, CompileLedger
+from titan_conformance.compilation import warm_start
 from titan_conformance.compilation.warm_start import WarmStart, start_warm_start
 from titan_conformance.generator import qwen3
 from titan_conformance.generator.base import GeneratorConfig
@@ -81,6 +82,19 @@ def test_no_warm_start_off_cuda():
     gen = qwen3_generator(TINY, config=CPU_CONFIG, compile_config=CompileConfig(enable=False), ledger=CompileLedger(),
                           dtype=torch.float32)
     assert gen.warm_start is None
+
+
+@pytest.mark.parametrize("restored", [False, True], ids=["cold", "cache-restored"])
+def test_compile_pool_warms_only_when_graphs_will_compile(monkeypatch, restored):
+    """Inductor's compile pool is started early for a cold start; with the compiled graphs restored
+    it would only take cores from the weight load (Inductor's compiler is still imported early)."""
+    pools = []
+    monkeypatch.setattr(warm_start, "warm_inductor_workers", lambda: pools.append("started"))
+    monkeypatch.setattr(warm_start, "restored_inductor_code", lambda: restored)
+    monkeypatch.setattr(warm_start, "WarmStart", lambda device, warm_ups: warm_ups)  # no CUDA thread here
+    warm_ups = start_warm_start(torch.device("cuda", 0), "inductor", [])
+    assert pools == ([] if restored else ["started"])
+    assert [w.args for w in warm_ups] == [("torch._inductor.compile_fx",)]
 
 
 def _variants(kernel) -> int:

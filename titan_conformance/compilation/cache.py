@@ -71,9 +71,21 @@ def variant_cache_path(path: Path, variant: str) -> Path:
     return path if variant == "base" else path.with_name(f"{path.name}.{variant}")
 
 
+_restored_inductor_code = False
+"""Whether this process's last restore loaded compiled Inductor graphs (torch's caches are per process)."""
+
+
+def restored_inductor_code() -> bool:
+    """Whether the last `restore_compile_cache` in this process loaded compiled Inductor graphs: a
+    startup that finds its graphs there loads them, with nothing for Inductor's compile workers to do."""
+    return _restored_inductor_code
+
+
 def restore_compile_cache(path: Path) -> CompileCacheUse:
     """Loads `path` into torch.compiler's caches; a missing file is a cold start, an unusable one a
     warning and a cold start (the save after startup replaces it)."""
+    global _restored_inductor_code
+    _restored_inductor_code = False
     if not path.exists():
         return CompileCacheUse()
     try:
@@ -83,6 +95,7 @@ def restore_compile_cache(path: Path) -> CompileCacheUse:
         blob = blob[len(MAGIC):]
         loaded = torch.compiler.load_cache_artifacts(blob)
         problem = "" if loaded is not None else "torch could not unpickle it"
+        _restored_inductor_code = bool(getattr(loaded, "inductor_artifacts", None))
     except Exception as e:  # OSError, or torch's own errors on a foreign or damaged blob
         problem = f"{type(e).__name__}: {str(e)[:200]}"
     if problem:

@@ -10,6 +10,8 @@ time: the pool in the background as Inductor would at its first compile, the imp
 on a thread of their own (the weight load that follows spends its time in CUDA and file reads, which
 release the GIL). The generator's first forward waits for the thread (`WarmStart.wait`; the GRPO
 system waits before its trainer compiles), so whatever is left of it counts in the compile phase.
+With the compiled graphs restored from a compile cache (`cache.py`) there is nothing for the pool to
+do, so it is not started early (a graph that misses starts it at its first kernel, as without us).
 
 A warm-up that fails is a warning, not an error: the first compile or launch then does that work,
 as it would without a warm start.
@@ -24,6 +26,8 @@ from functools import partial
 from typing import Callable
 
 import torch
+
+from titan_conformance.compilation.cache import restored_inductor_code
 
 
 class WarmStart:
@@ -98,6 +102,10 @@ def start_warm_start(
     if device.type != "cuda":
         return None
     if backend == "inductor":
-        warm_inductor_workers()
+        # A restored compile cache holds the compiled graphs: the pool would take cores from the
+        # weight load and warm-up for nothing (a graph that misses still compiles, its pool started
+        # by Inductor at the first kernel).
+        if not restored_inductor_code():
+            warm_inductor_workers()
         warm_ups = [partial(importlib.import_module, "torch._inductor.compile_fx"), *warm_ups]
     return WarmStart(device, warm_ups)
