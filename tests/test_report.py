@@ -92,7 +92,7 @@ def test_the_four_files(written, report):
     suite = ET.parse(written / "junit.xml").getroot().find("testsuite")
     assert (suite.get("tests"), suite.get("skipped"), suite.get("failures")) == ("6", "1", "0")
     html = (written / "report.html").read_text()
-    assert html.count('<img class="plot"') == 5 and html.count('src="data:image/png;base64,') == 5
+    assert html.count('<img class="plot"') == 5 and html.count('src="data:image/svg+xml;base64,') == 5
     assert "http://" not in html and "https://" not in html and "<script" not in html
     assert "4*L[&#39;x&#39;].size()[1] &lt;= 4096" in html  # the ledger, escaped
 

@@ -76,7 +76,7 @@ def test_report_of_an_xdist_run(suite, pytester):
         assert run["logprob_diff"]["per_position"]["tokens"][0] > 0
     assert len((out / "summary.md").read_bytes()) < 64 * 1024
     assert ET.parse(out / "junit.xml").getroot().find("testsuite").get("tests") == "40"
-    assert (out / "report.html").read_text().count('src="data:image/png;base64,') == 4  # no CUDA graphs on CPU
+    assert (out / "report.html").read_text().count('src="data:image/svg+xml;base64,') == 4  # no CUDA graphs on CPU
     assert "| Property | `base` | `reseeded` |" in (out / "summary.md").read_text()
     result.stderr.fnmatch_lines(["*gw?] compile ...*", "*step 2/2: Step  2*"])
     result.stdout.fnmatch_lines(["*titan_conformance report*", "variant base: ran on gw*", "  Logprob parity*PASS*6 passed*",

@@ -6,7 +6,7 @@ controller with the test's outcome (and are not lost when a worker dies later). 
 the single process without xdist, takes them off the report again (they stay out of --junitxml),
 merges them in a `ReportStore`, notes workers that crash, and writes the report at session end.
 
-Imported by the plugin at start-up: keep module-level imports cheap (no torch, no matplotlib).
+Imported by the plugin at start-up: keep module-level imports cheap (no torch, no jinja2).
 """
 
 from __future__ import annotations
