@@ -58,7 +58,7 @@ for d in sorted(pathlib.Path(sys.argv[1]).glob("*/report-*")):
         if v["status"] != "ran":
             continue
         run = r["runs"].get(name, {})
-        st = run.get("startup", {})
+        st, cache = run.get("startup", {}), run.get("compile", {}).get("cache", {})
         steps = sorted(s["seconds"] for s in run.get("steps", []))
         med = f"{steps[len(steps) // 2]:.3f}" if steps else "-"
         tests = [t for t in r["tests"] if t["variant"] == name]
@@ -66,6 +66,7 @@ for d in sorted(pathlib.Path(sys.argv[1]).glob("*/report-*")):
         slow = sorted(tests, key=lambda t: -(t.get("duration_s") or 0))[:4]
         print(f"{d.parent.name}/{d.name:9} {name:5} {v.get('worker') or '-':4} startup={sum(st.values()):.1f}s "
               f"{' '.join(f'{k}={x:.1f}' for k, x in st.items())} step_med={med} "
+              f"triton_kernels_restored/saved={cache.get('restored_kernels', '-')}/{cache.get('saved_kernels', '-')} "
               f"tests={sum(t.get('duration_s') or 0 for t in tests):.1f}s ({', '.join(map(seconds, slow))}) failed={bad}")
 PY
 # The device tool brings back a few files only: the parts' logs and reports in one archive.

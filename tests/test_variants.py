@@ -63,6 +63,20 @@ def test_the_default_suite_follows_the_machine(monkeypatch):
     assert plugin._default_suite(worker, factory, "auto") == "qwen3-0.6b"
 
 
+def test_a_provider_that_names_no_suite_runs_ours_on_each_machine(monkeypatch):
+    """A provider wrapping ours (a planted fault, a team's patched stack) without copying the
+    attributes must get the GPU suite on a GPU runner, not the CPU suite on CUDA."""
+    import torch
+
+    config, bare, cpu_only = SimpleNamespace(), SimpleNamespace(), SimpleNamespace(default_suite="tiny-cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert plugin._default_suite(config, bare, "auto") == "qwen3-0.6b"
+    assert plugin._default_suite(config, bare, "cpu") == "tiny-cpu"
+    assert plugin._default_suite(config, cpu_only, "auto") == "tiny-cpu"  # its own choice, everywhere
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert plugin._default_suite(config, bare, "auto") == "tiny-cpu"
+
+
 def test_budgets_are_judged_only_where_a_worker_holds_its_gpu_alone():
     assert gpu_sharing(workers=4, runnable_variants=2, gpus=1).startswith("2 workers run variants at once on 1 GPU")
     assert gpu_sharing(workers=4, runnable_variants=1, gpus=1) is None  # one variant: one busy worker

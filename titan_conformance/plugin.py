@@ -10,6 +10,7 @@ option. Anyone else's session keeps its environment, its loggers and its reports
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -34,7 +35,9 @@ SUITE_KEY = "titan_conformance_suite"
 """workerinput key: the suite the controller resolved (the GPU default is decided there, where
 torch may look for CUDA; a worker must not before its GPUs are pinned)."""
 FALLBACK_SUITE = "tiny-cpu"
-"""The suite of a provider that names none (its factory's `default_suite`)."""
+"""The suite of a provider that names none (neither `default_suite` nor `default_gpu_suite`)."""
+FALLBACK_GPU_SUITE = "qwen3-0.6b"
+"""Where torch sees CUDA, the suite of a provider that names none: the GPU suite, as for ours."""
 TRACE_LOGGER = "torch.__trace"
 
 _OPTIONS = pytest.StashKey[SuiteOptions]()
@@ -113,11 +116,14 @@ def resolve_generator(option: str, vllm: str | None) -> str | None:
 
 def _default_suite(config: pytest.Config, factory, device: str) -> str:
     """The provider's suite for this machine: its `default_gpu_suite` where torch sees CUDA (and
-    --tc-device allows it), else its `default_suite`. A worker takes what its controller decided."""
+    --tc-device allows it), else its `default_suite`. A provider that names neither (one wrapping
+    ours, say) runs our suites; one that names only `default_suite` runs it everywhere. A worker
+    takes what its controller decided."""
     if (decided := getattr(config, "workerinput", {}).get(SUITE_KEY)) is not None:
         return decided
-    cpu_suite = getattr(factory, "default_suite", FALLBACK_SUITE)
-    gpu_suite = getattr(factory, "default_gpu_suite", None)
+    cpu_suite = getattr(factory, "default_suite", None)
+    gpu_suite = getattr(factory, "default_gpu_suite", None if cpu_suite else FALLBACK_GPU_SUITE)
+    cpu_suite = cpu_suite or FALLBACK_SUITE
     if gpu_suite is None or device == "cpu":
         return cpu_suite
     import torch
@@ -384,8 +390,9 @@ def _tc_build(request: pytest.FixtureRequest, tc_variant, tc_profile):
         if cache_use is not None:
             save_compile_cache(cache_file, cache_use)
             outcome.cache_use = cache_use
-            progress(config, f"compile cache: restored {cache_use.restored_bytes} bytes, saved "
-                     f"{cache_use.saved_bytes}" + (f"; {cache_use.problem}" if cache_use.problem else ""))
+            progress(config, f"compile cache: restored {cache_use.restored_bytes} bytes and "
+                     f"{cache_use.restored_kernels} Triton kernels, saved {cache_use.saved_bytes} bytes and "
+                     f"{cache_use.saved_kernels} Triton kernels" + (f"; {cache_use.problem}" if cache_use.problem else ""))
         yield outcome
     finally:
         system.close()
@@ -415,7 +422,7 @@ def _tc_run_result(request: pytest.FixtureRequest, _tc_build, tc_profile):
     session = request.config.stash[_SESSION]
     run = perform_run(_tc_build.system, tc_profile.run.steps, lambda m: progress(request.config, m), session.phases.record)
     if (use := getattr(_tc_build, "cache_use", None)) is not None:
-        run.compile_cache.update(restored_bytes=use.restored_bytes, saved_bytes=use.saved_bytes, problem=use.problem)
+        run.compile_cache.update(dataclasses.asdict(use))
     return run
 
 

@@ -5,9 +5,10 @@ in compile + capture of 7 graphs (one compile of its block, with the warm start,
 most of it Inductor and Triton. `torch.compiler` can hand out what it compiled or loaded in this process as one blob (FX
 graphs, AOTAutograd entries, the Triton kernels Inductor generated, autotuning results) and take
 such a blob back before anything compiles; a runner that keeps the file between jobs (e.g. an
-actions/cache entry) started in 1.67 s (`benchmarks/startup.py`, H200). Our own Triton kernels
-(cache attention, sampler) are launched, not generated, by Inductor, so their binaries stay in
-Triton's cache directory; the warm start compiles them while the weights load. Entries are keyed by
+actions/cache entry) started in 1.67 s (`benchmarks/startup.py`, H200). Kernels that a custom op
+launches itself (our cache attention and sampler) are not in that blob: the file carries their
+Triton cache entries beside it (`triton_kernels.py`), so a fresh runner compiles neither. The file
+is a zip archive after a header line: `torch.bin` and `triton/<hash>/<file>`. Entries are keyed by
 graph, config and version hashes, so a change that alters a graph misses and compiles as if cold:
 the file can make a run faster, never different. For the same reason an unusable file (corrupt,
 written by another torch, unreadable) is a warning and a cold start, never a failed gate.
@@ -15,21 +16,29 @@ written by another torch, unreadable) is a warning and a cold start, never a fai
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from titan_conformance.compilation.triton_kernels import compiled_kernels, pack_kernels, unpack_kernels
 from titan_conformance.errors import ConformanceError
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"titan_conformance compile cache 1\n"
-"""The first bytes of every file this module writes: a path holding anything else is not ours to
-overwrite."""
+MAGIC = b"titan_conformance compile cache 2\n"
+"""The first bytes of every file this module writes (the format's version last)."""
+
+_OURS = MAGIC[:MAGIC.rindex(b" ") + 1]
+"""What every version's header starts with: a path holding anything else is not ours to overwrite."""
+
+_TORCH_MEMBER = "torch.bin"
+"""The archive member holding torch.compiler's cache artifacts."""
 
 
 def check_cache_path(path: Path) -> None:
@@ -46,7 +55,7 @@ def check_cache_path(path: Path) -> None:
             head = f.read(len(MAGIC))
     except OSError as e:
         raise ConformanceError(f"--tc-compile-cache {path} cannot be read ({e}); pass a readable file or a new path.") from None
-    if head != MAGIC:
+    if not head.startswith(_OURS):
         raise ConformanceError(
             f"--tc-compile-cache {path} exists and is not a compile cache written by titan_conformance, so it "
             "would be overwritten after startup; pass a new path (the first run writes it) or remove that file."
@@ -58,9 +67,13 @@ class CompileCacheUse:
     """What this process did with a compile-cache file, for the report."""
 
     restored_bytes: int = 0
-    """Size of the blob loaded before compiling (0: no usable file, a cold start)."""
+    """Size of torch.compile's blob loaded before compiling (0: no usable file, a cold start)."""
+    restored_kernels: int = 0
+    """Triton kernels of custom ops put back into Triton's cache (not already there)."""
     saved_bytes: int = 0
-    """Size of the blob written after startup."""
+    """Size of the file written after startup."""
+    saved_kernels: int = 0
+    """Triton kernels of custom ops written into it."""
     problem: str = ""
     """Why the file was not restored or not saved, when it was not ('' when all went well)."""
 
@@ -81,46 +94,63 @@ def restored_inductor_code() -> bool:
     return _restored_inductor_code
 
 
+def _open_archive(path: Path) -> zipfile.ZipFile:
+    data = path.read_bytes()
+    if not data.startswith(MAGIC):
+        raise ValueError("it was written by another version of titan_conformance" if data.startswith(_OURS)
+                         else "it was not written by titan_conformance")
+    return zipfile.ZipFile(io.BytesIO(data[len(MAGIC):]))
+
+
 def restore_compile_cache(path: Path) -> CompileCacheUse:
-    """Loads `path` into torch.compiler's caches; a missing file is a cold start, an unusable one a
-    warning and a cold start (the save after startup replaces it)."""
+    """Loads `path` into torch.compiler's caches and its Triton kernels into Triton's; a missing file
+    is a cold start, an unusable one a warning and a cold start (the save after startup replaces it)."""
     global _restored_inductor_code
     _restored_inductor_code = False
+    use = CompileCacheUse()
     if not path.exists():
-        return CompileCacheUse()
-    try:
-        blob = path.read_bytes()
-        if not blob.startswith(MAGIC):
-            raise ValueError("it was not written by titan_conformance")
-        blob = blob[len(MAGIC):]
-        loaded = torch.compiler.load_cache_artifacts(blob)
-        problem = "" if loaded is not None else "torch could not unpickle it"
-        _restored_inductor_code = bool(getattr(loaded, "inductor_artifacts", None))
-    except Exception as e:  # OSError, or torch's own errors on a foreign or damaged blob
-        problem = f"{type(e).__name__}: {str(e)[:200]}"
-    if problem:
-        use = CompileCacheUse(problem=f"not restored ({problem}); compiled cold and rewrote it")
-        log.warning("compile cache %s %s", path, use.problem)
         return use
-    return CompileCacheUse(restored_bytes=len(blob))
+    try:
+        archive = _open_archive(path)
+        if _TORCH_MEMBER in archive.namelist():
+            blob = archive.read(_TORCH_MEMBER)
+            loaded = torch.compiler.load_cache_artifacts(blob)
+            if loaded is None:
+                raise ValueError("torch could not unpickle it")
+            _restored_inductor_code = bool(getattr(loaded, "inductor_artifacts", None))
+            use.restored_bytes = len(blob)
+        use.restored_kernels = unpack_kernels(archive)
+    except Exception as e:  # OSError, a damaged archive, or torch's / Triton's errors on a foreign entry
+        why = f"({type(e).__name__}: {str(e)[:200]})"
+        use.problem = (f"its Triton kernels were not restored {why}; they compiled cold" if use.restored_bytes
+                       else f"not restored {why}; compiled cold and rewrote it")
+        log.warning("compile cache %s: %s", path, use.problem)
+    return use
 
 
 def save_compile_cache(path: Path, use: CompileCacheUse) -> None:
     """Writes what this process compiled or loaded to `path`, atomically (a temp file renamed into
-    place, so a concurrent worker or a killed run never leaves half a blob). A failed write is
+    place, so a concurrent worker or a killed run never leaves half a file). A failed write is
     recorded in `use` and logged: the run itself is unaffected."""
     artifacts = torch.compiler.save_cache_artifacts()
-    if artifacts is None:  # nothing was compiled (compile disabled)
+    kernels = compiled_kernels()
+    if artifacts is None and not kernels:  # nothing was compiled (compile disabled, no Triton kernel)
         return
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:  # stored, not deflated: a CI cache step compresses
+        if artifacts is not None:
+            archive.writestr(_TORCH_MEMBER, artifacts[0])
+        saved_kernels = pack_kernels(archive, kernels)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC + artifacts[0])
+            f.write(MAGIC)
+            f.write(buffer.getbuffer())
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the file from a cache step run as another user
         os.replace(tmp, path)
-        use.saved_bytes = len(artifacts[0])
+        use.saved_bytes, use.saved_kernels = len(MAGIC) + len(buffer.getbuffer()), saved_kernels
     except OSError as e:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)

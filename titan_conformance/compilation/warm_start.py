@@ -11,7 +11,8 @@ on a thread of their own (the weight load that follows spends its time in CUDA a
 release the GIL). The generator's first forward waits for the thread (`WarmStart.wait`; the GRPO
 system waits before its trainer compiles), so whatever is left of it counts in the compile phase.
 With the compiled graphs restored from a compile cache (`cache.py`) there is nothing for the pool to
-do, so it is not started early (a graph that misses starts it at its first kernel, as without us).
+do, so it is not started early (a graph that misses starts it at its first kernel, as without us);
+the cache also holds our kernels' binaries, so their warm-ups load rather than compile.
 
 A warm-up that fails is a warning, not an error: the first compile or launch then does that work,
 as it would without a warm start.

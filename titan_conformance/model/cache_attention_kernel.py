@@ -26,10 +26,11 @@ ms a token per program, 84-87 for causal flash SDPA over dense [B, H, S, D].
 
 `model/cache_attention.py` registers it as the CUDA kernel of the custom op
 `titan_conformance::cache_attention`, which Dynamo and Inductor treat as one opaque call inside the
-compiled block, and a FULL CUDA graph captures as one launch. (As a `torch.library.triton_op`
-Inductor would compile it into the block's code, and a restored compile cache would bring it along;
-on torch 2.11 Inductor passes `scale` as fp64 and the online softmax's loop-carried fp32 state then
-fails to compile: an fp32 cast of the scores is the fix to try.)
+compiled block, and a FULL CUDA graph captures as one launch; the compile cache file carries its
+binaries beside Inductor's (`compilation/triton_kernels.py`). (As a `torch.library.triton_op`
+Inductor would compile it into the block's code; on torch 2.11 Inductor passes `scale` as fp64 and
+the online softmax's loop-carried fp32 state then fails to compile: an fp32 cast of the scores is
+the fix to try.)
 """
 
 from __future__ import annotations
