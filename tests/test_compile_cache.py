@@ -134,6 +134,7 @@ def test_triton_cache_entries_survive_the_round_trip_through_the_file(tmp_path, 
     archive_path = tmp_path / "kernels.zip"
     with zipfile.ZipFile(archive_path, "w") as archive:
         assert pack_kernels(archive, {"0123abcd": group, "gone": {"x.json": str(tmp_path / "missing")}}) == 1
+        archive.writestr("triton/4567abcd/../escaped.json", b"{}")  # a crafted file: never a path out
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "runner-b"))
     with zipfile.ZipFile(archive_path) as archive:
         assert unpack_kernels(archive) == 1
@@ -141,3 +142,4 @@ def test_triton_cache_entries_survive_the_round_trip_through_the_file(tmp_path, 
         assert found and {n: open(p, "rb").read() for n, p in found.items()} == files
         assert all(str(tmp_path / "runner-b") in p for p in found.values())
         assert unpack_kernels(archive) == 0  # already there: left as it is
+    assert not list(tmp_path.rglob("escaped.json"))

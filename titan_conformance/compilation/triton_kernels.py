@@ -2,8 +2,8 @@
 
 torch.compiler's cache artifacts hold the kernels Inductor generates, not the ones a custom op
 launches itself (cache attention, the sampler: `model/cache_attention_kernel.py`,
-`generator/sampling_kernel.py`). Those Triton compiles into its own cache directory, which a fresh
-runner does not have: with every Inductor graph restored, the 0.6B fp32 variant still spent its
+`generator/sampling_kernel.py`). Triton compiles those into its own cache directory, which a
+fresh runner does not have: with every Inductor graph restored, the 0.6B fp32 variant still spent its
 startup compiling four kernels (LLVM and ptxas on fp32 `tl.dot`s; H100, 2026-12-07). So the file
 also carries the entries of every Triton kernel this process compiled or loaded through a
 `triton.jit` function, written back through Triton's cache manager before anything launches. An entry
@@ -46,8 +46,10 @@ def compiled_kernels() -> dict[str, dict[str, str]]:
     kernels: dict[str, dict[str, str]] = {}
     for fn in _jit_functions():
         for per_device in getattr(fn, "device_caches", {}).values():
-            # (kernel cache, ...) on Triton 3.x; the first item maps specialization keys to kernels
-            for kernel in per_device[0].values():
+            # (kernel cache, ...) on Triton 3.x: specialization key -> compiled kernel; another
+            # layout carries nothing (its kernels compile as on a fresh runner)
+            cache = per_device[0] if isinstance(per_device, (tuple, list)) and per_device else None
+            for kernel in cache.values() if isinstance(cache, dict) else ():
                 group = getattr(kernel, "metadata_group", None)
                 if group and getattr(kernel, "hash", None):
                     kernels[kernel.hash] = dict(group)
@@ -69,6 +71,10 @@ def pack_kernels(archive: zipfile.ZipFile, kernels: dict[str, dict[str, str]]) -
     return packed
 
 
+def _plain(name: str) -> bool:
+    return bool(name) and not name.startswith(".") and "/" not in name and "\\" not in name
+
+
 def unpack_kernels(archive: zipfile.ZipFile) -> int:
     """Puts the archive's kernels into Triton's cache (where this process's Triton looks them up);
     returns how many it put there. Entries already present are left as they are."""
@@ -76,7 +82,8 @@ def unpack_kernels(archive: zipfile.ZipFile) -> int:
     for name in archive.namelist():
         if name.startswith(PREFIX):
             key, _, file_name = name[len(PREFIX):].partition("/")
-            kernels.setdefault(key, {})[file_name] = archive.read(name)
+            if all(_plain(part) for part in (key, file_name)):  # never a path out of Triton's cache
+                kernels.setdefault(key, {})[file_name] = archive.read(name)
     if not kernels:
         return 0
     from triton.runtime.cache import get_cache_manager
