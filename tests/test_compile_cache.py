@@ -7,13 +7,14 @@ import os
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
 
 from titan_conformance.checks.budgets import compile_warmth
 from titan_conformance.compilation.cache import MAGIC, CompileCacheUse, check_cache_path, restore_compile_cache, save_compile_cache
-from titan_conformance.compilation.triton_kernels import pack_kernels, unpack_kernels
+from titan_conformance.compilation.triton_kernels import compiled_kernels, pack_kernels, unpack_kernels
 
 # One process of a CI job: restore the file (if any), compile, save, report the cache counters.
 _JOB = """
@@ -139,7 +140,21 @@ def test_triton_cache_entries_survive_the_round_trip_through_the_file(tmp_path, 
     with zipfile.ZipFile(archive_path) as archive:
         assert unpack_kernels(archive) == 1
         found = get_cache_manager("0123abcd").get_group("k.json")
-        assert found and {n: open(p, "rb").read() for n, p in found.items()} == files
+        assert found and {n: Path(p).read_bytes() for n, p in found.items()} == files
         assert all(str(tmp_path / "runner-b") in p for p in found.values())
         assert unpack_kernels(archive) == 0  # already there: left as it is
     assert not list(tmp_path.rglob("escaped.json"))
+
+
+def test_an_odd_object_in_sys_modules_does_not_break_the_save(monkeypatch):
+    """The kernels are found by walking sys.modules, where a library may park any object: one that
+    cannot show its attributes holds no kernel of ours and must not fail the save."""
+
+    class Unreadable:
+        @property
+        def __dict__(self):
+            raise RuntimeError("no attributes here")
+
+    found = compiled_kernels()
+    monkeypatch.setitem(sys.modules, "an_odd_module", Unreadable())
+    assert compiled_kernels() == found

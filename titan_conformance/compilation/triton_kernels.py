@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import zipfile
+from pathlib import Path
 from typing import Iterator
 
 PREFIX = "triton/"
@@ -30,7 +31,11 @@ def _jit_functions() -> Iterator[object]:
         return
     seen: set[int] = set()
     for module in list(sys.modules.values()):
-        for value in list(getattr(module, "__dict__", {}).values()):
+        try:
+            values = list(vars(module).values())
+        except Exception:  # noqa: BLE001 -- sys.modules may hold odd objects; they hold no kernel of ours
+            continue
+        for value in values:
             # type(), not isinstance(): a module's deprecated objects warn when asked their __class__
             for _ in range(4):  # Autotuner / Heuristics (KernelInterfaces) hold the function they tune
                 if not issubclass(type(value), KernelInterface) or issubclass(type(value), JITFunction):
@@ -62,7 +67,7 @@ def pack_kernels(archive: zipfile.ZipFile, kernels: dict[str, dict[str, str]]) -
     packed = 0
     for key, group in kernels.items():
         try:
-            files = {name: open(path, "rb").read() for name, path in group.items()}
+            files = {name: Path(path).read_bytes() for name, path in group.items()}
         except OSError:
             continue
         for name, data in files.items():
