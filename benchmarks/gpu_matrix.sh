@@ -4,7 +4,11 @@
 # the whole suite at -n 4 with the caches restored, RUNS_N4 times in a row. Every run goes through
 # session_phases.py (where the wall time goes) with fresh Inductor/Triton dirs: only
 # --tc-compile-cache carries over. One device call; logs and reports packed in $OUT/matrix.tgz; the
-# tables last. PARTS picks parts (default: base-cold base-cached fp32-cold fp32-cached n4-cached).
+# tables last. PARTS picks parts (default: base-cold base-cached fp32-cold fp32-cached n4-cached);
+# n1-cached runs the whole suite at -n 1; faults plants each of FAULTS (tests/faults.py factories,
+# through --tc-system, as a user's own provider would come) in the base variant, each with a copy of
+# the base cache (a planted system must not write into the clean runs' file), and lists the checks
+# that failed: a fault that fails no check is a miss.
 set -u
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
@@ -40,6 +44,20 @@ for part in $PARTS; do
   mkdir -p "$OUT/$part"
   case $part in
     n4-cached) PART_TIMEOUT=$((${PART_TIMEOUT:-200} * ${RUNS_N4:-3})) run n4-cached "${RUNS_N4:-3}" -n 4 ;;
+    n1-cached) run n1-cached 1 -n 1 ;;
+    faults)
+      for fault in ${FAULTS:-generator_rope_theta_one_percent_off skipped_weight_sync capture_size_left_out}; do
+        copy=$(mktemp -d)/compile-cache.bin
+        cp "$CACHE" "$copy" 2>/dev/null
+        start=$SECONDS
+        PYTHONPATH=$PWD/tests${PYTHONPATH:+:$PYTHONPATH} timeout "${PART_TIMEOUT:-200}" python3 -m pytest \
+          --pyargs titan_conformance -p no:cacheprovider --tc-system "faults:$fault" --tc-variant base \
+          --tc-compile-cache "$copy" --tc-report-dir "$OUT/faults/report-$fault" -rf > "$OUT/faults/$fault.log" 2>&1
+        rc=$?
+        failed=$(grep -oE '^FAILED [^ ]+' "$OUT/faults/$fault.log" | sed -E 's/.*:://; s/\[base\]//' | tr '\n' ' ')
+        echo "$fault rc=$rc $((SECONDS - start))s ${failed:-MISSED: no check failed}" >> "$OUT/faults/table.txt"
+      done
+      { echo "== faults (planted in base through --tc-system)"; cat "$OUT/faults/table.txt"; } >> "$OUT/table.txt" ;;
     *) run "$part" 1 --tc-variant "${part%%-*}" ;;  # base-cold: variant base, cold
   esac
 done
@@ -52,7 +70,7 @@ def seconds(test):
     return f"{test['nodeid'].split('::')[-1].split('[')[0]}={test.get('duration_s') or 0:.1f}"
 
 
-for d in sorted(pathlib.Path(sys.argv[1]).glob("*/report-*")):
+for d in sorted(p for p in pathlib.Path(sys.argv[1]).glob("*/report-*") if p.parent.name != "faults"):
     r = json.loads((d / "report.json").read_text())
     for name, v in r["variants"].items():
         if v["status"] != "ran":
