@@ -5,7 +5,7 @@
 # session_phases.py (where the wall time goes) with fresh Inductor/Triton dirs: only
 # --tc-compile-cache carries over. One device call; logs and reports packed in $OUT/matrix.tgz; the
 # tables last. PARTS picks parts (default: base-cold base-cached fp32-cold fp32-cached n4-cached);
-# n1-cached runs the whole suite at -n 1; faults plants each of FAULTS (tests/faults.py factories,
+# n1-cached runs the whole suite at -n 1, n1-cold and n4-cold at -n 1 and -n 4 from no cache; faults plants each of FAULTS (tests/faults.py factories,
 # through --tc-system, as a user's own provider would come) in the base variant, each with a copy of
 # the base cache (a planted system must not write into the clean runs' file), and lists the checks
 # that failed: a fault that fails no check is a miss.
@@ -34,7 +34,7 @@ CACHE=${CACHE:-$(mktemp -d)/compile-cache.bin}  # each variant its own file besi
 run() {  # name, runs, then pytest options
   local name=$1 runs=$2; shift 2
   timeout "${PART_TIMEOUT:-200}" python3 benchmarks/session_phases.py --runs "$runs" --fresh-caches --out "$OUT/$name" -- \
-    --pyargs titan_conformance -p no:cacheprovider --tc-compile-cache "$CACHE" \
+    --pyargs titan_conformance -p no:cacheprovider --tc-compile-cache "${CACHE_RUN:-$CACHE}" \
     --tc-report-dir "$OUT/$name/report-{run}" "$@" > "$OUT/$name/table.txt" 2>&1
   echo "== $name (rc=$?)" >> "$OUT/table.txt"
   cat "$OUT/$name/table.txt" >> "$OUT/table.txt"
@@ -45,6 +45,7 @@ for part in $PARTS; do
   case $part in
     n4-cached) PART_TIMEOUT=$((${PART_TIMEOUT:-200} * ${RUNS_N4:-3})) run n4-cached "${RUNS_N4:-3}" -n 4 ;;
     n1-cached) run n1-cached 1 -n 1 ;;
+    n1-cold|n4-cold) CACHE_RUN=$(mktemp -d)/compile-cache.bin run "$part" 1 -n "${part:1:1}" ;;  # a cache of its own
     faults)
       for fault in ${FAULTS:-generator_rope_theta_one_percent_off skipped_weight_sync capture_size_left_out}; do
         copy=$(mktemp -d)/compile-cache.bin
