@@ -137,6 +137,11 @@ def test_each_xdist_worker_gets_its_own_gpus(monkeypatch):
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"  # workers outnumber GPUs: they share
     pin_worker_gpus("gw0", 4, "cpu")
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"  # a CPU run leaves it alone
+    # A worker shares out the GPUs its controller found; it does not ask nvidia-smi again.
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setenv("PATH", "")
+    pin_worker_gpus("gw1", 2, "auto", ["0", "1", "2", "3"])
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,3"
 
 
 def test_each_xdist_worker_takes_its_share_of_the_cores(monkeypatch):

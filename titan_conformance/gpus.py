@@ -41,12 +41,13 @@ def worker_gpus(gpus: list[str], worker: str, count: int) -> list[str]:
     return gpus[start : start + per_worker]
 
 
-def pin_worker_gpus(worker: str, count: int, device_option: str) -> list[str]:
+def pin_worker_gpus(worker: str, count: int, device_option: str, session_gpus: list[str] | None = None) -> list[str]:
     """Gives xdist worker `worker` of `count` its own GPU(s) (within any CUDA_VISIBLE_DEVICES
-    already set). Returns the GPUs the whole session may use."""
+    already set). `session_gpus`: the GPUs its controller found (each worker asking nvidia-smi
+    again would add its start-up to every worker's). Returns the GPUs the whole session may use."""
     if device_option == "cpu":
         return []
-    if gpus := visible_gpus():
+    if gpus := (visible_gpus() if session_gpus is None else session_gpus):
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(worker_gpus(gpus, worker, count))
     return gpus
 

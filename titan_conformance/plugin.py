@@ -31,6 +31,8 @@ WORKER_FLAG = "titan_conformance"
 """workerinput key: the controller's session is ours (so the worker's is too)."""
 PHASES_KEY = "titan_conformance_phases"
 """workerinput key: the folder where workers record their phases."""
+GPUS_KEY = "titan_conformance_gpus"
+"""workerinput key: the GPUs the controller found, which the workers share out."""
 SUITE_KEY = "titan_conformance_suite"
 """workerinput key: the suite the controller resolved (the GPU default is decided there, where
 torch may look for CUDA; a worker must not before its GPUs are pinned)."""
@@ -197,7 +199,7 @@ def pytest_configure(config: pytest.Config) -> None:
     worker = getattr(config, "workerinput", None)
     cleanup = config.stash[_CLEANUP] = contextlib.ExitStack()
     if worker is not None:  # a worker process of our own session: its GPUs and its share of the cores
-        config.stash[_GPUS] = pin_worker_gpus(worker["workerid"], worker["workercount"], options.device)
+        config.stash[_GPUS] = pin_worker_gpus(worker["workerid"], worker["workercount"], options.device, worker.get(GPUS_KEY))
         if (restore := share_cpu_threads(worker["workercount"])) is not None:
             cleanup.callback(restore)
     else:
@@ -262,12 +264,14 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node) -> None:
-    """xdist, on the controller, per worker: the worker's session is ours, and where it records its phases."""
+    """xdist, on the controller, per worker: the worker's session is ours, where it records its phases,
+    the suite the controller resolved and the GPUs it found."""
     config = node.config
     if (session := config.stash.get(_SESSION, None)) is not None:
         node.workerinput[WORKER_FLAG] = True
         node.workerinput[PHASES_KEY] = str(session.phases.folder)
         node.workerinput[SUITE_KEY] = config.stash[_OPTIONS].suite
+        node.workerinput[GPUS_KEY] = config.stash[_GPUS]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
