@@ -66,43 +66,6 @@ def test_workers_merge_and_a_crashed_worker_is_recorded(pytester, run_pytest, mo
     result.stdout.fnmatch_lines(["*titan_conformance report*", "Budgets*FAIL*", "worker gw* crashed*", "report: out/*"])
 
 
-WORKER_EXIT = """
-import atexit, os
-
-
-class Heap:
-    \"\"\"Stands for a worker's heap of compiled graphs: finalized only by the interpreter's teardown.\"\"\"
-
-    def __del__(self, write=os.write, open_=os.open, flags=os.O_CREAT | os.O_WRONLY, name=os.environ["PYTEST_XDIST_WORKER"]):
-        write(open_(f"finalized-{name}", flags), b"torn down")
-
-
-HEAP = Heap()
-
-
-def test_registers_an_exit_handler():
-    name = os.environ["PYTEST_XDIST_WORKER"]
-    atexit.register(lambda: open(f"atexit-{name}", "w").write("ran"))
-"""
-
-
-def test_a_worker_ends_once_it_has_reported_and_its_exit_handlers_ran(pytester, run_pytest):
-    """A worker skips the interpreter's teardown of its heap (seconds per worker that xdist's
-    controller waits for), yet runs every atexit handler, and the controller sees it finish, not crash."""
-    pytester.mkpydir("conformance")
-    (pytester.path / "conformance" / "test_worker_exit.py").write_text(WORKER_EXIT)
-    result = run_pytest("-n", "2", "--tc-report-dir", "out", "conformance")
-    result.assert_outcomes(passed=1)
-    assert "crashed" not in result.stdout.str() and "Not properly terminated" not in result.stdout.str()
-    worker = load_report(pytester.path / "out" / "report.json")["tests"][0]["worker"]
-    assert (pytester.path / f"atexit-{worker}").read_text() == "ran"
-    assert not list(pytester.path.glob("finalized-*"))
-    # The same worker outside a conformance session ends as the interpreter would: the check above can fail.
-    plain = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "-p", "no:titan_conformance", "conformance")
-    plain.assert_outcomes(passed=1)
-    assert sorted(p.name for p in pytester.path.glob("finalized-*")) == ["finalized-gw0", "finalized-gw1"]
-
-
 def test_sigterm_leaves_a_partial_report(pytester):
     _stand_in(pytester)
     env = dict(os.environ, STAND_IN="stall", PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]))

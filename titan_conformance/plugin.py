@@ -249,17 +249,9 @@ def _controller_inputs(config: pytest.Config, options: SuiteOptions) -> tuple[Pa
     return report_dir, Path(tempfile.mkdtemp(prefix="tc-phases-"))
 
 
-@pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if (cleanup := config.stash.get(_CLEANUP, None)) is None:
-        return
-    cleanup.close()
-    # A worker of ours whose results went out with xdist's `workerfinished` (sent at sessionfinish,
-    # which sets the exit status first) ends now: the controller waits for its process.
-    if "exitstatus" in getattr(config, "workeroutput", {}):
-        from titan_conformance.worker_exit import end_worker_process
-
-        end_worker_process()
+    if (cleanup := config.stash.get(_CLEANUP, None)) is not None:
+        cleanup.close()
 
 
 @pytest.hookimpl(optionalhook=True)
