@@ -6,9 +6,10 @@
 # --tc-compile-cache carries over. One device call; logs and reports packed in $OUT/matrix.tgz; the
 # tables last. PARTS picks parts (default: base-cold base-cached fp32-cold fp32-cached n4-cached);
 # n1-cached runs the whole suite at -n 1, n1-cold and n4-cold at -n 1 and -n 4 from no cache; faults plants each of FAULTS (tests/faults.py factories,
-# through --tc-system, as a user's own provider would come) in the base variant, each with a copy of
-# the base cache (a planted system must not write into the clean runs' file), and lists the checks
-# that failed: a fault that fails no check is a miss.
+# through --tc-system, as a user's own provider would come) in the variants FAULT_VARIANTS (default
+# base,fp32: the gate's own; bf16 alone cannot see a fault below its rounding, such as a 1%-off RoPE
+# base), each run with a copy of the caches (a planted system must not write into the clean runs'
+# files), and lists the checks that failed per variant: a fault that fails no check is a miss.
 set -u
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
@@ -48,17 +49,17 @@ for part in $PARTS; do
     n1-cold|n4-cold) CACHE_RUN=$(mktemp -d)/compile-cache.bin run "$part" 1 -n "${part:1:1}" ;;  # a cache of its own
     faults)
       for fault in ${FAULTS:-generator_rope_theta_one_percent_off skipped_weight_sync capture_size_left_out}; do
-        copy=$(mktemp -d)/compile-cache.bin
-        cp "$CACHE" "$copy" 2>/dev/null
+        copy=$(mktemp -d)
+        cp "$CACHE"* "$copy" 2>/dev/null  # every variant's file
         start=$SECONDS
         PYTHONPATH=$PWD/tests${PYTHONPATH:+:$PYTHONPATH} timeout "${PART_TIMEOUT:-200}" python3 -m pytest \
-          --pyargs titan_conformance -p no:cacheprovider --tc-system "faults:$fault" --tc-variant base \
-          --tc-compile-cache "$copy" --tc-report-dir "$OUT/faults/report-$fault" -rf > "$OUT/faults/$fault.log" 2>&1
+          --pyargs titan_conformance -p no:cacheprovider --tc-system "faults:$fault" --tc-variant "${FAULT_VARIANTS:-base,fp32}" \
+          --tc-compile-cache "$copy/$(basename "$CACHE")" --tc-report-dir "$OUT/faults/report-$fault" -rf > "$OUT/faults/$fault.log" 2>&1
         rc=$?
-        failed=$(grep -oE '^FAILED [^ ]+' "$OUT/faults/$fault.log" | sed -E 's/.*:://; s/\[base\]//' | tr '\n' ' ')
+        failed=$(grep -oE '^FAILED [^ ]+' "$OUT/faults/$fault.log" | sed -E 's/.*:://' | tr '\n' ' ')
         echo "$fault rc=$rc $((SECONDS - start))s ${failed:-MISSED: no check failed}" >> "$OUT/faults/table.txt"
       done
-      { echo "== faults (planted in base through --tc-system)"; cat "$OUT/faults/table.txt"; } >> "$OUT/table.txt" ;;
+      { echo "== faults (planted through --tc-system in ${FAULT_VARIANTS:-base,fp32})"; cat "$OUT/faults/table.txt"; } >> "$OUT/table.txt" ;;
     *) run "$part" 1 --tc-variant "${part%%-*}" ;;  # base-cold: variant base, cold
   esac
 done
