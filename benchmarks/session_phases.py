@@ -5,7 +5,8 @@
 e.g. `-- --pyargs titan_conformance -n 1 --tc-variant base`. Runs `python -m pytest <arguments>`
 N times with `session_probe.py` loaded in every process of the session, and prints per run: the
 controller's start-up (interpreter, imports, input checks), the workers' start-up (spawn, imports,
-GPU pinning, collection), the tests (build, run, checks), the workers' exit (from their last test to their exit handlers),
+GPU pinning, collection), the tests (build, run, checks), the workers' exit (from their last test to their exit handlers,
+and for the worker that ran the last test, which part of its end took it),
 the controller's end (waiting for the workers' processes to end, the report, the summary), its own
 teardown, the wall time, pytest's own clock, and the share of the wall that no test ran in. Under `-n 0` there are no
 workers and the tests run in the controller. `{run}` in an argument becomes the run's number (a
@@ -49,6 +50,7 @@ def phases(marks: list[dict], launched: float, exited: float) -> dict[str, float
         out["tests (first start to last finish)"] = test_end - test_start
         exits = [max(at(w, "atexit")) for w in workers if at(w, "atexit")]
         out["workers: last test to exit handlers"] = max(exits) - test_end if exits else None
+        out.update(_last_worker_end(marks, max(workers, key=lambda w: max(at(w, "test_finish"), default=0.0)), test_end))
     else:
         out["collection"] = test_start - first("controller", "configured")
         out["tests (first start to last finish)"] = test_end - test_start
@@ -62,6 +64,20 @@ def phases(marks: list[dict], launched: float, exited: float) -> dict[str, float
     out["wall"] = exited - launched
     out["outside the tests"] = out["wall"] - out["tests (first start to last finish)"]
     return out
+
+
+def _last_worker_end(marks: list[dict], worker: str, test_end: float) -> dict[str, float]:
+    """Where the worker that ran the last test spends the time from it to its exit handlers: up to
+    its sessionfinish, in it (xdist sends `workerfinished` at its end), its unconfigure (pytest's
+    closing garbage collections follow it), then waiting for the controller's exit message."""
+    points = ["sessionfinish", "sessionfinished", "unconfigured", "atexit"]
+    seen = {m["point"]: m["t"] for m in marks if m["who"] == worker and m["point"] in points}
+    if len(seen) < len(points):
+        return {}
+    names = ["  of which to its sessionfinish", "  of which its sessionfinish", "  of which to its unconfigure end",
+             "  of which until its exit handlers"]
+    times = [test_end, *(seen[p] for p in points)]
+    return {name: b - a for name, a, b in zip(names, times, times[1:])}
 
 
 def run_once(pytest_args: list[str], log: Path, fresh_caches: bool) -> tuple[dict, str]:
