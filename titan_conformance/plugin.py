@@ -440,7 +440,9 @@ def require(system, capability: str) -> None:
     if capability not in system.capabilities:
         from titan_conformance.protocol import CAPABILITIES
 
-        pytest.skip(f"system provider {system.name!r} lacks capability {capability!r}: {CAPABILITIES[capability]}")
+        why = (getattr(system, "unavailable", None) or {}).get(capability)
+        pytest.skip(f"system provider {system.name!r} lacks capability {capability!r}: {CAPABILITIES[capability]}"
+                    + (f" ({why})" if why else ""))
 
 
 def assert_check(result) -> None:

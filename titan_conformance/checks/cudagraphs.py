@@ -12,19 +12,26 @@ from titan_conformance.profile import Profile
 from titan_conformance.protocol import CaptureSizes, ConformanceSystem, DecodeProbe, StepRecord
 
 
-def capture_set_verdict(sizes: CaptureSizes) -> CheckResult:
-    """The generator captured exactly the sizes its capture-size policy yields."""
+def capture_set_verdict(sizes: CaptureSizes, asked_mode: str = "") -> CheckResult:
+    """The generator captured exactly the sizes its capture-size policy yields, and (where both
+    are known) runs in the cudagraph mode the profile asks for: an engine can quietly run FULL as
+    FULL_DECODE_ONLY, PIECEWISE or NONE for an attention backend that cannot be captured whole."""
     policy, captured = list(sizes.policy), list(sizes.captured)
     missing, extra = sorted(set(policy) - set(captured)), sorted(set(captured) - set(policy))
-    metrics = {"policy": policy, "captured": captured}
-    if not missing and not extra:
-        return CheckResult("capture_sizes", True, f"captured exactly the policy's {len(policy)} sizes {policy}", metrics)
-    return CheckResult(
-        "capture_sizes", False,
-        f"Captured sizes {captured} differ from the capture-size policy {policy}: missing {missing}, "
-        f"extra {extra}. A batch at a missing size runs padded to a larger graph (or without one).",
-        metrics,
-    )
+    metrics = {"policy": policy, "captured": captured, "mode": sizes.mode, "asked_mode": asked_mode}
+    causes = []
+    if asked_mode and sizes.mode and sizes.mode != asked_mode:
+        causes.append(f"the generator's engine runs cudagraph mode {sizes.mode} where the profile asks for {asked_mode}")
+    if missing or extra:
+        causes.append(
+            f"captured sizes {captured} differ from the capture-size policy {policy}: missing {missing}, extra "
+            f"{extra}. A batch at a missing size runs padded to a larger graph (or without one)"
+        )
+    if not causes:
+        mode = f" in mode {sizes.mode}" if sizes.mode else ""
+        return CheckResult("capture_sizes", True, f"captured exactly the policy's {len(policy)} sizes {policy}{mode}", metrics)
+    message = "; ".join(causes)
+    return CheckResult("capture_sizes", False, message[0].upper() + message[1:] + ".", metrics)
 
 
 def capture_policy_verdict(policy: list[int], max_num_seqs: int) -> CheckResult:

@@ -1,7 +1,8 @@
 """FULL CUDA-graph equivalence: the policy graphs the step's batch (max_num_seqs); the captured
 sizes are the policy's; at every capture size graph replay equals the compiled step exactly and
 eager within tolerance; batches between capture sizes, padded, give the same real rows; no NaN/inf
-at any size, the largest included; and the run's decode steps replayed the graphs."""
+at any size, the largest included; the engine runs the mode the profile asks for; and the run's
+decode steps replayed the graphs."""
 
 import pytest
 
@@ -29,11 +30,12 @@ def test_capture_policy_includes_max_num_seqs(tc_system, tc_profile):
     assert_check(capture_policy_verdict(tc_system.cudagraph_sizes().policy, tc_profile.max_num_seqs))
 
 
-def test_captured_sizes_are_the_policys(cuda_system):
-    assert_check(capture_set_verdict(cuda_system.cudagraph_sizes()))
+def test_captured_sizes_are_the_policys(cuda_system, tc_profile):
+    assert_check(capture_set_verdict(cuda_system.cudagraph_sizes(), tc_profile.cudagraph.mode.value))
 
 
 def test_replay_matches_eager_at_every_capture_size(cuda_system, tc_profile):
+    require(cuda_system, "decode_probes")
     assert_check(check_graph_equivalence(cuda_system, tc_profile))
 
 

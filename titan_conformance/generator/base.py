@@ -50,11 +50,23 @@ class Generator(Protocol):
 
     last_generate: GenerateStats | None
     """The decode steps and graph replays of the latest `generate` (None where not counted)."""
+    probes: frozenset[str]
+    """Which of the protocol's generator probes it offers: "decode_timing" (`time_decode_step`, and
+    `last_generate` counted), "decode_probes" (`generator.probe.probe_decode`)."""
+    lacks: dict[str, str]
+    """Why it lacks a probe of the protocol's that it does not offer (probe -> the missing hook)."""
 
     def generate(self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float, seed: int,
                  eos_id: int) -> list[Completion]: ...
     def score(self, completions: list[Completion], temperature: float) -> list[torch.Tensor]: ...
-    def can_score(self, temperature: float) -> bool: ...
+    def captured_sizes(self) -> list[int]:
+        """The batch sizes it holds a FULL graph for."""
+    def cudagraph_mode(self) -> str:
+        """The cudagraph mode it runs in, as the engine resolved it (NONE off CUDA)."""
+    def describe(self) -> dict[str, str]:
+        """What the engine resolved, for the report's environment ({} when the profile says it all)."""
+    def time_decode_step(self, batch: int, position: int) -> float | None:
+        """Seconds of one bare decode step of `batch` rows at `position` (None: none to time)."""
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None: ...
     def capture(self): ...
     def close(self) -> None: ...

@@ -52,8 +52,22 @@ class NativeGenerator:
         self.warm_start: WarmStart | None = None
         """Background kernel compiles started at build; the first forward waits for them."""
 
-    def can_score(self, temperature: float) -> bool:
-        return True
+    probes = frozenset({"decode_timing", "decode_probes"})
+    lacks: dict[str, str] = {}
+
+    def captured_sizes(self) -> list[int]:
+        return sorted(self.graphs)
+
+    def time_decode_step(self, batch: int, position: int) -> float:
+        from titan_conformance.generator.probe import time_decode_step
+
+        return time_decode_step(self, batch, position)
+
+    def cudagraph_mode(self) -> str:
+        return self.config.cudagraph_mode.on(self.device).value
+
+    def describe(self) -> dict[str, str]:
+        return {}
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Weight sync: copies the trainer's tensors into the generator's in place (no rebuild, no

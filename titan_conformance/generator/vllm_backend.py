@@ -19,15 +19,19 @@ import torch
 
 from titan_conformance.compilation import CompileConfig, CompileLedger
 from titan_conformance.errors import ConformanceError
+from titan_conformance.generator import vllm_hooks
 from titan_conformance.generator.base import GeneratorConfig
-from titan_conformance.protocol import Completion
+from titan_conformance.model.args import ModelArgs
 from titan_conformance.model.checkpoint import hf_name, read_model_args
+from titan_conformance.protocol import Completion, GenerateStats
 from titan_conformance.vllm_support import INSTALL_HINT, vllm_version
 
 IN_PROCESS = "VLLM_ENABLE_V1_MULTIPROCESSING"
 """0 runs vLLM's engine in this process (weight sync by reference, the model's compiles in our ledger)."""
-FULL_VOCAB_SCORING = 4096
-"""Largest vocabulary whose every prompt logprob vLLM is asked for (see `VllmGenerator.score`)."""
+GPU_MEMORY_UTILIZATION = 0.1
+"""vLLM refuses to start unless the free GPU memory is at least this fraction of the whole, even
+where `kv_cache_memory_bytes` sizes the cache; the trainer holds part of the same GPU."""
+
 
 def compilation_config(config: GeneratorConfig) -> dict:
     """vLLM CompilationConfig (as a dict): its compiler off, its CUDA graphs ours to configure.
@@ -35,6 +39,22 @@ def compilation_config(config: GeneratorConfig) -> dict:
     if not config.captured_sizes:
         return {"mode": 0, "cudagraph_mode": "NONE"}
     return {"mode": 0, "cudagraph_mode": config.cudagraph_mode.value, "cudagraph_capture_sizes": list(config.captured_sizes)}
+
+
+def kv_cache_bytes(args: ModelArgs, config: GeneratorConfig, dtype: str) -> int:
+    """Twice the K and V of max_num_seqs full-length sequences (vLLM rounds to blocks), at least
+    256 MiB: sized from the profile, not from what is left of a GPU the trainer shares."""
+    per_token = 2 * args.n_layers * args.n_kv_heads * args.head_dim * getattr(torch, dtype).itemsize
+    return max(256 << 20, 2 * per_token * config.max_num_seqs * config.max_model_len)
+
+
+def decode_stats(dispatches: list[tuple[int, int | None, str]]) -> GenerateStats | None:
+    """A generate's decode steps (forwards of one token per request) and how many replayed a FULL
+    graph, from the engine's dispatch log (`vllm_hooks.log_dispatches`); batch is the largest."""
+    decode = [(reqs, mode) for reqs, uniform, mode in dispatches if uniform == 1]
+    if not decode:
+        return None
+    return GenerateStats(max(r for r, _ in decode), len(decode), sum(mode == "FULL" for _, mode in decode))
 
 
 class VllmGenerator:
@@ -46,8 +66,9 @@ class VllmGenerator:
     ) -> None:
         if vllm_version() is None:
             raise ConformanceError(f"The vllm generator backend needs vLLM, which does not import here. {INSTALL_HINT}")
-        self.last_generate = None  # vLLM's scheduler does not say how many decode steps it ran
-        self.vocab_size = read_model_args(checkpoint).vocab_size
+        self.last_generate: GenerateStats | None = None
+        """From vLLM's cudagraph dispatches (None where its model runner has no cudagraph manager)."""
+        args = read_model_args(checkpoint)
         self._saved_env = os.environ.get(IN_PROCESS)
         os.environ[IN_PROCESS] = "0"  # restored at close
         from vllm import LLM
@@ -76,9 +97,27 @@ class VllmGenerator:
                 # Weight sync changes what a cached prompt prefix would compute.
                 enable_prefix_caching=False,
                 compilation_config=self.compilation,
-                max_logprobs=self.vocab_size if self.vocab_size <= FULL_VOCAB_SCORING else 20,
-                **({"kv_cache_memory_bytes": 256 << 20} if config.device.type == "cpu" else {}),
+                kv_cache_memory_bytes=kv_cache_bytes(args, config, dtype),
+                **({"gpu_memory_utilization": GPU_MEMORY_UTILIZATION} if config.device.type == "cuda" else {}),
             )
+            self.counts_dispatches = self.llm.collective_rpc(vllm_hooks.log_dispatches)[0]
+            self.engine = self.llm.collective_rpc(vllm_hooks.engine_view)[0]
+            """What vLLM resolved (`vllm_hooks.engine_view`), read once the engine captured its graphs."""
+            runner = self.engine["model_runner"]
+            self.probes = frozenset({"decode_timing"} if self.counts_dispatches else ())
+            self.lacks = {
+                "decode_probes": (
+                    "the vllm generator runs no single decode step from a fixed state by graph, compiled "
+                    "step and eagerly: vLLM's runner only runs whole scheduler steps (execute_model), and "
+                    "no hook forces its cudagraph_manager.dispatch to CUDAGraphMode.NONE to rerun the "
+                    "same requests without graphs"
+                ),
+            }
+            if not self.counts_dispatches:
+                self.lacks["decode_timing"] = (
+                    f"vLLM's model runner {runner} has no cudagraph_manager whose dispatch and "
+                    "run_fullgraph the vllm generator hooks to count decode steps and time a graph replay"
+                )
         except BaseException:
             self.close()
             raise
@@ -104,10 +143,13 @@ class VllmGenerator:
             raise ConformanceError(
                 f"{len(prompts)} prompts x n={n} exceed the generator's max_num_seqs={self.max_num_seqs}."
             )
+        self.llm.collective_rpc(vllm_hooks.take_dispatches)  # drop what earlier requests ran
         outputs = self._run(
             prompts, n=n, temperature=temperature, max_tokens=max_tokens, seed=seed, logprobs=0,
             stop_token_ids=[eos_id],
         )
+        if self.counts_dispatches:
+            self.last_generate = decode_stats(self.llm.collective_rpc(vllm_hooks.take_dispatches)[0])
         completions = []
         for prompt, out in zip(prompts, outputs):
             for c in out.outputs:
@@ -116,35 +158,47 @@ class VllmGenerator:
                 completions.append(Completion(list(prompt), tokens, logprobs, eos_id in tokens))
         return completions
 
-    def can_score(self, temperature: float) -> bool:
-        """vLLM's prompt logprobs skip the sampling processors (temperature included, whatever
-        `logprobs_mode` says), so at a temperature other than 0 or 1 a token's tempered logprob
-        needs the whole vocabulary's prompt logprobs: asked for up to FULL_VOCAB_SCORING tokens."""
-        return temperature in (0.0, 1.0) or self.vocab_size <= FULL_VOCAB_SCORING
-
     def score(self, completions: list[Completion], temperature: float) -> list[torch.Tensor]:
-        """Logprobs of each completion's tokens at `temperature` from one vLLM prefill (no decode)."""
-        if not self.can_score(temperature):
-            raise ConformanceError(
-                f"vLLM's prompt logprobs are untempered, and a vocabulary of {self.vocab_size} tokens is too large to "
-                f"ask for all of them (limit {FULL_VOCAB_SCORING}): the vllm backend cannot score at temperature {temperature}."
-            )
-        full = temperature not in (0.0, 1.0)
+        """Logprobs of each completion's tokens at `temperature` from one vLLM prefill (no decode):
+        vLLM's prompt logprobs, with the model's logits tempered as the sampler tempers them (its
+        prompt logprobs skip the sampling processors)."""
         rows = [c.prompt_ids + c.token_ids for c in completions]
-        outputs = self._run(rows, temperature=temperature, max_tokens=1, prompt_logprobs=-1 if full else 0, seed=0)
+        self.llm.collective_rpc(vllm_hooks.set_score_temperature, args=(temperature if temperature > 0 else 1.0,))
+        try:
+            outputs = self._run(rows, temperature=1.0, max_tokens=1, prompt_logprobs=0, seed=0)
+        finally:
+            self.llm.collective_rpc(vllm_hooks.set_score_temperature, args=(None,))
         scored = []
         for c, row, out in zip(completions, rows, outputs):
-            first = len(c.prompt_ids)  # prompt_logprobs[i] scores row[i]; entry 0 is None
-            if not full:
-                scored.append(torch.tensor([out.prompt_logprobs[i][row[i]].logprob for i in range(first, len(row))]))
-                continue
-            raw = torch.full((len(row) - first, self.vocab_size), float("-inf"), dtype=torch.float64)
-            for j, i in enumerate(range(first, len(row))):
-                for token, lp in out.prompt_logprobs[i].items():
-                    raw[j, token] = lp.logprob
-            tempered = torch.log_softmax(raw / temperature, dim=-1)  # = log_softmax(logits / T)
-            scored.append(tempered[torch.arange(len(row) - first), torch.tensor(row[first:])].float())
+            # prompt_logprobs[i] scores row[i]; entry 0 is None
+            scored.append(torch.tensor([out.prompt_logprobs[i][row[i]].logprob for i in range(len(c.prompt_ids), len(row))]))
         return scored
+
+    def captured_sizes(self) -> list[int]:
+        """The batch sizes vLLM holds a FULL graph for (each at num_reqs = min(size, max_num_seqs))."""
+        return sorted({tokens for tokens, _ in self.engine["full_graphs"]})
+
+    def cudagraph_mode(self) -> str:
+        return self.engine["cudagraph_mode"]
+
+    def describe(self) -> dict[str, str]:
+        """What vLLM resolved, for the report's environment."""
+        e = self.engine
+        backends = ", ".join(e["attention_backends"]) or "none"
+        if "flash_attn_version" in e:
+            backends += f" (FlashAttention {e['flash_attn_version']})"
+        return {
+            "vllm_model_runner": e["model_runner"],
+            "vllm_attention_backend": backends,
+            "vllm_cudagraph_mode": e["cudagraph_mode"],
+            "vllm_capture_sizes": str(e["capture_sizes"]),
+            "vllm_full_graphs": f"{len(e['full_graphs'])} at (num_tokens, num_reqs) {e['full_graphs']}",
+        }
+
+    def time_decode_step(self, batch: int, position: int) -> float | None:
+        """One replay of the FULL graph a decode step of `batch` requests runs in vLLM (None where it
+        runs without one); `position` is what the graph's buffers hold, the run's last step's."""
+        return self.llm.collective_rpc(vllm_hooks.time_graph_replay, args=(batch, 5))[0]
 
     def capture(self):
         """vLLM captures its own graphs at engine start (sizes from our policy)."""

@@ -72,6 +72,9 @@ class TitanQwen3ForCausalLM(nn.Module):
         compile_config = CompileConfig(**cfg.get("titan_compile", {"enable": False}))
         ledger = LEDGERS.get(cfg.get("titan_ledger", ""), CompileLedger())
         self.region = apply_regional_compile(self.model, compile_config, ledger, role="vllm")
+        self.score_temperature: float | None = None
+        """While the backend scores (`vllm_hooks.set_score_temperature`): logits come out divided by
+        it, in fp32, as the sampler tempers them; vLLM's prompt logprobs are otherwise untempered."""
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_tokens(input_ids)
@@ -90,7 +93,8 @@ class TitanQwen3ForCausalLM(nn.Module):
         return self.model.hidden_states(tokens, positions.unsqueeze(0), embeddings).squeeze(0)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.model.logits(hidden_states)
+        logits = self.model.logits(hidden_states)
+        return logits if self.score_temperature is None else logits.float() / self.score_temperature
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """HF tensor names (`model.<ours>`, `lm_head.weight`), at load and at reload_weights. The

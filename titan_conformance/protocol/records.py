@@ -116,6 +116,9 @@ class CaptureSizes:
     """The sizes the generator holds a FULL graph for (empty off CUDA or in mode NONE)."""
     seconds: dict[int, float] = field(default_factory=dict)
     """Capture time per captured size."""
+    mode: str = ""
+    """The cudagraph mode the generator runs in as its engine resolved it ("" where it does not say):
+    an engine may run FULL as FULL_DECODE_ONLY, PIECEWISE or NONE whatever it was asked."""
 
 
 @dataclass

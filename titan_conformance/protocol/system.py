@@ -4,7 +4,8 @@ Checks never reach past this protocol. Our reference system (`providers.referenc
 provider; `--tc-system module:factory`, or an entry point in the group `titan_conformance.systems`,
 plugs in another. A factory is called as `factory(profile, device=..., model_path=...)` and returns
 an object with the attributes and methods of `ConformanceSystem`. A provider lists what it can do in
-`capabilities`; a check that needs a capability the provider lacks is skipped with a reason.
+`capabilities`; a check that needs a capability the provider lacks is skipped with a reason, and
+a system may say why it lacks one in an optional `unavailable` (capability -> what is missing).
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ CAPABILITIES = {
     "weight_sync": "sync_weights() pushes the trainer's weights into the generator",
     "compile_ledger": "compile_ledger() returns the CompileLedger of every compiled region",
     "startup_phases": "startup maps each startup phase to seconds",
-    "cudagraphs": "the generator captures FULL CUDA graphs at the capture sizes; probe_decode(batch, how) runs one "
-    "decode step by graph, compiled step or eagerly",
+    "cudagraphs": "the generator holds FULL CUDA graphs: cudagraph_sizes() names their sizes and the mode its engine "
+    "resolved",
+    "decode_probes": "probe_decode(batch, how) runs one decode step from a fixed state by graph, compiled step or eagerly",
     "capture_policy": "cudagraph_sizes().policy is the capture-size policy's list, also where nothing is captured",
     "reference_logprobs": "reference_logprobs(completions, dtype) scores completions with a fresh eager copy of "
     "the trainer's model at dtype (float64: the oracle; the profile's dtype: the precision floor)",
-    "decode_timing": "time_decode_step(batch, position) times one bare decode step, and each StepRecord's "
+    "decode_timing": "time_decode_step(batch, position) times one bare decode step (None where that batch runs "
+    "without a graph the generator can replay alone), and each StepRecord's "
     "`decode` counts the rollout's decode steps and graph replays",
     "tensor_parallel": "built on every rank of a process group at parallel.tp > 1; weight_checksums() sums "
     "each full (gathered) parameter",
@@ -69,7 +72,7 @@ class ConformanceSystem(Protocol):
     def compile_ledger(self) -> CompileLedger: ...
     def cudagraph_sizes(self) -> CaptureSizes: ...
     def probe_decode(self, batch: int, how: str) -> DecodeProbe: ...
-    def time_decode_step(self, batch: int, position: int) -> float: ...
+    def time_decode_step(self, batch: int, position: int) -> float | None: ...
     def weight_checksums(self) -> dict[str, float]: ...
     def close(self) -> None: ...
 

@@ -166,15 +166,17 @@ class GRPOSystem:
 
     @property
     def capabilities(self) -> frozenset[str]:
-        native = isinstance(self.generator, NativeGenerator)  # only the native generator is probed and timed
-        out = set(self.BASE_CAPABILITIES)
-        if not self.generator.can_score(self.profile.sampling.temperature):
-            out.discard("generator_logprobs")
-        if native:
-            out |= {"decode_timing"} | ({"cudagraphs"} if self.generator.graphs else set())
+        out = set(self.BASE_CAPABILITIES) | self.generator.probes
+        if self.profile.cudagraph.mode.captures_on(self.device):  # judged even where none were captured
+            out.add("cudagraphs")
         if self.profile.parallel.tp > 1:
             out.add("tensor_parallel")
         return frozenset(out)
+
+    @property
+    def unavailable(self) -> dict[str, str]:
+        """Why the generator lacks a capability of the protocol's (capability -> the missing hook)."""
+        return dict(self.generator.lacks)
 
     # --- startup -----------------------------------------------------------------------------
 
@@ -272,8 +274,9 @@ class GRPOSystem:
     # --- the protocol's probes ---------------------------------------------------------------
 
     def describe(self) -> dict[str, str]:
+        engine = self.generator.describe() if self.generator is not None else {}
         return {"provider": self.name, "device": str(self.device), "dtype": self.profile.model.dtype,
-                "torch": torch.__version__, **self.stack.describe()}
+                "torch": torch.__version__, **self.stack.describe(), **engine}
 
     def trainer_logprobs(self, completions: list[Completion]) -> list[torch.Tensor]:
         """The trainer's logprob of every completion token, by its training forward at its training
@@ -318,8 +321,8 @@ class GRPOSystem:
 
     def cudagraph_sizes(self) -> CaptureSizes:
         captures = getattr(self, "captures", None)
-        return CaptureSizes(self.stack.capture_policy(), sorted(getattr(self.generator, "graphs", {})),
-                            dict(getattr(captures, "seconds", {}) or {}))
+        return CaptureSizes(self.stack.capture_policy(), self.generator.captured_sizes(),
+                            dict(getattr(captures, "seconds", {}) or {}), self.generator.cudagraph_mode())
 
     def probe_decode(self, batch: int, how: str) -> DecodeProbe:
         """One decode step from a fixed state: graph, compiled or eager (`generator.probe`)."""
@@ -327,11 +330,9 @@ class GRPOSystem:
 
         return probe_decode(self.generator, batch, how)
 
-    def time_decode_step(self, batch: int, position: int) -> float:
-        """Seconds of one bare decode step of `batch` rows at `position` (`generator.probe`)."""
-        from titan_conformance.generator.probe import time_decode_step
-
-        return time_decode_step(self.generator, batch, position)
+    def time_decode_step(self, batch: int, position: int) -> float | None:
+        """Seconds of one bare decode step of `batch` rows at `position`, as the generator times it."""
+        return self.generator.time_decode_step(batch, position)
 
     def weight_checksums(self) -> dict[str, float]:
         return self.stack.weight_checksums(self.trainer)

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The `vllm` variant of the GPU suite on one GPU runner, with vLLM from the kit in ../shared/vllm-kit
+# (how our GPU machine gets what a user's runner has from pip), and the `base` variant (native
+# generator) in the same call, so that their startup phases and step times compare within one run.
+# Run from the repository root on the device machine, with the kit folder carried:
+#   KIT=.vw1 bash benchmarks/gpu_vllm.sh
+# Installs the kit into /tmp/site and runs its smoke tests (SMOKE=imports|none for fewer), installs
+# this package (its pytest11 and vllm.general_plugins entry points), then runs each of VARIANTS
+# alone. Logs, the reports (packed in reports.tgz: $OUT takes few files) and table.txt land in $OUT.
+set -u
+OUT=${OUT:-$(mktemp -d)}
+KIT=${KIT:?KIT: the kit folder carried with the call, e.g. .vw1}
+SMOKE=${SMOKE:-all} bash "$KIT/install_on_device.sh" > "$OUT/kit.log" 2>&1
+echo "kit install + smoke (${SMOKE:-all}) rc=$?" > "$OUT/table.txt"
+export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} VLLM_USE_FLASHINFER_SAMPLER=0 VLLM_NO_USAGE_STATS=1
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+python3 -m pip install --no-deps --no-build-isolation -q -e . > "$OUT/install.log" 2>&1
+reports=$(mktemp -d)
+for variant in ${VARIANTS:-vllm base}; do
+  start=$SECONDS
+  timeout "${VARIANT_TIMEOUT:-300}" python3 -m pytest --pyargs titan_conformance --tc-suite qwen3-0.6b \
+    --tc-variant "$variant" -p no:cacheprovider -rA --tc-report-dir "$reports/$variant" > "$OUT/$variant.log" 2>&1
+  echo "== $variant rc=$? wall=$((SECONDS - start)) s" >> "$OUT/table.txt"
+  grep -E "^(PASSED|FAILED|SKIPPED|ERROR) |^=+ .* in [0-9.]+s" "$OUT/$variant.log" | cut -c1-400 >> "$OUT/table.txt"
+done
+tar czf "$OUT/reports.tgz" -C "$reports" .
+cat "$OUT/table.txt"
