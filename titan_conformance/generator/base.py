@@ -55,6 +55,9 @@ class Generator(Protocol):
     `last_generate` counted), "decode_probes" (`generator.probe.probe_decode`)."""
     lacks: dict[str, str]
     """Why it lacks a probe of the protocol's that it does not offer (probe -> the missing hook)."""
+    startup: dict[str, float]
+    """Seconds of other startup phases (compile, capture) spent while it was built, where an engine
+    compiles and captures as it starts; {} where they have phases of their own."""
 
     def generate(self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float, seed: int,
                  eos_id: int) -> list[Completion]: ...

@@ -54,6 +54,7 @@ class NativeGenerator:
 
     probes = frozenset({"decode_timing", "decode_probes"})
     lacks: dict[str, str] = {}
+    startup: dict[str, float] = {}
 
     def captured_sizes(self) -> list[int]:
         return sorted(self.graphs)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
+import time
 import uuid
 from typing import Iterable
 
@@ -48,6 +49,16 @@ def kv_cache_bytes(args: ModelArgs, config: GeneratorConfig, dtype: str) -> int:
     return max(256 << 20, 2 * per_token * config.max_num_seqs * config.max_model_len)
 
 
+def engine_phases(start: float, built: float, marks: dict[str, float]) -> dict[str, float]:
+    """The startup phases vLLM's engine start holds (perf_counter() times): compile from its first
+    forward (the profile run, where our blocks compile at its largest token count) to the warm-up
+    before its first graph capture; capture from there to the engine's end (each size's warm-up
+    included: size 1 compiles again, since Dynamo specializes a dimension of 1)."""
+    first = marks.get("first_forward", built)
+    capture = marks.get("capture", built)
+    return {"compile": capture - first, "capture": built - capture}
+
+
 def decode_stats(dispatches: list[tuple[int, int | None, str]]) -> GenerateStats | None:
     """A generate's decode steps (forwards of one token per request) and how many replayed a FULL
     graph, from the engine's dispatch log (`vllm_hooks.log_dispatches`); batch is the largest."""
@@ -80,6 +91,7 @@ class VllmGenerator:
         vllm_model.LEDGERS[self._ledger_key] = ledger
         self.device, self.max_num_seqs = config.device, config.max_num_seqs
         self.compilation = compilation_config(config)
+        start = time.perf_counter()
         try:
             self.llm = LLM(
                 model=str(checkpoint),
@@ -101,8 +113,10 @@ class VllmGenerator:
                 **({"gpu_memory_utilization": GPU_MEMORY_UTILIZATION} if config.device.type == "cuda" else {}),
             )
             self.counts_dispatches = self.llm.collective_rpc(vllm_hooks.log_dispatches)[0]
+            built = time.perf_counter()
             self.engine = self.llm.collective_rpc(vllm_hooks.engine_view)[0]
             """What vLLM resolved (`vllm_hooks.engine_view`), read once the engine captured its graphs."""
+            self.startup = engine_phases(start, built, self.engine["startup_marks"])
             runner = self.engine["model_runner"]
             self.probes = frozenset({"decode_timing"} if self.counts_dispatches else ())
             self.lacks = {

@@ -31,6 +31,7 @@ def engine_view(worker) -> dict:
         "capture_sizes": sorted(config.cudagraph_capture_sizes or []),
         "full_graphs": sorted((d.num_tokens, d.num_reqs) for d in getattr(manager, "graphs", {})
                               if d.cg_mode.name == "FULL"),
+        "startup_marks": dict(runner.get_model().startup_marks),
     }
     if "FLASH_ATTN" in backends:
         from vllm.v1.attention.backends.fa_utils import get_flash_attn_version

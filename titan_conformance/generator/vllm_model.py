@@ -8,6 +8,7 @@ CompileConfig travels in the HF config (key `titan_compile`), so it reaches any 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 import torch
@@ -75,6 +76,10 @@ class TitanQwen3ForCausalLM(nn.Module):
         self.score_temperature: float | None = None
         """While the backend scores (`vllm_hooks.set_score_temperature`): logits come out divided by
         it, in fp32, as the sampler tempers them; vLLM's prompt logprobs are otherwise untempered."""
+        self.startup_marks: dict[str, float] = {}
+        """perf_counter() at vLLM's first forward ("first_forward": its profile run, where our blocks
+        compile) and at the warm-up forward it runs before its first graph capture ("capture")."""
+        self._last_forward = 0.0
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_tokens(input_ids)
@@ -88,6 +93,11 @@ class TitanQwen3ForCausalLM(nn.Module):
         **kwargs,
     ) -> torch.Tensor:
         """Flat [N] tokens (or their embeddings) at [N] positions -> final-norm hidden states [N, dim]."""
+        now = time.perf_counter()
+        self.startup_marks.setdefault("first_forward", now)
+        if "capture" not in self.startup_marks and positions.is_cuda and torch.cuda.is_current_stream_capturing():
+            self.startup_marks["capture"] = self._last_forward
+        self._last_forward = now
         embeddings = None if inputs_embeds is None else inputs_embeds.unsqueeze(0)
         tokens = positions.unsqueeze(0) if input_ids is None else input_ids.unsqueeze(0)  # shape only
         return self.model.hidden_states(tokens, positions.unsqueeze(0), embeddings).squeeze(0)
