@@ -53,3 +53,52 @@ def test_sampler_errors_catch_a_sampler_that_drops_its_noise():
     assert shortfall > 100 * SAMPLER_MAX_ABS
     _, logprob_err = sampler_errors(DecodeProbe(logp, tokens, sample_tokens(logits, noise, divisor * 2, scale)[1], noise))
     assert logprob_err > 100 * SAMPLER_MAX_ABS
+
+
+def test_capture_set_verdict_fails_a_mode_the_engine_downgraded():
+    """vLLM may run FULL as FULL_DECODE_ONLY or PIECEWISE for an attention backend; the sizes alone
+    would still pass."""
+    sizes = CaptureSizes([1, 2], [1, 2], mode="FULL_DECODE_ONLY")
+    result = capture_set_verdict(sizes, "FULL")
+    assert not result.passed and "runs cudagraph mode FULL_DECODE_ONLY where the profile asks for FULL" in result.message
+    assert capture_set_verdict(CaptureSizes([1, 2], [1, 2], mode="FULL"), "FULL").passed
+
+
+class RolloutsByGraphMode:
+    """What the engine-level graph check sees of a system: rollouts with graphs and with them
+    bypassed, each with its decode counts; `fault` plants one way for them to differ."""
+
+    def __init__(self, fault: str = ""):
+        from titan_conformance.profile import load_profile
+        from titan_conformance.task import SortLettersTask, TaskTokenizer
+        from titan_conformance.task.sort_letters import build_tokenizer
+
+        self.task, self.fault, self.last_decode = SortLettersTask(TaskTokenizer(build_tokenizer())), fault, None
+        self.profile = load_profile("tiny-cpu")
+
+    def cudagraph_sizes(self):
+        return CaptureSizes([1, 2, 4], [1, 2, 4])
+
+    def rollout(self, problems, seed, n=None, temperature=None, graphs=True):
+        from titan_conformance.protocol import Completion, GenerateStats
+
+        shift = 0.5 if graphs and self.fault == "graphs move logprobs" else 0.0
+        replays = 3 if graphs and self.fault != "graphs never replayed" else 0
+        self.last_decode = GenerateStats(len(problems), 3, replays)
+        return [Completion(p.prompt_ids, [5, 6, 7], [-0.1 - shift, -0.2, -0.3], False) for p in problems]
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("", None),
+    ("graphs move logprobs", "differ from without by 5.000e-01"),
+    ("graphs never replayed", "the rollout with graphs replayed none"),
+])
+def test_rollout_graph_equivalence_compares_graph_and_bypassed_rollouts(fault, message):
+    from titan_conformance.checks.cudagraphs import check_rollout_graph_equivalence
+
+    system = RolloutsByGraphMode(fault)
+    result = check_rollout_graph_equivalence(system, system.profile)
+    assert result.passed is (message is None), result.message
+    assert set(result.metrics["per_batch"]) == {1, 2, 4, "3 (padded)"}
+    if message:
+        assert message in result.message

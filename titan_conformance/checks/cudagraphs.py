@@ -4,12 +4,14 @@ logprob; padded batches between sizes give the same real rows; nothing non-finit
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
 from titan_conformance.checks.result import CheckResult
 from titan_conformance.profile import Profile
-from titan_conformance.protocol import CaptureSizes, ConformanceSystem, DecodeProbe, StepRecord
+from titan_conformance.protocol import CaptureSizes, Completion, ConformanceSystem, DecodeProbe, StepRecord
 
 
 def capture_set_verdict(sizes: CaptureSizes, asked_mode: str = "") -> CheckResult:
@@ -143,4 +145,71 @@ def check_graph_equivalence(system: ConformanceSystem, profile: Profile) -> Chec
     limits = {"max_abs": tol, "replay_max_abs": replay_tol, "sampler_max_abs": SAMPLER_MAX_ABS}
     if not causes:
         return CheckResult("cudagraph_equivalence", True, f"replay matches at {len(captured)} capture sizes and {len(_between(captured))} padded batches", metrics, limits)
+    return CheckResult("cudagraph_equivalence", False, "FULL CUDA-graph replay is not equivalent: " + "; ".join(causes) + ".", metrics, limits)
+
+
+ROLLOUT_SEED = 7
+"""Seed of the rollouts the engine-level equivalence check samples, graphs on and off alike."""
+
+
+def _common_prefix_diffs(graph: list[Completion], eager: list[Completion]) -> tuple[list[float], int]:
+    """|graph - eager| logprob of every token both rollouts sampled alike (each sequence up to
+    where their tokens part), and how many sequences parted."""
+    diffs, parted = [], 0
+    for g, e in zip(graph, eager):
+        same = 0
+        while same < min(len(g.token_ids), len(e.token_ids)) and g.token_ids[same] == e.token_ids[same]:
+            same += 1
+        parted += g.token_ids != e.token_ids
+        diffs += [abs(a - b) for a, b in zip(g.logprobs[:same], e.logprobs[:same])]
+    return diffs, parted
+
+
+def check_rollout_graph_equivalence(system: ConformanceSystem, profile: Profile) -> CheckResult:
+    """FULL replay against eager where the generator runs no decode step alone (vLLM's engine): the
+    same rollout of `batch` prompts with the engine's graphs and with them bypassed, at every capture
+    size and one padded batch between each pair; sampled logprob against sampled logprob over the
+    tokens both sampled alike. A rollout pair that compared nothing, a graph run that replayed no
+    graph or a bypassed one that did, fails."""
+    tol = profile.tolerance.max_abs
+    captured = system.cudagraph_sizes().captured
+    per_batch, causes = {}, []
+    for batch in sorted(set(captured) | set(_between(captured))):
+        problems = system.task.validation_set(batch)
+        runs = {}
+        for graphs in (True, False):
+            completions = system.rollout(problems, seed=ROLLOUT_SEED, n=1, graphs=graphs)
+            runs[graphs] = (completions, system.last_decode)
+        (graph, graph_stats), (eager, eager_stats) = runs[True], runs[False]
+        diffs, parted = _common_prefix_diffs(graph, eager)
+        row = {
+            "compared_tokens": len(diffs), "max_abs": max(diffs, default=0.0),
+            "mean_abs": sum(diffs) / len(diffs) if diffs else 0.0, "sequences_parted": parted,
+            "graph_replays": graph_stats.graph_replays if graph_stats else None,
+            "decode_steps": graph_stats.decode_steps if graph_stats else None,
+            "bypassed_replays": eager_stats.graph_replays if eager_stats else None,
+            "finite": all(math.isfinite(lp) for c in graph for lp in c.logprobs),
+        }
+        per_batch[batch if batch in captured else f"{batch} (padded)"] = row
+        if not diffs:
+            causes.append(f"batch {batch}: the two rollouts sampled no token alike, nothing was compared")
+        if not row["graph_replays"]:
+            causes.append(f"batch {batch}: the rollout with graphs replayed none ({row['decode_steps']} decode steps)")
+        if row["bypassed_replays"] is None or row["bypassed_replays"] > 0:
+            causes.append(f"batch {batch}: the rollout with graphs bypassed replayed {row['bypassed_replays']}")
+        if not row["finite"]:
+            causes.append(f"batch {batch}: replay produced NaN/inf logprobs")
+        if row["max_abs"] > tol:
+            causes.append(f"batch {batch}: sampled logprobs with graphs differ from without by {row['max_abs']:.3e} > {tol:.1e}")
+    if not per_batch:
+        causes.append("the generator holds no captured graph, so no rollout ran with one")
+    metrics, limits = {"per_batch": per_batch}, {"max_abs": tol}
+    if not causes:
+        compared = sum(r["compared_tokens"] for r in per_batch.values())
+        return CheckResult(
+            "cudagraph_equivalence", True,
+            f"rollouts with and without graphs match at {len(captured)} capture sizes and {len(per_batch) - len(captured)} "
+            f"padded batches ({compared} tokens compared, max {max(r['max_abs'] for r in per_batch.values()):.3e})",
+            metrics, limits,
+        )
     return CheckResult("cudagraph_equivalence", False, "FULL CUDA-graph replay is not equivalent: " + "; ".join(causes) + ".", metrics, limits)

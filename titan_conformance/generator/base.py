@@ -52,7 +52,8 @@ class Generator(Protocol):
     """The decode steps and graph replays of the latest `generate` (None where not counted)."""
     probes: frozenset[str]
     """Which of the protocol's generator probes it offers: "decode_timing" (`time_decode_step`, and
-    `last_generate` counted), "decode_probes" (`generator.probe.probe_decode`)."""
+    `last_generate` counted), "decode_probes" (`generator.probe.probe_decode`), "graph_bypass"
+    (`generate(..., graphs=False)`)."""
     lacks: dict[str, str]
     """Why it lacks a probe of the protocol's that it does not offer (probe -> the missing hook)."""
     startup: dict[str, float]
@@ -60,7 +61,8 @@ class Generator(Protocol):
     compiles and captures as it starts; {} where they have phases of their own."""
 
     def generate(self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float, seed: int,
-                 eos_id: int) -> list[Completion]: ...
+                 eos_id: int, graphs: bool = True) -> list[Completion]:
+        """`graphs` False: the same generation with its captured graphs bypassed ("graph_bypass")."""
     def score(self, completions: list[Completion], temperature: float) -> list[torch.Tensor]: ...
     def captured_sizes(self) -> list[int]:
         """The batch sizes it holds a FULL graph for."""

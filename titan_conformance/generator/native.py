@@ -52,7 +52,7 @@ class NativeGenerator:
         self.warm_start: WarmStart | None = None
         """Background kernel compiles started at build; the first forward waits for them."""
 
-    probes = frozenset({"decode_timing", "decode_probes"})
+    probes = frozenset({"decode_timing", "decode_probes", "graph_bypass"})
     lacks: dict[str, str] = {}
     startup: dict[str, float] = {}
 
@@ -188,8 +188,10 @@ class NativeGenerator:
         temperature: float,
         seed: int,
         eos_id: int,
+        graphs: bool = True,
     ) -> list[Completion]:
-        """n samples of every prompt (prompt-major order). Deterministic for a given seed."""
+        """n samples of every prompt (prompt-major order). Deterministic for a given seed. `graphs`
+        False runs every decode step without its captured graph."""
         rows = [p for p in prompts for _ in range(n)]
         bsz, longest = len(rows), max(len(p) for p in rows)
         if bsz > self.max_num_seqs:
@@ -219,7 +221,7 @@ class NativeGenerator:
                 break
             next_tok, logp, _ = self.run_decode(
                 next_tok.unsqueeze(1), lengths.unsqueeze(1) + step,  # a fresh tensor: a view would be a guard
-                gumbel_noise((bsz, vocab), rng), divisor, scale,
+                gumbel_noise((bsz, vocab), rng), divisor, scale, use_graph=graphs,
             )
             out_tokens.append(next_tok)
             out_logprobs.append(logp)

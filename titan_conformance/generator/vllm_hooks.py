@@ -11,6 +11,8 @@ from __future__ import annotations
 
 DISPATCH_LOG = "titan_conformance_dispatches"
 """Attribute of the cudagraph manager that holds (num_reqs, uniform_token_count, graph mode) per forward."""
+EAGER = "titan_conformance_eager"
+"""Attribute of the cudagraph manager: while true, every forward dispatches to no graph."""
 
 
 def _manager(worker):
@@ -41,22 +43,33 @@ def engine_view(worker) -> dict:
 
 
 def log_dispatches(worker) -> bool:
-    """Records every forward's dispatch decision on the manager (`DISPATCH_LOG`); False where the
-    runner has no cudagraph manager to ask."""
+    """Records every forward's dispatch decision on the manager (`DISPATCH_LOG`), and dispatches to
+    no graph while `EAGER` is set (the unpadded batch, as vLLM runs one above its capture sizes);
+    False where the runner has no cudagraph manager to ask."""
     manager = _manager(worker)
     if manager is None:
         return False
     log: list[tuple[int, int | None, str]] = []
     dispatch = manager.dispatch
+    setattr(manager, EAGER, False)
 
     def logged(num_reqs, num_tokens, uniform_token_count, num_active_loras):
         desc = dispatch(num_reqs, num_tokens, uniform_token_count, num_active_loras)
+        if getattr(manager, EAGER):
+            from vllm.config.compilation import CUDAGraphMode
+
+            desc = type(desc)(cg_mode=CUDAGraphMode.NONE, num_tokens=num_tokens, num_reqs=num_reqs,
+                              num_active_loras=desc.num_active_loras)
         log.append((num_reqs, uniform_token_count, desc.cg_mode.name))
         return desc
 
     manager.dispatch = logged  # an instance attribute: the runner calls manager.dispatch(...)
     setattr(manager, DISPATCH_LOG, log)
     return True
+
+
+def set_eager_dispatch(worker, eager: bool) -> None:
+    setattr(_manager(worker), EAGER, eager)
 
 
 def take_dispatches(worker) -> list[tuple[int, int | None, str]]:

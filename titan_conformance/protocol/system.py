@@ -19,7 +19,7 @@ import torch
 from titan_conformance.compilation.ledger import CompileLedger
 from titan_conformance.errors import ConformanceError
 from titan_conformance.protocol.records import (
-    CaptureSizes, Completion, DecodeProbe, Problem, Reward, StepRecord, Task,
+    CaptureSizes, Completion, DecodeProbe, GenerateStats, Problem, Reward, StepRecord, Task,
 )
 
 DEFAULT_FACTORY = "titan_conformance.providers.reference:build_system"
@@ -35,6 +35,8 @@ CAPABILITIES = {
     "cudagraphs": "the generator holds FULL CUDA graphs: cudagraph_sizes() names their sizes and the mode its engine "
     "resolved",
     "decode_probes": "probe_decode(batch, how) runs one decode step from a fixed state by graph, compiled step or eagerly",
+    "graph_bypass": "rollout(..., graphs=False) runs the same rollout with the generator's captured graphs bypassed, "
+    "and last_decode counts the latest rollout's decode steps and graph replays",
     "capture_policy": "cudagraph_sizes().policy is the capture-size policy's list, also where nothing is captured",
     "reference_logprobs": "reference_logprobs(completions, dtype) scores completions with a fresh eager copy of "
     "the trainer's model at dtype (float64: the oracle; the profile's dtype: the precision floor)",
@@ -59,12 +61,14 @@ class ConformanceSystem(Protocol):
     """The device the system runs on."""
     task: Task
     """The task it trains on (grpo)."""
+    last_decode: GenerateStats | None
+    """The decode steps and graph replays of the latest rollout (graph_bypass)."""
 
     def describe(self) -> dict[str, str]: ...
     def step(self) -> StepRecord: ...
     def validate(self) -> Reward: ...
     def rollout(self, problems: list[Problem], seed: int, n: int | None = None,
-                temperature: float | None = None) -> list[Completion]: ...
+                temperature: float | None = None, graphs: bool = True) -> list[Completion]: ...
     def trainer_logprobs(self, completions: list[Completion]) -> list[torch.Tensor]: ...
     def generator_logprobs(self, completions: list[Completion]) -> list[torch.Tensor]: ...
     def reference_logprobs(self, completions: list[Completion], dtype: torch.dtype) -> list[torch.Tensor]: ...

@@ -24,7 +24,9 @@ from titan_conformance.generator.base import Generator
 from titan_conformance.generator.native import NativeGenerator
 from titan_conformance.gpus import resolve_device
 from titan_conformance.profile import Profile
-from titan_conformance.protocol import CaptureSizes, Completion, DecodeProbe, Problem, Reward, StepRecord
+from titan_conformance.protocol import (
+    CaptureSizes, Completion, DecodeProbe, GenerateStats, Problem, Reward, StepRecord,
+)
 from titan_conformance.task import SortLettersTask, TaskTokenizer
 from titan_conformance.task.sort_letters import build_tokenizer
 from titan_conformance.task.warm_up import warm_up
@@ -228,12 +230,17 @@ class GRPOSystem:
         self.generator.load_weights(self.trainer.named_weights())
 
     def rollout(self, problems: list[Problem], seed: int, n: int | None = None,
-                temperature: float | None = None) -> list[Completion]:
+                temperature: float | None = None, graphs: bool = True) -> list[Completion]:
         s = self.profile.sampling
         return self.generator.generate(
             [p.prompt_ids for p in problems], s.n if n is None else n, s.max_tokens,
-            s.temperature if temperature is None else temperature, seed, self.tokenizer.eos_id,
+            s.temperature if temperature is None else temperature, seed, self.tokenizer.eos_id, graphs,
         )
+
+    @property
+    def last_decode(self) -> GenerateStats | None:
+        """The decode steps and graph replays of the latest rollout (None where not counted)."""
+        return self.generator.last_generate
 
     def step(self) -> StepRecord:
         """One GRPO step: generate, score, train, sync weights."""
