@@ -4,16 +4,24 @@
 # generator) in the same call, so that their startup phases and step times compare within one run.
 # Run from the repository root on the device machine, with the kit folder carried:
 #   KIT=.vw1 bash benchmarks/gpu_vllm.sh
-# Installs the kit into /tmp/site and runs its smoke tests (SMOKE=imports|none for fewer), installs
+# Installs the kit into /tmp/site and runs its smoke tests (SMOKE=kernels|imports|none for fewer), installs
 # this package (its pytest11 and vllm.general_plugins entry points), then runs each of VARIANTS
 # alone. Logs, the reports (packed in reports.tgz: $OUT takes few files) and table.txt land in $OUT.
 set -u
 OUT=${OUT:-$(mktemp -d)}
 KIT=${KIT:?KIT: the kit folder carried with the call, e.g. .vw1}
-SMOKE=${SMOKE:-all} bash "$KIT/install_on_device.sh" > "$OUT/kit.log" 2>&1
-echo "kit install + smoke (${SMOKE:-all}) rc=$?" > "$OUT/table.txt"
+start=$SECONDS
+# SMOKE=kernels: the import and kernel smoke tests, not the engine's (the vllm variant starts one)
+SMOKE=${SMOKE:-all}
+SMOKE=${SMOKE/kernels/imports} bash "$KIT/install_on_device.sh" > "$OUT/kit.log" 2>&1
+echo "kit install + smoke ($SMOKE) rc=$?" > "$OUT/table.txt"
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} VLLM_USE_FLASHINFER_SAMPLER=0 VLLM_NO_USAGE_STATS=1
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+if [ "$SMOKE" = kernels ]; then
+  python3 "$KIT/smoke_kernels.py" >> "$OUT/kit.log" 2>&1
+  echo "kernel smoke rc=$?" >> "$OUT/table.txt"
+fi
+echo "kit: $((SECONDS - start)) s" >> "$OUT/table.txt"
 python3 -m pip install --no-deps --no-build-isolation -q -e . > "$OUT/install.log" 2>&1
 reports=$(mktemp -d)
 for variant in ${VARIANTS:-vllm base}; do
