@@ -30,6 +30,6 @@ for variant in ${VARIANTS:-vllm base}; do
     --tc-variant "$variant" -p no:cacheprovider -rA --tc-report-dir "$reports/$variant" > "$OUT/$variant.log" 2>&1
   echo "== $variant rc=$? wall=$((SECONDS - start)) s" >> "$OUT/table.txt"
   grep -E "^(PASSED|FAILED|SKIPPED|ERROR) |^=+ .* in [0-9.]+s" "$OUT/$variant.log" | cut -c1-400 >> "$OUT/table.txt"
+  tar czf "$OUT/reports.tgz" -C "$reports" .  # after each variant: a later one may run out of time
 done
-tar czf "$OUT/reports.tgz" -C "$reports" .
 cat "$OUT/table.txt"

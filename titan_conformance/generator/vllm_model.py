@@ -8,7 +8,9 @@ CompileConfig travels in the HF config (key `titan_compile`), so it reaches any 
 
 from __future__ import annotations
 
+import itertools
 import time
+import weakref
 from collections.abc import Iterable
 
 import torch
@@ -32,6 +34,24 @@ def register() -> None:
     ModelRegistry.register_model(ARCHITECTURE, f"{__name__}:TitanQwen3ForCausalLM")
 
 
+_LAYERS: "weakref.WeakValueDictionary[int, Attention]" = weakref.WeakValueDictionary()
+"""vLLM Attention layers by number, for `vllm_attention` (weak: an engine's layers go with it)."""
+_LAYER_NUMBERS = itertools.count()
+
+
+@torch.library.custom_op("titan_conformance::vllm_attention", mutates_args=())
+def vllm_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layer: torch.Tensor) -> torch.Tensor:
+    """vLLM's Attention layer number `layer` (a CPU scalar) on flat q/k/v, opaque to Dynamo. Traced,
+    vLLM's `Attention.forward` reads its `layer_name` string, which Dynamo guards on: one block
+    graph shared by every layer recompiled per layer, past the recompile limit (H100, vLLM 0.26)."""
+    return _LAYERS[int(layer)](query, key, value)
+
+
+@vllm_attention.register_fake
+def _(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layer: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(query)
+
+
 class VllmInnerAttention(nn.Module):
     """Our inner-attention interface over vLLM's Attention. vLLM runs the model on a flat token
     stream (every sequence of the step, prefill and decode mixed), which the wrapper presents to our
@@ -48,10 +68,15 @@ class VllmInnerAttention(nn.Module):
             quant_config=vllm_config.quant_config,
             prefix=f"{prefix}.attn",
         )
+        number = next(_LAYER_NUMBERS)
+        _LAYERS[number] = self.attn
+        # A buffer, so that the compiled block takes it as an input like its weights (never a guard
+        # on its value); on the CPU, so that reading it inside a graph capture needs no sync.
+        self.register_buffer("layer", torch.tensor(number, device="cpu"), persistent=False)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         _, seq, heads, dim = q.shape
-        out = self.attn(q.reshape(seq, heads * dim), k.reshape(seq, -1), v.reshape(seq, -1))
+        out = vllm_attention(q.reshape(seq, heads * dim), k.reshape(seq, -1), v.reshape(seq, -1), self.layer)
         return out.view(1, seq, heads, dim)
 
 
