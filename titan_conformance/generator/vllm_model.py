@@ -29,9 +29,12 @@ LEDGERS: dict[str, CompileLedger] = {}
 
 
 def register() -> None:
+    """Registers the class itself: registered by name, vLLM inspects it in a subprocess that
+    imports torch and vLLM again (21 s of a cold engine start on an H100); importing this module
+    initializes no CUDA, which is what registering by name guards against."""
     from vllm import ModelRegistry
 
-    ModelRegistry.register_model(ARCHITECTURE, f"{__name__}:TitanQwen3ForCausalLM")
+    ModelRegistry.register_model(ARCHITECTURE, TitanQwen3ForCausalLM)
 
 
 _LAYERS: "weakref.WeakValueDictionary[int, Attention]" = weakref.WeakValueDictionary()
