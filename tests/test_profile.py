@@ -52,3 +52,31 @@ def test_budgets_of_any_gpu_class(tmp_path):
 def test_unknown_profile_lists_the_bundled_ones():
     with pytest.raises(ConformanceError, match="tiny-cpu"):
         load_profile("no-such-profile")
+
+
+@pytest.mark.parametrize("name", ["a/b", "x[1]", "é", "tab\tname", "-lead", ".hidden", "a" * 65])
+def test_variant_names_are_plain_ascii(tmp_path, name):
+    path = tmp_path / "p.toml"
+    path.write_text(f'[variants."{name}".run]\nsteps = 1\n'.replace("\t", "\\t"))
+    with pytest.raises(ConformanceError, match="is not allowed"):
+        load_profile(str(path))
+
+
+def test_a_dashed_variant_name_is_credited_to_itself():
+    from titan_conformance.report.merge import ReportStore, variant_of
+
+    names = ["base", "bf16", "bf16-no-graphs"]
+    assert variant_of("conformance/test_x.py::t[bf16-no-graphs]", names) == "bf16-no-graphs"
+    assert variant_of("conformance/test_x.py::t[bf16-no-graphs-3]", names) == "bf16-no-graphs"
+    assert variant_of("a[b]/conformance/test_x.py::t[bf16]", names) == "bf16"
+    store = ReportStore(variants=names)
+    store.add_phase("conformance/test_x.py::t[bf16-no-graphs]", "call", "failed", 0.1, "gw0", "boom")
+    assert store.to_report(1, 1, False, {})["tests"][0]["variant"] == "bf16-no-graphs"
+
+
+def test_a_relative_base_is_read_from_beside_the_profile(tmp_path, monkeypatch):
+    (tmp_path / "suite").mkdir()
+    (tmp_path / "suite" / "other.toml").write_text('description = "the base"\n[run]\nsteps = 3\n')
+    (tmp_path / "suite" / "p.toml").write_text('[variants.v]\nbase = "other.toml"\n')
+    monkeypatch.chdir(tmp_path)  # not the profile's folder
+    assert load_profile(str(tmp_path / "suite" / "p.toml"), "v").run.steps == 3

@@ -191,3 +191,13 @@ def test_a_run_that_never_built_the_system_still_reports():
 def test_records_are_plain_json():
     value = {1: float("nan"), "t": torch.tensor([1.0, float("inf")]), "s": {3, 1}}
     assert jsonable(value) == {"1": "nan", "t": [1.0, "inf"], "s": [1, 3]}
+
+
+def test_junit_holds_any_message(report):
+    """Engine errors carry ANSI colours (ESC) and can hold NUL: junit.xml stays well-formed XML."""
+    from titan_conformance.report.junit import junit_xml
+
+    failed = with_failure(report, "parity", "engine: \x1b[31mCUDA error\x1b[0m at \x00\x07 step")
+    root = ET.fromstring(junit_xml(failed))
+    text = "".join(root.itertext())
+    assert "CUDA error" in text and "\\x00\\x07" in text and "\x1b" not in text

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from titan_conformance.errors import ConformanceError
-from titan_conformance.plugin import resolve_generator
+from titan_conformance.plugin_options import resolve_generator
 from titan_conformance.vllm_support import INSTALL_HINT, vllm_version
 
 needs_vllm = pytest.mark.skipif(vllm_version() is None, reason=f"vLLM is not installed. {INSTALL_HINT}")

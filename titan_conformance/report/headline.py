@@ -166,5 +166,8 @@ def overall(report: dict[str, Any]) -> str:
     return ", ".join(parts) or "no tests ran"
 
 
-def failures(report: dict[str, Any]) -> list[dict[str, Any]]:
-    return [t for t in report["tests"] if t["outcome"] in ("failed", "error")]
+def leftover_lines(report: dict[str, Any]) -> list[str]:
+    """One line per variant whose system left threads or processes running after it was closed."""
+    return [f"variant {item.get('variant')} left running after close: "
+            f"{'; '.join([*item.get('threads', []), *item.get('processes', [])])} (processes ended by titan_conformance)"
+            for item in report.get("leftovers") or []]
