@@ -111,6 +111,25 @@ def with_partial(*argv: str) -> Callable[[Path], list[str]]:
     return prepare
 
 
+def with_report(text: Callable[[dict], str], *argv: str) -> Callable[[Path], list[str]]:
+    """A sample report at {folder}/ok.json, and the JSON text `text` makes of it at {folder}/bad.json."""
+    def prepare(folder: Path) -> list[str]:
+        from report_samples import sample_report
+
+        report = sample_report()
+        (folder / "ok.json").write_text(json.dumps(report))
+        (folder / "bad.json").write_text(text(report))
+        return [a.replace("{folder}", str(folder)) for a in argv]
+    return prepare
+
+
+def base_run(**changes) -> Callable[[dict], str]:
+    return lambda r: json.dumps(dict(r, runs=dict(r["runs"], base=dict(r["runs"]["base"], **changes))))
+
+
+COMPARE = ("cli", "compare", "{folder}/ok.json", "{folder}/bad.json")
+
+
 CASES = [
     # --- profiles ---------------------------------------------------------------------------
     Case("no such profile", args("suite", "--tc-suite", "nope"), USAGE, "No profile 'nope'"),
@@ -206,6 +225,22 @@ CASES = [
     Case("budgets: a partial report", with_partial("cli", "budgets", "{folder}/partial/report.json"), CLI_ERROR,
          "is a partial report"),
     Case("compare: no such report", args("cli", "compare", "{folder}/a.json", "{folder}/b.json"), CLI_ERROR, "No report at"),
+    Case("compare: a step without times", with_report(base_run(steps=[{}]), *COMPARE), CLI_ERROR,
+         "runs['base'].steps[0] has no 'times'"),
+    Case("compare: a startup time that is a list", with_report(base_run(startup={"compile": [8.0]}), *COMPARE), CLI_ERROR,
+         "runs['base'].startup.compile is a list, not a number"),
+    Case("compare: JSON nested 100000 deep", with_report(
+         lambda r: json.dumps(r)[:-1] + ', "x": ' + "[" * 100_000 + "]" * 100_000 + "}", *COMPARE), CLI_ERROR,
+         "nested deeper than the decoder can follow"),
+    Case("compare: a variant name that is not text", with_report(
+         lambda r: json.dumps(r).replace('"fp32"', '"fp32\\udc80"'), *COMPARE), CLI_ERROR, "holds a lone surrogate"),
+    Case("compare --threshold nan", with_report(json.dumps, *COMPARE, "--threshold", "nan"), CLI_ERROR,
+         "argument --threshold: nan is not a finite number >= 0"),
+    Case("compare --min-seconds nan", with_report(json.dumps, *COMPARE, "--min-seconds", "nan"), CLI_ERROR,
+         "argument --min-seconds: nan is not a finite number >= 0"),
+    Case("budgets: a run whose checks failed", with_report(
+         lambda r: json.dumps(dict(r, tests=[dict(t, outcome="failed") for t in r["tests"]])), "cli", "budgets",
+         "{folder}/bad.json"), CLI_ERROR, "failed test(s)"),
 ]
 
 
