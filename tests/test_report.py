@@ -201,3 +201,14 @@ def test_junit_holds_any_message(report):
     root = ET.fromstring(junit_xml(failed))
     text = "".join(root.itertext())
     assert "CUDA error" in text and "\\x00\\x07" in text and "\x1b" not in text
+
+
+def test_an_unauthenticated_compile_cache_is_said_in_every_view(report):
+    from titan_conformance.report.terminal import summary_lines
+
+    report = json.loads(json.dumps(report))
+    run = next(iter(report["runs"].values()))
+    run["compile"]["cache"] = {"unauthenticated": "loaded WITHOUT authentication: TC_COMPILE_CACHE_KEY is not set"}
+    assert "loaded WITHOUT authentication" in summary_markdown(report)
+    assert "loaded WITHOUT authentication" in render_html(report)
+    assert any("loaded WITHOUT authentication" in text for text, _ in summary_lines(report, None, None))

@@ -100,7 +100,8 @@ def _tc_build(request: pytest.FixtureRequest, tc_variant, tc_profile):
             outcome.cache_use = cache_use
             progress(config, f"compile cache: restored {cache_use.restored_bytes} bytes and "
                      f"{cache_use.restored_kernels} Triton kernels, saved {cache_use.saved_bytes} bytes and "
-                     f"{cache_use.saved_kernels} Triton kernels" + (f"; {cache_use.problem}" if cache_use.problem else ""))
+                     f"{cache_use.saved_kernels} Triton kernels" + (f"; {cache_use.problem}" if cache_use.problem else "")
+                     + (f"; {cache_use.unauthenticated}" if cache_use.unauthenticated else ""))
         yield outcome
     finally:
         try:

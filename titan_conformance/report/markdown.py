@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from titan_conformance.report.headline import (
-    VERDICT_MARK, leftover_lines, overall, property_rows, variant_line, variant_matrix, variant_names,
+    VERDICT_MARK, overall, property_rows, variant_line, variant_matrix, variant_names, warning_lines,
 )
 from titan_conformance.report.verdict import failures, session_verdict
 
@@ -80,8 +80,8 @@ def summary_markdown(report: dict[str, Any]) -> str:
         lines += ["| Property | Verdict | Tests | Key numbers |", "| --- | --- | --- | --- |"]
         for row in property_rows(report, name if len(names) > 1 else None):
             lines.append(f"| {row.title} | {VERDICT_MARK[row.verdict]} {row.verdict} | {row.tests} | {cell(row.numbers)} |")
-    if leftovers := leftover_lines(report):
-        lines += [""] + [f"- ⚠️ {cell(line)}" for line in leftovers]
+    if warnings := warning_lines(report):
+        lines += [""] + [f"- ⚠️ {cell(line)}" for line in warnings]
     crashed = {w: s for w, s in report["workers"].items() if s["status"] != "finished"}
     if crashed:
         lines += [""] + [f"- Worker `{w}` {s['status']}" + (f": {cell(s['error'])}" if s.get("error") else "")

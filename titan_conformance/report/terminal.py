@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from titan_conformance.report.headline import leftover_lines, overall, property_rows, variant_line, variant_names
+from titan_conformance.report.headline import overall, property_rows, variant_line, variant_names, warning_lines
 from titan_conformance.report.verdict import session_verdict
 
 
@@ -34,7 +34,7 @@ def summary_lines(report: dict[str, Any], written: Path | None, write_error: str
             lines.append((f"worker {worker} {state['status']}: {state.get('error') or ''}".rstrip(": "), {"red": True}))
     if report["partial"]:
         lines.append((f"partial report: {report['partial_reason']}", {"yellow": True}))
-    lines += [(line[:300], {"yellow": True}) for line in leftover_lines(report)]
+    lines += [(line[:300], {"yellow": True}) for line in warning_lines(report)]
     if report.get("disagreements"):
         lines.append((f"{len(report['disagreements'])} test(s) reported passed or skipped by pytest recorded a failed "
                       "check: counted as failed (see the report)", {"red": True, "bold": True}))
