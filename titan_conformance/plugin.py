@@ -3,8 +3,8 @@
 Under `pytest --pyargs titan_conformance` conftest and ini files inside the installed package are
 ignored, so everything the suite needs lives here and in the modules it loads: its options
 (`plugin_options.py`), the state its hooks share (`plugin_state.py`) and its fixtures
-(`plugin_fixtures.py`, a plugin of its own through `pytest_plugins`). pytest loads this module in every session of
-an environment that has the package installed, so importing it stays cheap, and it acts only in
+(`plugin_fixtures.py`, a plugin of its own through `pytest_plugins`). pytest loads this module in
+every session of an environment that has the package installed, so importing it stays cheap, and it acts only in
 the sessions that are its own: those that collect the titan_conformance suite or pass a `--tc-*`
 option. Anyone else's session keeps its environment, its loggers and its reports untouched.
 """
@@ -97,7 +97,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not is_ours(config):
         return
     worker = getattr(config, "workerinput", None)
-    if worker is None and (report_dir := config.getoption("--tc-report-dir")):
+    if worker is None and not config.option.collectonly and (report_dir := config.getoption("--tc-report-dir")):
         clear_previous_report(Path(report_dir))  # before anything can fail: no stale green report stays
     try:
         options = suite_options(config)
