@@ -10,7 +10,6 @@ from titan_conformance.compilation.cache import compile_cache_counters
 from titan_conformance.compilation.ledger import CompileEvent
 from titan_conformance.protocol import ConformanceSystem
 
-
 AFTER_RUN = "the checks' probes after the run"
 """The ledger's phase once the run is over: what compiles then is not in `ConformanceRun.compile_events`."""
 

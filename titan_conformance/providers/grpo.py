@@ -201,10 +201,9 @@ class GRPOSystem:
     def _compile_shapes(self) -> None:
         """Compiles every shape class the run and the checks use: the trainer's fwd+bwd on a full
         batch at the trainer's fixed width (its logprob probes run that forward too), generator
-        prefill + decode, and the decode step of a lone sequence (the last one still running at
-        the end of a rollout): one token, a size Dynamo specializes, which the native generator
-        pads to two but vLLM hands our blocks as it is. Gradients are dropped; weights do not
-        change."""
+        prefill + decode, and for vLLM, which decodes only the sequences still running, the step
+        of a lone last sequence: one token, a size Dynamo specializes (the native generator decodes
+        every row to the end). Gradients are dropped; weights do not change."""
         s = self.profile.sampling
         shape = (self.profile.rollouts_per_step, self.profile.generator.max_model_len)
         tokens = torch.full(shape, self.tokenizer.bos_id, dtype=torch.long, device=self.device)
@@ -212,7 +211,8 @@ class GRPOSystem:
         self.trainer.optimizer.zero_grad(set_to_none=True)
         prompt = [self.tokenizer.bos_id] * 5
         self.generator.generate([prompt] * s.num_prompts_per_step, s.n, 2, s.temperature, 0, self.tokenizer.eos_id)
-        self.generator.generate([prompt], 1, 2, s.temperature, 0, self.tokenizer.eos_id)
+        if not isinstance(self.generator, NativeGenerator):
+            self.generator.generate([prompt], 1, 2, s.temperature, 0, self.tokenizer.eos_id)
 
     # --- the run -----------------------------------------------------------------------------
 
