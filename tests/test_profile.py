@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from titan_conformance.errors import ConformanceError
@@ -12,6 +14,18 @@ def test_default_profile_loads_and_derives_max_num_seqs():
     assert profile.compile.max_compiles == {"trainer": 1, "generator": 1}
 
 
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "suites").glob("*.toml")), ids=lambda p: p.stem)
+def test_bundled_profiles_allow_no_compile_after_startup(path):
+    """Read from this checkout's suites/ (the installed package may be another checkout's)."""
+    assert load_profile(str(path)).compile.zero_compiles_after_startup
+
+
+def test_a_profile_that_leaves_it_out_only_counts_compiles_after_startup(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text("[compile]\nrecompile_limit = 4\n")
+    assert not load_profile(str(path)).compile.zero_compiles_after_startup
+
+
 @pytest.mark.parametrize(
     "toml, fragment",
     [
@@ -24,6 +38,7 @@ def test_default_profile_loads_and_derives_max_num_seqs():
         ("[compile]\nmax_compiles = { generator = 0 }\n", "compile.max_compiles is invalid"),
         ("[compile]\nmax_compiles = { generator = 'one' }\n", "'compile.max_compiles.generator' must be int"),
         ("[compile]\nmax_compiles = 1\n", "'compile.max_compiles' must be a table"),
+        ("[compile]\nzero_compiles_after_startup = 'yes'\n", "'compile.zero_compiles_after_startup' must be bool"),
         ("sampling = 3\n", "'sampling' must be a table"),
         ("[sampling\n", "not valid TOML"),
         ('[budgets."NVIDIA A100"]\nstep = 1.0\n', "[budgets.NVIDIA A100] is not a device class"),
