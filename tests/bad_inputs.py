@@ -37,6 +37,8 @@ class Case:
     """A phrase the output must hold (the cause named)."""
     once: bool = True
     """The phrase is printed once, not once per check."""
+    env: tuple[tuple[str, str], ...] = ()
+    """Extra environment, e.g. `import_faults.py`'s modules to hide or break."""
 
 
 def profile(body: str) -> Callable[[Path], list[str]]:
@@ -109,6 +111,25 @@ def with_partial(*argv: str) -> Callable[[Path], list[str]]:
     return prepare
 
 
+def with_report(text: Callable[[dict], str], *argv: str) -> Callable[[Path], list[str]]:
+    """A sample report at {folder}/ok.json, and the JSON text `text` makes of it at {folder}/bad.json."""
+    def prepare(folder: Path) -> list[str]:
+        from report_samples import sample_report
+
+        report = sample_report()
+        (folder / "ok.json").write_text(json.dumps(report))
+        (folder / "bad.json").write_text(text(report))
+        return [a.replace("{folder}", str(folder)) for a in argv]
+    return prepare
+
+
+def base_run(**changes) -> Callable[[dict], str]:
+    return lambda r: json.dumps(dict(r, runs=dict(r["runs"], base=dict(r["runs"]["base"], **changes))))
+
+
+COMPARE = ("cli", "compare", "{folder}/ok.json", "{folder}/bad.json")
+
+
 CASES = [
     # --- profiles ---------------------------------------------------------------------------
     Case("no such profile", args("suite", "--tc-suite", "nope"), USAGE, "No profile 'nope'"),
@@ -161,6 +182,8 @@ CASES = [
          FAILED, "lacks name, capabilities, startup, device, describe, close"),
     Case("provider: raises while building", args("suite", "--tc-system", "bad_providers:raises"), FAILED,
          "RuntimeError: the provider's own bug"),
+    Case("provider: calls sys.exit", args("suite", "--tc-system", "bad_providers:exits"), FAILED,
+         "called sys.exit while building"),
     Case("provider: lacks a method its capability needs", args("suite", "--tc-system", "bad_providers:half_a_protocol"),
          FAILED, "lacks step, validate, rollout, task"),
     # --- options and files ------------------------------------------------------------------
@@ -172,6 +195,25 @@ CASES = [
     Case("timeout of 0", args("suite", "--tc-timeout", "0"), USAGE, "--tc-timeout 0"),
     Case("timeout not a number", args("suite", "--tc-timeout", "soon"), USAGE, "invalid float value"),
     Case("CUDA without a GPU", args("suite", "--tc-device", "cuda"), USAGE, "sees no CUDA device"),
+    Case("timeout inf", args("suite", "--tc-timeout", "inf"), USAGE, "--tc-timeout inf"),
+    Case("timeout 1e300", args("suite", "--tc-timeout", "1e300"), USAGE, "--tc-timeout 1e+300"),
+    Case("seed 2**63", args("suite", "--tc-seed", str(2**63)), USAGE, f"--tc-seed {2**63}"),
+    Case("--tc-variant naming nothing", args("suite", "--tc-variant", ","), USAGE, "names no variant"),
+    Case("variant name with a slash", profile('[variants."a/b".run]\nsteps = 1\n'), USAGE, "variant name 'a/b' is not allowed"),
+    Case("variant name with a slash, with a compile cache", lambda f: [*profile('[variants."x/../y".run]\nsteps = 1\n')(f),
+         "--tc-compile-cache", str(f / "cache.bin")], USAGE, "variant name 'x/../y' is not allowed"),
+    # --- what the user named cannot run: a usage error, never a green session of skips ------
+    Case("torchtitan named but not installed", args("suite", "--tc-system", "torchtitan"), USAGE,
+         "torchtitan is not installed", env=(("TC_TEST_HIDE", "torchtitan"),)),
+    Case("torchtitan installed but broken", lambda f: [*profile(EAGER + '[torchtitan]\nflavor = "debugmodel"\n')(f),
+         "--tc-system", "torchtitan"], FAILED,
+         "`import torchtitan.models.qwen3` failed", env=(("TC_TEST_BREAK", "torchtitan.models.qwen3"),)),
+    Case("profile's own vLLM backend where vLLM is not installed", lambda f: [
+         *profile('[generator]\nbackend = "vllm"\n')(f), "--tc-generator", "auto"], USAGE,
+         "runs the vLLM generator, which does not import here", env=(("TC_TEST_HIDE", "vllm"),)),
+    Case("a variant named with --tc-variant whose vLLM is not installed", args(
+         "suite", "--tc-suite", "qwen3-0.6b", "--tc-variant", "vllm", "--tc-generator", "auto"), USAGE,
+         "variant 'vllm' runs the vLLM generator", env=(("TC_TEST_HIDE", "vllm"),)),
     # --- the CLI ----------------------------------------------------------------------------
     Case("grpo --steps 0", args("cli", "grpo", "--steps", "0"), CLI_ERROR, "not >= 1"),
     Case("grpo --steps -1", args("cli", "grpo", "--steps", "-1"), CLI_ERROR, "not >= 1"),
@@ -183,13 +225,30 @@ CASES = [
     Case("budgets: a partial report", with_partial("cli", "budgets", "{folder}/partial/report.json"), CLI_ERROR,
          "is a partial report"),
     Case("compare: no such report", args("cli", "compare", "{folder}/a.json", "{folder}/b.json"), CLI_ERROR, "No report at"),
+    Case("compare: a step without times", with_report(base_run(steps=[{}]), *COMPARE), CLI_ERROR,
+         "runs['base'].steps[0] has no 'times'"),
+    Case("compare: a startup time that is a list", with_report(base_run(startup={"compile": [8.0]}), *COMPARE), CLI_ERROR,
+         "runs['base'].startup.compile is a list, not a number"),
+    Case("compare: JSON nested 100000 deep", with_report(
+         lambda r: json.dumps(r)[:-1] + ', "x": ' + "[" * 100_000 + "]" * 100_000 + "}", *COMPARE), CLI_ERROR,
+         "nested deeper than the decoder can follow"),
+    Case("compare: a variant name that is not text", with_report(
+         lambda r: json.dumps(r).replace('"fp32"', '"fp32\\udc80"'), *COMPARE), CLI_ERROR, "holds a lone surrogate"),
+    Case("compare --threshold nan", with_report(json.dumps, *COMPARE, "--threshold", "nan"), CLI_ERROR,
+         "argument --threshold: nan is not a finite number >= 0"),
+    Case("compare --min-seconds nan", with_report(json.dumps, *COMPARE, "--min-seconds", "nan"), CLI_ERROR,
+         "argument --min-seconds: nan is not a finite number >= 0"),
+    Case("budgets: a run whose checks failed", with_report(
+         lambda r: json.dumps(dict(r, tests=[dict(t, outcome="failed") for t in r["tests"]])), "cli", "budgets",
+         "{folder}/bad.json"), CLI_ERROR, "failed test(s)"),
 ]
 
 
 def command(argv: list[str]) -> list[str]:
     if argv[0] == "suite":
+        generator = [] if "--tc-generator" in argv else ["--tc-generator", "native"]
         return [sys.executable, "-m", "pytest", "--pyargs", "titan_conformance", "-p", "no:cacheprovider",
-                "--tc-device", "cpu", "--tc-generator", "native", *argv[1:]]
+                "-p", "import_faults", "--tc-device", "cpu", *generator, *argv[1:]]
     return [sys.executable, "-m", "titan_conformance.cli", *argv[1:]]
 
 
@@ -197,7 +256,7 @@ def run_case(case: Case, folder: Path) -> subprocess.CompletedProcess:
     argv = case.prepare(folder)
     if "--tc-report-dir" not in argv and argv[0] == "suite":
         argv += ["--tc-report-dir", str(folder / "report")]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]), **dict(case.env))
     return subprocess.run(command(argv), cwd=folder, env=env, capture_output=True, text=True, timeout=600)
 
 

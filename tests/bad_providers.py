@@ -13,6 +13,10 @@ def raises(profile, device="cpu", model_path=None):
     raise RuntimeError("the provider's own bug")
 
 
+def exits(profile, device="cpu", model_path=None):
+    raise SystemExit(3)
+
+
 class _HalfASystem:
     """Declares GRPO steps but has none of their methods; its close() fails too."""
 
@@ -59,3 +63,33 @@ def fails_after_compile(profile, device="cpu", model_path=None):
 
     system.step = step
     return system
+
+
+class _Leaky:
+    """A system that passes the protocol and leaves a non-daemon thread and a child process running
+    after close(), as a provider that forgets its engine's threads or server would."""
+
+    name = "leaky"
+    capabilities = frozenset()
+    startup: dict = {}
+    device = torch.device("cpu")
+
+    def __init__(self) -> None:
+        import subprocess
+        import threading
+        from pathlib import Path
+
+        self._stop = threading.Event()
+        threading.Thread(target=self._stop.wait, name="leaky-engine-loop").start()  # non-daemon, never set
+        child = subprocess.Popen(["sleep", "600"])
+        Path("leaky.pid").write_text(str(child.pid))
+
+    def describe(self):
+        return {}
+
+    def close(self):
+        pass
+
+
+def leaky(profile, device="cpu", model_path=None):
+    return _Leaky()

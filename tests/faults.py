@@ -83,18 +83,65 @@ def padding_leaks_into_real_rows(profile, **kw) -> GRPOSystem:
     return recaptured(system)
 
 
-def generator_rows_not_flattened(profile, **kw) -> GRPOSystem:
-    """The generator feeds its blocks [B, S] rows again, each token with its slot, instead of one
-    flat row of tokens: a decode step's S = 1 is then a shape class of its own (one more compile)."""
-    system = build_system(profile, **kw)
+def plant_rows_not_flattened(system, decode_only: bool = False) -> None:
+    """The generator feeds its blocks [B, S] rows again (only its decode steps' [B, 1] rows with
+    `decode_only`), each token with its slot, instead of one flat row of tokens: a decode step's
+    S = 1 is then a shape class of its own (one more compile)."""
     gen = system.generator
+    real = gen.forward_step
 
     def forward_step(tokens, positions):
+        if decode_only and tokens.shape[1] > 1:
+            return real(tokens, positions)
         slots = gen.cache_slots(positions).view(tokens.shape)
         return gen.model(tokens, positions, cache_slots=slots)
 
     gen.forward_step = forward_step
+
+
+def generator_rows_not_flattened(profile, **kw) -> GRPOSystem:
+    """Every forward of the generator (prefill and decode) in [B, S] rows (`plant_rows_not_flattened`)."""
+    system = build_system(profile, **kw)
+    plant_rows_not_flattened(system)
     return system
+
+
+def plant_int32_decode_slots(system) -> None:
+    """The generator's decode steps hand its blocks their KV-cache slots as int32 (as a slot
+    mapping built for a kernel that takes int32 might): same values, a dtype of its own."""
+    gen = system.generator
+    real = gen.cache_slots
+
+    def cache_slots(positions):
+        slots = real(positions)
+        return slots.int() if positions.shape[1] == 1 else slots
+
+    gen.cache_slots = cache_slots
+
+
+def _from_step(system: GRPOSystem, step: int, plant) -> GRPOSystem:
+    """Plants `plant(system)` as GRPO step `step` begins: startup and the steps before run clean."""
+    real = system.step
+
+    def grpo_step():
+        if len(system.history) + 1 == step:
+            plant(system)
+        return real()
+
+    system.step = grpo_step
+    return system
+
+
+def decode_new_dtype_at_step_3(profile, **kw) -> GRPOSystem:
+    """From step 3 on, decode's cache slots reach the compiled blocks as int32, a dtype that
+    startup never compiled (`plant_int32_decode_slots`)."""
+    return _from_step(build_system(profile, **kw), 3, plant_int32_decode_slots)
+
+
+def decode_new_shape_class_at_step_3(profile, **kw) -> GRPOSystem:
+    """From step 3 on, decode steps reach the compiled blocks as [B, 1] rows instead of one flat row
+    of B tokens: S = 1, a shape class startup never compiled (`plant_rows_not_flattened`)."""
+    return _from_step(build_system(profile, **kw), 3, lambda system: plant_rows_not_flattened(system, decode_only=True))
 
 
 def stale_kv_cache_after_capture(profile, **kw) -> GRPOSystem:

@@ -3,11 +3,13 @@ loads into a profile, passes the run it came from, and FAILS a run that got 3x s
 
 from __future__ import annotations
 
+import copy
 import json
+import tomllib
 
 import pytest
+from report_samples import sample_report, with_failure
 
-from report_samples import sample_report
 from titan_conformance.checks.budgets import budget_verdict, gpu_class, measured, proposed_budget
 from titan_conformance.cli import main
 from titan_conformance.data_files import data_dir
@@ -134,8 +136,13 @@ def test_a_report_without_runs_is_an_error(tmp_path, capsys):
     [
         (lambda run: run.update(startup={}, steps=[]), "no completed run with startup or step times"),
         (lambda run: run.update(error="killed"), "no completed run with startup or step times (2 run(s), 2 failed,"),
-        (lambda run: run["startup"].update(compile="8 s"), "malformed report"),
-        (lambda run: run.update(steps=["step 1"]), "malformed report"),
+        (lambda run: run["startup"].update(compile="8 s"), "runs['base'].startup.compile is the text '8 s', not a number"),
+        (lambda run: run.update(steps=["step 1"]), "runs['base'].steps[0] is the text 'step 1', not an object"),
+        (lambda run: run.update(steps=[{}]), "runs['base'].steps[0] has no 'times'"),
+        (lambda run: run["compile"].update(cache={"fxgraph_cache_hit": "2"}),
+         "runs['base'].compile.cache.fxgraph_cache_hit is the text '2', not a count"),
+        (lambda run: run.update(versions=["2.13"]), "runs['base'].versions is a list"),
+        (lambda run: run.update(device_class={"h100": 1}), "runs['base'].device_class is a dict"),
     ],
 )
 def test_reports_without_usable_times_are_errors(damage, fragment, tmp_path, capsys):
@@ -144,3 +151,76 @@ def test_reports_without_usable_times_are_errors(damage, fragment, tmp_path, cap
         damage(run)
     assert budgets_command(report, tmp_path) == 2
     assert fragment in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("literal", ["NaN", '"nan"', "Infinity", '"-inf"', "1e400", "9" * 400, "-1.5", "1e12"])
+@pytest.mark.parametrize("where", [("startup", "compile"), ("steps", 2, "times", "train")])
+def test_a_time_that_is_not_finite_is_never_budgeted(literal, where, tmp_path, capsys):
+    report = sample_report()
+    table = report["runs"]["fp32"]
+    for key in where[:-1]:
+        table = table[key]
+    table[where[-1]] = "@@"
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report).replace('"@@"', literal))
+    assert main(["budgets", str(path), "--allow-failed", "--allow-partial"]) == 2  # no flag lets it through
+    err = capsys.readouterr().err
+    field = "startup.compile" if where[0] == "startup" else "steps[2].times.train"
+    assert f"runs['fp32'].{field} is " in err and "not a time a budget can come from" in err, err
+
+
+def test_a_report_whose_checks_failed_is_refused_unless_allowed(tmp_path, capsys):
+    report = with_failure(sample_report(), "test_trainer_matches_generator", "logprob difference is NaN at 12 tokens")
+    assert budgets_command(report, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "records 1 failed test(s) ('conformance/test_logprob_parity.py::" in err and "--allow-failed" in err
+    tables = proposal_for(report, tmp_path, capsys, "--allow-failed")
+    assert tables.startswith("# WARNING: proposed with --allow-failed from a run whose checks failed: 1 test(s)")
+    assert tomllib.loads(tables)["budgets"]["cpu"]["compile"] == 16.0
+
+
+def test_a_failed_check_counts_where_pytest_said_passed(tmp_path, capsys):
+    report = sample_report()
+    report["tests"][0]["checks"][0]["passed"] = False  # e.g. pytest.fail patched away in the process
+    assert report["tests"][0]["outcome"] == "passed"
+    assert budgets_command(report, tmp_path) == 2
+    assert "records 1 failed test(s)" in capsys.readouterr().err
+
+
+def test_a_partial_report_is_refused_unless_allowed(tmp_path, capsys):
+    report = sample_report()
+    report.update(partial=True, partial_reason="the run was interrupted (SIGTERM)\n\x1b[2J")
+    assert budgets_command(report, tmp_path, "--allow-failed") == 2
+    assert "is a partial report (the run was interrupted (SIGTERM)\\n\\x1b[2J)" in capsys.readouterr().err
+    tables = proposal_for(report, tmp_path, capsys, "--allow-partial")
+    assert tables.splitlines()[0].startswith("# WARNING: proposed with --allow-partial: ")
+    assert set(tomllib.loads(tables)) == {"budgets", "variants"}
+
+
+HOSTILE = ["a b", "a.b", 'say "hi"', "x]y", "[budgets]", "two\nlines", "tab\tdel\x7f", "back\\slash", "é 漢 🙂",
+           "\u202eevil", "'single'", "=", "#", "", "bf16-no-graphs"]
+
+
+def test_names_are_quoted_so_the_toml_parses_back_to_the_same_names(tmp_path, capsys):
+    report = sample_report()
+    template = report["runs"].pop("fp32")
+    report["runs"]["base"]["device_class"] = "h100 80GB.\"x\"]\n"
+    for i, name in enumerate(HOSTILE):
+        run = report["runs"][name] = copy.deepcopy(template)
+        run["device_class"] = HOSTILE[-1 - i] or "cpu"
+        run["versions"].update(gpu=None, torch="2.13\n[budgets.evil]\nstartup = 1")  # lands in a comment
+    report["created"] = "2026-01-01\n[x]"
+    tables = proposal_for(report, tmp_path, capsys)
+    parsed = tomllib.loads(tables)
+    assert list(parsed["budgets"]) == ["h100 80GB.\"x\"]\n"] and parsed["budgets"]["h100 80GB.\"x\"]\n"]["compile"] == 16.0
+    assert list(parsed["variants"]) == HOSTILE
+    for i, name in enumerate(HOSTILE):
+        assert list(parsed["variants"][name]["budgets"]) == [HOSTILE[-1 - i] or "cpu"]
+    assert "[variants.bf16-no-graphs.budgets." in tables  # bare where TOML allows
+
+
+def test_a_name_that_is_not_text_is_an_error(tmp_path, capsys):
+    report = sample_report()
+    report["runs"]["fp32"]["device_class"] = "h100\udc80"  # a lone surrogate: TOML cannot hold it
+    assert budgets_command(report, tmp_path) == 2
+    assert "runs.fp32.device_class holds a lone surrogate ('\\udc80')" in capsys.readouterr().err

@@ -13,8 +13,12 @@ import pytest
 import torch
 
 from titan_conformance.checks.budgets import compile_warmth
-from titan_conformance.compilation.cache import MAGIC, CompileCacheUse, check_cache_path, restore_compile_cache, save_compile_cache
-from titan_conformance.compilation.triton_kernels import compiled_kernels, pack_kernels, unpack_kernels
+from titan_conformance.compilation.cache import (
+    KEY_VARIABLE, MAGIC, CompileCacheUse, check_cache_path, restore_compile_cache, save_compile_cache,
+)
+from titan_conformance.compilation.triton_kernels import (
+    compiled_kernels, pack_kernels, read_kernels, unpack_kernels,
+)
 
 # One process of a CI job: restore the file (if any), compile, save, report the cache counters.
 _JOB = """
@@ -33,7 +37,7 @@ apply_regional_compile(model, CompileConfig(), CompileLedger(), role="job")
 model(torch.randint(0, 16, (2, 5)))
 save_compile_cache(path, use)
 print(json.dumps({"restored": use.restored_bytes, "saved": use.saved_bytes, "restored_code": restored_inductor_code(),
-                  **compile_cache_counters()}))
+                  "authenticated": use.authenticated, **compile_cache_counters()}))
 """
 
 # A GPU job whose only compiled code is our sampler's Triton kernels, which Inductor's blob lacks.
@@ -53,9 +57,10 @@ print(json.dumps({"restored": use.restored_kernels, "saved": use.saved_kernels, 
 
 
 def _job(cache_file, tmp_path, name, script=_JOB):
-    # A fresh Inductor/Triton cache directory per job, as on a new runner: only the file carries over.
+    # A fresh Inductor/Triton cache directory per job, as on a new runner: only the file carries over,
+    # signed with the CI secret.
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / f"inductor-{name}"),
-               TRITON_CACHE_DIR=str(tmp_path / f"triton-{name}"))
+               TRITON_CACHE_DIR=str(tmp_path / f"triton-{name}"), **{KEY_VARIABLE: "ci-secret"})
     proc = subprocess.run([sys.executable, "-c", script, str(cache_file)], env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -70,26 +75,28 @@ def test_a_restored_cache_makes_a_fresh_runner_compile_nothing(tmp_path):
     assert compile_warmth(cold) == "cold compile"
     warm = _job(cache_file, tmp_path, "warm")
     assert 0 < warm["restored"] < cold["saved"] and warm["restored_code"]  # no compile pool warmed for it
+    assert warm["authenticated"]  # signed by the cold job, verified by the warm one
     assert warm["fxgraph_cache_miss"] == 0 and warm["fxgraph_cache_hit"] == cold["fxgraph_cache_miss"], warm
     assert compile_warmth(warm).endswith("Inductor graphs from cache")
     assert not list(cache_file.parent.glob(".compile.bin.*"))  # the atomic write left no temp file
 
 
-def test_an_unusable_cache_file_is_a_cold_start_not_a_failed_gate(tmp_path, caplog):
+def test_an_unusable_cache_file_is_a_cold_start_not_a_failed_gate(tmp_path, caplog, monkeypatch):
     """A corrupt file, or one another torch wrote, must not fail a PR for a reason unrelated to it:
     the run compiles cold, says why, and the save after startup replaces the file."""
+    monkeypatch.delenv(KEY_VARIABLE, raising=False)
     bad = tmp_path / "compile.bin"
-    bad.write_bytes(MAGIC + b"a truncated blob")  # ours, but damaged
+    bad.write_bytes(MAGIC + b"\na truncated blob")  # ours, unsigned, but damaged
     use = restore_compile_cache(bad)
     assert use.restored_bytes == 0 and "not restored" in use.problem and "compile.bin" in caplog.text
     assert restore_compile_cache(tmp_path / "absent.bin") == CompileCacheUse()
     older = tmp_path / "older.bin"  # an earlier format of ours: replaced, never refused
-    older.write_bytes(MAGIC.replace(b" 2\n", b" 1\n") + b"a blob")
+    older.write_bytes(MAGIC.replace(b" 3\n", b" 2\n") + b"a blob")  # version 2: no tag line
     check_cache_path(older)
     assert "another version of titan_conformance" in restore_compile_cache(older).problem
     cache_file = tmp_path / "job" / "compile.bin"
     cache_file.parent.mkdir()
-    cache_file.write_bytes(MAGIC + b"a truncated blob")
+    cache_file.write_bytes(MAGIC + b"\na truncated blob")
     job = _job(cache_file, tmp_path, "after-corrupt")
     assert job["restored"] == 0 and job["saved"] > 0 and job["fxgraph_cache_miss"] >= 1 and not job["restored_code"]
 
@@ -135,15 +142,14 @@ def test_triton_cache_entries_survive_the_round_trip_through_the_file(tmp_path, 
     archive_path = tmp_path / "kernels.zip"
     with zipfile.ZipFile(archive_path, "w") as archive:
         assert pack_kernels(archive, {"0123abcd": group, "gone": {"x.json": str(tmp_path / "missing")}}) == 1
-        archive.writestr("triton/4567abcd/../escaped.json", b"{}")  # a crafted file: never a path out
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "runner-b"))
     with zipfile.ZipFile(archive_path) as archive:
-        assert unpack_kernels(archive) == 1
-        found = get_cache_manager("0123abcd").get_group("k.json")
-        assert found and {n: Path(p).read_bytes() for n, p in found.items()} == files
-        assert all(str(tmp_path / "runner-b") in p for p in found.values())
-        assert unpack_kernels(archive) == 0  # already there: left as it is
-    assert not list(tmp_path.rglob("escaped.json"))
+        kernels = read_kernels(archive)
+    assert unpack_kernels(kernels) == 1
+    found = get_cache_manager("0123abcd").get_group("k.json")
+    assert found and {n: Path(p).read_bytes() for n, p in found.items()} == files
+    assert all(str(tmp_path / "runner-b") in p for p in found.values())
+    assert unpack_kernels(kernels) == 0  # already there: left as it is
 
 
 def test_an_odd_object_in_sys_modules_does_not_break_the_save(monkeypatch):
@@ -158,3 +164,14 @@ def test_an_odd_object_in_sys_modules_does_not_break_the_save(monkeypatch):
     found = compiled_kernels()
     monkeypatch.setitem(sys.modules, "an_odd_module", Unreadable())
     assert compiled_kernels() == found
+
+
+def test_the_save_writes_through_a_symlink(tmp_path, monkeypatch):
+    """A CI cache step may restore the file as a link: the save replaces its target, not the link."""
+    target, link = tmp_path / "store" / "cache.bin", tmp_path / "cache.bin"
+    target.parent.mkdir()
+    link.symlink_to(target)
+    monkeypatch.setattr(torch.compiler, "save_cache_artifacts", lambda: (b"blob", None))
+    monkeypatch.setattr("titan_conformance.compilation.cache.compiled_kernels", lambda: {})
+    save_compile_cache(link, CompileCacheUse())
+    assert link.is_symlink() and target.read_bytes().startswith(MAGIC)

@@ -132,8 +132,8 @@ def test_learning_check_catches_a_policy_that_does_not_move():
     assert not result.passed and "GRPO did not learn" in result.message
 
 
-def compiled_profile(**compile_fields):
-    base = profile(steps=6)
+def compiled_profile(steps: int = 6, **compile_fields):
+    base = profile(steps=steps)
     return dataclasses.replace(base, compile=dataclasses.replace(base.compile, enable=True, **compile_fields))
 
 
@@ -183,3 +183,29 @@ def test_recompile_check_holds_a_role_to_its_max_compiles():
     assert not result.passed
     assert "generator.TransformerBlock compiled 3 times > compile.max_compiles.generator=1" in result.message
     assert "2 <= x.size()[1]" in result.message  # the guard that split the graph
+
+
+FROZEN = {"zero_compiles_after_startup": True, "max_compiles": {}}  # the after-startup rule on its own
+
+
+@pytest.mark.parametrize("fault, guard", [
+    (faults.decode_new_dtype_at_step_3, "tensor 'index' dtype mismatch. expected Long, actual Int"),
+    (faults.decode_new_shape_class_at_step_3, "tensor 'x' size mismatch at index 0. expected 1, actual 128"),
+])
+def test_a_compile_after_startup_fails_naming_region_guard_and_step(fault, guard):
+    """A decode that sees a new dtype or shape class from step 3 on compiles once more, at step 3:
+    within every count, still a compile after startup."""
+    prof = compiled_profile(steps=4, dynamic=True, backend="aot_eager", **FROZEN)
+    run, system = run_with(fault, prof)
+    system.close()
+    assert run.error is None, run.error
+    late = [e for e in run.compile_events if e.after_startup]
+    assert [(e.region, e.phase) for e in late] == [("generator.TransformerBlock", "step 3 of 4")]
+    result = check_recompile_budget(run, prof)
+    assert not result.passed and result.metrics["compiles_after_startup"] == 1
+    first_line = result.message.splitlines()[0]
+    assert first_line.startswith("Compiled after startup (1; compile.zero_compiles_after_startup = true")
+    assert "generator.TransformerBlock compiled at step 3 of 4 on guard failure" in first_line and guard in first_line
+    off = dataclasses.replace(prof, compile=dataclasses.replace(prof.compile, zero_compiles_after_startup=False))
+    counted = check_recompile_budget(run, off)  # off: counted, not judged
+    assert counted.passed and "1 after startup (not judged" in counted.message

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from titan_conformance.errors import ConformanceError
@@ -12,6 +14,18 @@ def test_default_profile_loads_and_derives_max_num_seqs():
     assert profile.compile.max_compiles == {"trainer": 1, "generator": 1}
 
 
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "suites").glob("*.toml")), ids=lambda p: p.stem)
+def test_bundled_profiles_allow_no_compile_after_startup(path):
+    """Read from this checkout's suites/ (the installed package may be another checkout's)."""
+    assert load_profile(str(path)).compile.zero_compiles_after_startup
+
+
+def test_a_profile_that_leaves_it_out_only_counts_compiles_after_startup(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text("[compile]\nrecompile_limit = 4\n")
+    assert not load_profile(str(path)).compile.zero_compiles_after_startup
+
+
 @pytest.mark.parametrize(
     "toml, fragment",
     [
@@ -24,6 +38,7 @@ def test_default_profile_loads_and_derives_max_num_seqs():
         ("[compile]\nmax_compiles = { generator = 0 }\n", "compile.max_compiles is invalid"),
         ("[compile]\nmax_compiles = { generator = 'one' }\n", "'compile.max_compiles.generator' must be int"),
         ("[compile]\nmax_compiles = 1\n", "'compile.max_compiles' must be a table"),
+        ("[compile]\nzero_compiles_after_startup = 'yes'\n", "'compile.zero_compiles_after_startup' must be bool"),
         ("sampling = 3\n", "'sampling' must be a table"),
         ("[sampling\n", "not valid TOML"),
         ('[budgets."NVIDIA A100"]\nstep = 1.0\n', "[budgets.NVIDIA A100] is not a device class"),
@@ -52,3 +67,31 @@ def test_budgets_of_any_gpu_class(tmp_path):
 def test_unknown_profile_lists_the_bundled_ones():
     with pytest.raises(ConformanceError, match="tiny-cpu"):
         load_profile("no-such-profile")
+
+
+@pytest.mark.parametrize("name", ["a/b", "x[1]", "é", "tab\tname", "-lead", ".hidden", "a" * 65])
+def test_variant_names_are_plain_ascii(tmp_path, name):
+    path = tmp_path / "p.toml"
+    path.write_text(f'[variants."{name}".run]\nsteps = 1\n'.replace("\t", "\\t"))
+    with pytest.raises(ConformanceError, match="is not allowed"):
+        load_profile(str(path))
+
+
+def test_a_dashed_variant_name_is_credited_to_itself():
+    from titan_conformance.report.merge import ReportStore, variant_of
+
+    names = ["base", "bf16", "bf16-no-graphs"]
+    assert variant_of("conformance/test_x.py::t[bf16-no-graphs]", names) == "bf16-no-graphs"
+    assert variant_of("conformance/test_x.py::t[bf16-no-graphs-3]", names) == "bf16-no-graphs"
+    assert variant_of("a[b]/conformance/test_x.py::t[bf16]", names) == "bf16"
+    store = ReportStore(variants=names)
+    store.add_phase("conformance/test_x.py::t[bf16-no-graphs]", "call", "failed", 0.1, "gw0", "boom")
+    assert store.to_report(1, 1, False, {})["tests"][0]["variant"] == "bf16-no-graphs"
+
+
+def test_a_relative_base_is_read_from_beside_the_profile(tmp_path, monkeypatch):
+    (tmp_path / "suite").mkdir()
+    (tmp_path / "suite" / "other.toml").write_text('description = "the base"\n[run]\nsteps = 3\n')
+    (tmp_path / "suite" / "p.toml").write_text('[variants.v]\nbase = "other.toml"\n')
+    monkeypatch.chdir(tmp_path)  # not the profile's folder
+    assert load_profile(str(tmp_path / "suite" / "p.toml"), "v").run.steps == 3

@@ -191,3 +191,24 @@ def test_a_run_that_never_built_the_system_still_reports():
 def test_records_are_plain_json():
     value = {1: float("nan"), "t": torch.tensor([1.0, float("inf")]), "s": {3, 1}}
     assert jsonable(value) == {"1": "nan", "t": [1.0, "inf"], "s": [1, 3]}
+
+
+def test_junit_holds_any_message(report):
+    """Engine errors carry ANSI colours (ESC) and can hold NUL: junit.xml stays well-formed XML."""
+    from titan_conformance.report.junit import junit_xml
+
+    failed = with_failure(report, "parity", "engine: \x1b[31mCUDA error\x1b[0m at \x00\x07 step")
+    root = ET.fromstring(junit_xml(failed))
+    text = "".join(root.itertext())
+    assert "CUDA error" in text and "\\x00\\x07" in text and "\x1b" not in text
+
+
+def test_an_unauthenticated_compile_cache_is_said_in_every_view(report):
+    from titan_conformance.report.terminal import summary_lines
+
+    report = json.loads(json.dumps(report))
+    run = next(iter(report["runs"].values()))
+    run["compile"]["cache"] = {"unauthenticated": "loaded WITHOUT authentication: TC_COMPILE_CACHE_KEY is not set"}
+    assert "loaded WITHOUT authentication" in summary_markdown(report)
+    assert "loaded WITHOUT authentication" in render_html(report)
+    assert any("loaded WITHOUT authentication" in text for text, _ in summary_lines(report, None, None))

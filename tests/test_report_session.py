@@ -19,7 +19,7 @@ import os, time
 from pathlib import Path
 
 from titan_conformance.checks.result import CheckResult
-from titan_conformance.plugin import assert_check
+from titan_conformance.plugin_fixtures import assert_check
 
 
 def test_parity_passes():

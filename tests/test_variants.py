@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from titan_conformance import plugin
+from titan_conformance import plugin_options as plugin
 from titan_conformance.errors import ConformanceError
 from titan_conformance.gpus import gpu_sharing
 from titan_conformance.inputs import SuiteOptions, suite_variants, variant_unavailable

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from titan_conformance.errors import ConformanceError
-from titan_conformance.plugin import resolve_generator
+from titan_conformance.plugin_options import resolve_generator
 from titan_conformance.vllm_support import INSTALL_HINT, vllm_version
 
 needs_vllm = pytest.mark.skipif(vllm_version() is None, reason=f"vLLM is not installed. {INSTALL_HINT}")
@@ -29,12 +29,13 @@ def test_generator_option_resolution():
 def test_suite_checks_pass_on_vllm_with_our_compiled_model(pytester, monkeypatch):
     """Parity (fp32 max diff <= 1e-4 per the tiny profile), finite values, the precision floor,
     weight sync, batch invariance, prefill vs decode (vLLM's prompt logprobs are untempered: the
-    backend tempers the whole vocabulary's), the recompile budget, one compile config for trainer
+    backend tempers the whole vocabulary's), the recompile budget with nothing compiled after
+    startup (a lone sequence's one-token step is compiled at startup), one compile config for trainer
     and vLLM and compiled regions that ran, with vLLM generating from our regionally compiled
     blocks at the profile's temperature 0.8."""
     monkeypatch.setenv("PYTHONPATH", str(TESTS))
     profile = pytester.path / "vllm-tiny.toml"
-    profile.write_text("[run]\nsteps = 3\nexpect_learning = false\n")
+    profile.write_text("[run]\nsteps = 3\nexpect_learning = false\n\n[compile]\nzero_compiles_after_startup = true\n")
     result = pytester.runpytest_subprocess(
         "--pyargs", "titan_conformance", "-p", "no:cacheprovider", "--tc-generator", "vllm",
         "--tc-device", "cpu", "--tc-suite", str(profile), "-k", "test_logprob_parity or test_invariance or test_recompile_budget", "-rA",

@@ -69,6 +69,8 @@ def build(factory: Callable[..., Any], profile: Any, device: str, model_path: st
         system = factory(profile, device=device, model_path=model_path)
     except Exception as e:  # every provider failure is a verdict of its own: one failed build
         return Build(error=describe_failure(e))
+    except SystemExit as e:  # a provider must not end the gate's process: that too is a failed build
+        return Build(error=describe_failure(e, "The system provider called sys.exit while building"))
     if missing := missing_protocol(system):
         close = getattr(system, "close", None)
         if callable(close):

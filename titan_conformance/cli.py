@@ -4,6 +4,7 @@ time budgets from a report."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from titan_conformance.errors import ConformanceError
@@ -42,10 +43,8 @@ def run_grpo(opts: argparse.Namespace) -> int:
 
 
 def run_compare(opts: argparse.Namespace) -> int:
-    from titan_conformance.report.compare import compare, table
+    from titan_conformance.report.compare import compare, partial_note, table
     from titan_conformance.report.schema import load_report
-
-    from titan_conformance.report.compare import partial_note
 
     base, head = load_report(opts.base), load_report(opts.head)
     rows = compare(base, head, opts.threshold, opts.min_seconds, names=(opts.base, opts.head), allow_partial=opts.allow_partial)
@@ -63,7 +62,8 @@ def run_budgets(opts: argparse.Namespace) -> int:
     from titan_conformance.report.budget_proposal import propose_tables
     from titan_conformance.report.schema import load_report
 
-    print(propose_tables(load_report(opts.report), opts.margin, opts.report), end="")
+    report = load_report(opts.report)
+    print(propose_tables(report, opts.margin, opts.report, opts.allow_failed, opts.allow_partial), end="")
     return 0
 
 
@@ -74,6 +74,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not >= 1: run at least one step")
+    return value
+
+
+def finite_non_negative(text: str) -> float:
+    """A finite number >= 0: argparse's float takes nan, which makes every comparison false."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number >= 0")
     return value
 
 
@@ -92,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     cmp = sub.add_parser("compare", help="before/after table of two report.json files, regressions flagged")
     cmp.add_argument("base", help="report.json of the base (before)")
     cmp.add_argument("head", help="report.json of the head (after)")
-    cmp.add_argument("--threshold", type=float, default=0.10,
+    cmp.add_argument("--threshold", type=finite_non_negative, default=0.10,
                      help="relative increase of a time or logprob difference that counts as a regression")
-    cmp.add_argument("--min-seconds", type=float, default=0.05,
+    cmp.add_argument("--min-seconds", type=finite_non_negative, default=0.05,
                      help="a time must also grow by more than this to count (timer noise)")
     cmp.add_argument("--fail-on-regression", action="store_true", help="exit 1 when any regression is flagged")
     cmp.add_argument("--markdown", action="store_true", help="print a Markdown table (for a PR description)")
@@ -104,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     bud = sub.add_parser("budgets", help="a profile's [budgets.<device class>] table from a report.json's measurement")
     bud.add_argument("report", help="report.json of a conformance run on the device class to budget")
     bud.add_argument("--margin", type=float, default=2.0, help="budget = margin x the slowest worker's time (default 2)")
+    bud.add_argument("--allow-failed", action="store_true",
+                     help="propose from a run whose checks failed too, the output marked as such")
+    bud.add_argument("--allow-partial", action="store_true",
+                     help="propose from a partial report (a run stopped early) too, the output marked as such")
     bud.set_defaults(run=run_budgets)
     opts = parser.parse_args(argv)
     try:

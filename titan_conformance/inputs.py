@@ -86,9 +86,14 @@ def suite_variants(options: SuiteOptions) -> list[Any]:
     return out
 
 
+MAX_TIMEOUT = 7 * 24 * 3600.0
+"""--tc-timeout's largest value in seconds (a week: the interval timer takes no more)."""
+
+
 def variant_unavailable(variant: Any, gpus: int | None) -> str | None:
-    """Why `variant` cannot run in this process, or None: its generator or provider does not import
-    here, or it needs more GPUs than the worker holds (`gpus`: None off CUDA)."""
+    """Why `variant` cannot run in this process, or None: its generator or provider is not
+    installed here, or it needs more GPUs than the worker holds (`gpus`: None off CUDA). A
+    dependency that is installed but broken is not this: the build fails, naming the import."""
     from titan_conformance.protocol import load_factory
     from titan_conformance.vllm_support import INSTALL_HINT, vllm_version
 
@@ -101,6 +106,13 @@ def variant_unavailable(variant: Any, gpus: int | None) -> str | None:
     if gpus is not None and gpus < tp:
         return f"variant {variant.name!r} needs {tp} GPU(s) (parallel.tp = {tp}); this worker holds {gpus}"
     return None
+
+
+def named(variant: Any, options: SuiteOptions) -> bool:
+    """Whether the user asked for `variant` (the suite's base: its profile, its backend, the
+    --tc-system it runs; or a --tc-variant), rather than it being an optional member of the suite.
+    Only an optional variant whose dependency is absent may skip."""
+    return variant.name == "base" and not options.variants or variant.name in options.variants
 
 
 def check_factory(factory: Callable[..., Any], spec: str) -> None:
@@ -133,10 +145,11 @@ def writable_dir(path: Path, what: str) -> Path:
     return path
 
 
-def check_inputs(options: SuiteOptions, report_dir: Path) -> list[Any]:
+def check_inputs(options: SuiteOptions, report_dir: Path, gpus: int | None = None) -> list[Any]:
     """The session's variants, after every input was checked: the profile and its variants, each
-    variant's checkpoint (its config, the TP degree against its heads) and provider, the report
-    folder, compile cache, timeout. ConformanceError on the first bad one."""
+    variant's checkpoint (its config, the TP degree against its heads) and provider, that every
+    variant the user named can run here (`gpus`: the session's, None off CUDA), the report folder,
+    compile cache, timeout. ConformanceError on the first bad one."""
     from titan_conformance.compilation.cache import check_cache_path, variant_cache_path
     from titan_conformance.protocol import load_factory
     from titan_conformance.profile import check_tp
@@ -152,10 +165,19 @@ def check_inputs(options: SuiteOptions, report_dir: Path) -> list[Any]:
             where = f"--tc-model-path {checkpoint}" if options.model_path else f"profile {profile.name!r} model.checkpoint"
             check_tp(read_model_args(resolve_checkpoint(checkpoint)).to_hf_config(), profile.parallel.tp, where)
         check_factory(load_factory(variant.system), variant.system or "reference")
+        if named(variant, options) and (why := variant_unavailable(variant, gpus)):
+            raise ConformanceError(
+                f"Cannot run what you asked for: {why.replace('this worker holds', 'this session has').rstrip('.')}. A variant "
+                "you name (the suite itself, its profile's backend, --tc-system, --tc-variant) is never skipped, or "
+                "the gate would pass having judged nothing: install what it needs, run where it can run, or pick "
+                "other variants with --tc-variant."
+            )
     writable_dir(report_dir, "The report folder")
     if options.compile_cache:
         for variant in variants:
             check_cache_path(variant_cache_path(Path(options.compile_cache), variant.name))
-    if options.timeout is not None and not options.timeout > 0:
-        raise ConformanceError(f"--tc-timeout {options.timeout:g}: give a number of seconds > 0.")
+    if options.timeout is not None and not 0 < options.timeout <= MAX_TIMEOUT:
+        raise ConformanceError(
+            f"--tc-timeout {options.timeout:g}: give a number of seconds > 0 and at most {MAX_TIMEOUT:g} (a week)."
+        )
     return variants

@@ -10,6 +10,9 @@ from titan_conformance.compilation.cache import compile_cache_counters
 from titan_conformance.compilation.ledger import CompileEvent
 from titan_conformance.protocol import ConformanceSystem
 
+AFTER_RUN = "the checks' probes after the run"
+"""The ledger's phase once the run is over: what compiles then is not in `ConformanceRun.compile_events`."""
+
 
 @dataclass
 class ConformanceRun:
@@ -21,7 +24,9 @@ class ConformanceRun:
     post: object | None = None
     """Validation reward after the last step."""
     compile_events: list[CompileEvent] = field(default_factory=list)
-    """The compile ledger as it stood at the end of the run (checks may compile more later)."""
+    """The compile ledger as it stood at the end of the run, each event stamped with the phase it
+    compiled in (startup, a validation, a step, a decode timing probe). The checks' own probes
+    after the run are not in it, by construction."""
     limit_hits: list[str] = field(default_factory=list)
     compile_settings: dict[str, dict] = field(default_factory=dict)
     """Each compiled region's effective settings at the end of the run."""
@@ -50,23 +55,33 @@ def perform_run(
     system: ConformanceSystem, steps: int, progress: Callable[[str], None] = lambda _: None,
     phase: Callable[[str], None] = lambda _: None,
 ) -> ConformanceRun:
-    """`progress` gets a line after each step; `phase` is told what the run is doing as it changes."""
+    """`progress` gets a line after each step; `phase` is told what the run is doing as it changes,
+    and so is the compile ledger, which stamps it on whatever compiles (anything compiled before
+    is the system's startup)."""
     run = ConformanceRun(system)
     ledger = system.compile_ledger() if "compile_ledger" in system.capabilities else None
     calls = ledger.calls if ledger is not None else {}
+
+    def enter(name: str) -> None:
+        phase(name)
+        if ledger is not None:
+            ledger.phase = name
+
     try:
         if "grpo" in system.capabilities:
-            phase("validation before the run")
+            enter("validation before the run")
             run.pre = system.validate()
             for i in range(steps):
-                phase(f"step {i + 1} of {steps}")
+                enter(f"step {i + 1} of {steps}")
                 before = dict(calls)
                 run.records.append(system.step())
                 for region, n in calls.items():
                     run.compiled_calls[region] = run.compiled_calls.get(region, 0) + n - before.get(region, 0)
+                if ledger is not None:
+                    ledger.phase = f"the decode timing probe after step {i + 1}"
                 run.decode_step_seconds.append(_bare_decode_seconds(system, run.records[-1]))
                 progress(f"step {i + 1}/{steps}: {run.records[-1].line()}")
-            phase("validation after the run")
+            enter("validation after the run")
             run.post = system.validate()
     except Exception as e:  # the checks report it (a recompile-limit failure is a verdict, not a crash)
         run.error = f"{type(e).__name__}: {e}".splitlines()[0]
@@ -75,4 +90,5 @@ def perform_run(
         run.compile_events = copy.deepcopy(ledger.events)
         run.limit_hits = list(ledger.limit_hits)
         run.compile_settings = copy.deepcopy(ledger.effective_settings())
+        ledger.phase = AFTER_RUN
     return run

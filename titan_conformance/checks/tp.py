@@ -43,13 +43,20 @@ def unwrap_hint(error: str | None, profile) -> str:
     return next((hint for signature, hint in UNWRAP_HINTS.items() if signature in error), "")
 
 
+TP_WINDOW = (
+    "Judged over each rank's run: every GRPO step, then the probe set rolled out and scored by the "
+    "trainer, the generator and an eager TP=1 copy, at the shape classes the steps ran."
+)
+
+
 def tp_recompile_verdict(results, profile) -> CheckResult:
     """Per region and rank: compiles <= recompile_limit and the limit never hit, over a run that
     finished (a rank's error fails it: a build that died in its first compile counts no recompiles)."""
     events = [e for r in results for e in r.events]
     hits = [h for r in results for h in r.limit_hits]
     error = run_error(results)
-    verdict = recompile_verdict(events, hits, profile.compile.recompile_limit, error, profile.compile.max_compiles)
+    c = profile.compile
+    verdict = recompile_verdict(events, hits, c.recompile_limit, error, c.max_compiles, c.zero_compiles_after_startup, TP_WINDOW)
     if verdict.passed and error:  # counts of a run that stopped early say nothing about the budget
         verdict.passed = False
         verdict.message = (

@@ -23,6 +23,10 @@ _RECOMPILING = re.compile(r"Recompiling function (\S+) in ")
 _LIMIT_HIT = re.compile(r"hit config\.(\w+) \((\d+)\)\s+function: '([^']+)'")
 _LAST_REASON = re.compile(r"last reason: (?:\d+/\d+: )?(.*?)(?:  # |$)", re.MULTILINE)
 
+STARTUP = "startup"
+"""The phase of a ledger until whoever drives the system marks another (`CompileLedger.phase`): a
+system compiles at startup whatever it builds before it is run."""
+
 
 @dataclass
 class CompileEvent:
@@ -41,6 +45,13 @@ class CompileEvent:
     rank: int | None = None
     """The tensor-parallel rank whose process compiled it (None outside a TP run). Each rank is a
     process of its own, with its own cache and recompile budget."""
+    phase: str = STARTUP
+    """What the system was doing when it compiled: "startup", or the run's phase as its driver
+    marked it ("step 3 of 20", "validation before the run", ...)."""
+
+    @property
+    def after_startup(self) -> bool:
+        return self.phase != STARTUP
 
     @property
     def key(self) -> str:
@@ -134,6 +145,9 @@ class CompileLedger:
     calls: dict[str, int] = field(default_factory=dict)
     """Region -> how many times its compiled graphs ran (graph replays of CUDA graphs not counted:
     a replay runs no Python)."""
+    phase: str = STARTUP
+    """What the system is doing now, stamped on every event it compiles: "startup" until the run's
+    driver (`run.perform_run`, the TP rank run) marks the run's phases, one step at a time."""
 
     def register(self, function_name: str, region: str, settings: dict | None = None) -> None:
         self._functions[function_name] = region
@@ -161,9 +175,9 @@ class CompileLedger:
                 reason = self._pending_reason.pop(region, "first compilation" if index == 0 else "unknown")
                 start = time.perf_counter()
                 compiled = inner_backend(gm, example_inputs, **kwargs)
-                self.events.append(
-                    CompileEvent(region, index, reason, _describe(example_inputs), time.perf_counter() - start)
-                )
+                self.events.append(CompileEvent(
+                    region, index, reason, _describe(example_inputs), time.perf_counter() - start, phase=self.phase
+                ))
                 seen = {"mode": kwargs.get("mode") or "default", "options": dict(kwargs.get("options") or {})}
                 if seen not in (observed := self.observed.setdefault(region, [])):
                     observed.append(seen)
@@ -246,7 +260,7 @@ class CompileLedger:
     def format(self) -> str:
         lines = [f"{'region':<34} {'#':>3} {'backend s':>9}  inputs / reason"]
         for e in self.events:
-            lines.append(f"{e.key:<34} {e.index:>3} {e.seconds:>9.2f}  {' '.join(e.inputs)}")
+            lines.append(f"{e.key:<34} {e.index:>3} {e.seconds:>9.2f}  {' '.join(e.inputs)}  ({e.phase})")
             lines.append(f"{'':<50}reason: {e.reason}")
         lines += [f"LIMIT HIT: {h}" for h in self.limit_hits]
         return "\n".join(lines)

@@ -76,19 +76,37 @@ def pack_kernels(archive: zipfile.ZipFile, kernels: dict[str, dict[str, str]]) -
     return packed
 
 
+class RefusedCacheFile(Exception):
+    """A compile-cache file that must not reach torch or Triton; the message says why. It lives here,
+    beside the first check that raises it, so that `cache.py` (which imports this module) raises it too."""
+
+
 def _plain(name: str) -> bool:
-    return bool(name) and not name.startswith(".") and "/" not in name and "\\" not in name
+    # one path component that cannot lead elsewhere: no separator, no `..`, no drive (`C:`), no NUL
+    return bool(name) and not name.startswith(".") and not any(c in name for c in "/\\:\0")
 
 
-def unpack_kernels(archive: zipfile.ZipFile) -> int:
-    """Puts the archive's kernels into Triton's cache (where this process's Triton looks them up);
-    returns how many it put there. Entries already present are left as they are."""
+def read_kernels(archive: zipfile.ZipFile) -> dict[str, dict[str, bytes]]:
+    """The archive's kernels: Triton's hash -> {file name: contents}. A member under `triton/` other
+    than `triton/<hash>/<file name>` with plain names refuses the whole file: Triton's cache manager
+    joins both onto its folder, so such a member (only a crafted file has one) could plant a file,
+    a `.so` that Triton loads say, anywhere."""
     kernels: dict[str, dict[str, bytes]] = {}
     for name in archive.namelist():
         if name.startswith(PREFIX):
             key, _, file_name = name[len(PREFIX):].partition("/")
-            if all(_plain(part) for part in (key, file_name)):  # never a path out of Triton's cache
-                kernels.setdefault(key, {})[file_name] = archive.read(name)
+            if not (_plain(key) and _plain(file_name)):
+                raise RefusedCacheFile(
+                    f"its Triton member {name[:120]!r} is not triton/<hash>/<file name> with plain names, so "
+                    "Triton's cache manager could write it outside its cache folder (a crafted file)"
+                )
+            kernels.setdefault(key, {})[file_name] = archive.read(name)
+    return kernels
+
+
+def unpack_kernels(kernels: dict[str, dict[str, bytes]]) -> int:
+    """Puts kernels (from `read_kernels`) into Triton's cache (where this process's Triton looks them
+    up); returns how many it put there. Entries already present are left as they are."""
     if not kernels:
         return 0
     from triton.runtime.cache import get_cache_manager

@@ -5,7 +5,7 @@ import pytest
 
 from titan_conformance.checks.budgets import check_budgets
 from titan_conformance.checks.speed import check_generate_overhead
-from titan_conformance.plugin import assert_check, require
+from titan_conformance.plugin_fixtures import assert_check, require
 
 
 def test_startup_and_step_time_within_budget(tc_run, tc_profile, tc_gpu_sharing):

@@ -10,7 +10,7 @@ from titan_conformance.checks.cudagraphs import (
     capture_policy_verdict, capture_set_verdict, check_graph_equivalence, check_rollout_graph_equivalence,
     graph_replay_verdict,
 )
-from titan_conformance.plugin import assert_check, require
+from titan_conformance.plugin_fixtures import assert_check, require
 
 
 @pytest.fixture

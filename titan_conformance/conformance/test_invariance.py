@@ -2,7 +2,7 @@
 decode parity of the generator (KV-cache decode vs a second prefill over prompt + completion)."""
 
 from titan_conformance.checks.invariance import check_batch_invariance, check_prefill_decode
-from titan_conformance.plugin import assert_check, require
+from titan_conformance.plugin_fixtures import assert_check, require
 
 
 def test_trainer_is_batch_invariant(tc_run, tc_profile):

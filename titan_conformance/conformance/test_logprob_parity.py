@@ -7,7 +7,7 @@ from titan_conformance.checks.finite import check_run_finite
 from titan_conformance.checks.parity import check_logprob_parity
 from titan_conformance.checks.precision import check_precision_floor
 from titan_conformance.checks.weight_sync import check_weight_sync
-from titan_conformance.plugin import assert_check, require
+from titan_conformance.plugin_fixtures import assert_check, require
 
 
 def test_trainer_matches_generator_on_sampled_rollouts(tc_run, tc_profile):

@@ -7,7 +7,7 @@ import pytest
 
 from titan_conformance.checks.compile_config import compile_config_verdict, compiled_regions_ran_verdict
 from titan_conformance.checks.recompiles import check_recompile_budget
-from titan_conformance.plugin import assert_check, require
+from titan_conformance.plugin_fixtures import assert_check, require
 
 
 def test_recompiles_within_limit(tc_run, tc_profile):

@@ -7,7 +7,7 @@ same weights, and ranks that hold identical replicated results."""
 import pytest
 
 from titan_conformance.checks.tp import tp_parity_verdicts, tp_recompile_verdict
-from titan_conformance.plugin import assert_check
+from titan_conformance.plugin_fixtures import assert_check
 
 
 @pytest.fixture(scope="module")

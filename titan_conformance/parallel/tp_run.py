@@ -19,6 +19,8 @@ from titan_conformance.compilation.ledger import CompileLedger
 from titan_conformance.parallel.launch import LaunchTiming, run_ranks
 from titan_conformance.protocol import RankReport, load_factory
 
+TP_PROBES = "the TP probes after the steps"
+"""The ledger's phase while a rank scores the probe set: at the shapes its steps ran, so judged too."""
 NEEDED = {"tensor_parallel", "grpo", "trainer_logprobs", "generator_logprobs", "reference_logprobs"}
 """The capabilities the TP checks use."""
 
@@ -45,8 +47,10 @@ def tp_rank_run(rank: int, world_size: int, spec: str | None, profile, model_pat
         try:
             if missing := NEEDED - set(system.capabilities):
                 raise RuntimeError(f"the system lacks capabilities {sorted(missing)} that the TP checks need")
-            for _ in range(steps):
+            for i in range(steps):
+                _mark(system, f"step {i + 1} of {steps}")
                 out.step_diffs.append(system.step().logprob_diff)
+            _mark(system, TP_PROBES)
             completions = system.rollout(system.task.validation_set(probe_prompts), seed=12345, n=2)
             out.trainer_logprobs = system.trainer_logprobs(completions)
             out.generator_logprobs = system.generator_logprobs(completions)
@@ -61,6 +65,12 @@ def tp_rank_run(rank: int, world_size: int, spec: str | None, profile, model_pat
     finally:
         system.close()
     return out
+
+
+def _mark(system, phase: str) -> None:
+    """Stamps `phase` on what the system compiles from now on (`CompileLedger.phase`)."""
+    if "compile_ledger" in system.capabilities:
+        system.compile_ledger().phase = phase
 
 
 def _add_compilations(out: RankReport, ledger: CompileLedger | None, rank: int) -> None:

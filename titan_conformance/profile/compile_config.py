@@ -42,6 +42,13 @@ class CompileConfig:
     recompile-budget check allows, e.g. `{ generator = 1 }` (one graph for prefill, decode and every
     batch size). A count that CI checks without a GPU, where startup budgets are times; roles not
     named are held to recompile_limit alone. Dynamo itself never sees it."""
+    zero_compiles_after_startup: bool = False
+    """Nothing may compile once the timed startup is over, in any role: a compile during the run (a
+    validation, a GRPO step, the decode timing probe after one) fails the recompile-budget check,
+    naming its region, guard failure and step, as vLLM's `fail_on_recompile` stance after its
+    warm-up would fail the call. Startup must compile every shape class and dtype the steps use.
+    On in the bundled profiles; a profile that leaves it out only counts such compiles. Dynamo
+    itself never sees it (the run goes on, so every other check still judges it)."""
 
     def settings(self) -> dict:
         """What torch.compile is given for each block: the settings a role's region is compared by."""

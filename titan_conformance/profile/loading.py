@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 import enum
 import math
+import re
 import tomllib
 import types
 import typing
@@ -86,9 +87,15 @@ def _build(cls: type, data: Any, where: str) -> Any:
     return cls(**kwargs)
 
 
+MAX_SEED = 2**32
+"""Seeds stay below 2**32: rollout seeds are derived from it by arithmetic (`seed * 100_003 + i`)
+and must still fit every RNG's 64-bit seed."""
+
+
 def _check(profile: Profile) -> None:
     s, g = profile.sampling, profile.generator
     rules = [
+        (0 <= profile.seed < MAX_SEED, "seed", f"from 0 to {MAX_SEED - 1} (torch, vLLM and Python's RNGs all take it)"),
         (profile.model.checkpoint != "random" or bool(profile.model.config) or bool(profile.torchtitan.flavor),
          "model.config", "a table of HF config keys when checkpoint = \"random\" (or set torchtitan.flavor)"),
         (profile.parallel.tp >= 1, "parallel.tp", ">= 1"),
@@ -218,9 +225,13 @@ def bundled_profiles() -> dict[str, Path]:
     return {p.stem: p for p in sorted(data_dir("suites").glob("*.toml"))}
 
 
-def _read_profile(name_or_path: str) -> tuple[Path, dict]:
+def _read_profile(name_or_path: str, relative_to: Path | None = None) -> tuple[Path, dict]:
+    """A bundled name, or a TOML path; a relative path named inside a profile (`relative_to`, that
+    profile's folder) is read from beside it, wherever the suite runs from."""
     bundled = bundled_profiles()
     path = bundled.get(name_or_path) or Path(name_or_path)
+    if name_or_path not in bundled and relative_to is not None and not path.is_absolute():
+        path = relative_to / path
     if not path.is_file():
         raise ConformanceError(
             f"No profile {name_or_path!r}: not a bundled profile ({', '.join(sorted(bundled))}) "
@@ -248,6 +259,9 @@ VARIANT_KEYS = {
 }
 """Keys a `[variants.NAME]` table may hold besides profile overrides."""
 
+VARIANT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+"""A variant's name is a test id, a report key and a compile-cache file suffix: plain ASCII only."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class Variant:
@@ -267,6 +281,12 @@ def _variant_tables(path: Path, data: dict) -> dict[str, dict]:
     if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
         raise ConformanceError(f"Profile {path}: [variants] must hold one table per variant, e.g. [variants.fp32].")
     for name, table in variants.items():
+        if not VARIANT_NAME.fullmatch(name):
+            raise ConformanceError(
+                f"Profile {data['name']!r}: variant name {name!r} is not allowed. A variant's name becomes its test "
+                "ids, its report entries and its compile-cache file's suffix, so it is 1-64 ASCII letters, digits, "
+                "'_', '-' or '.', not starting with '-' or '.' (e.g. [variants.bf16-no-graphs])."
+            )
         if name == "base" or "name" in table or "variants" in table:
             raise ConformanceError(
                 f"Profile {data['name']!r}: variants.{name} cannot be named `base` nor set name or variants."
@@ -275,7 +295,7 @@ def _variant_tables(path: Path, data: dict) -> dict[str, dict]:
             if key in table and not isinstance(table[key], str):
                 raise ConformanceError(f"Profile key 'variants.{name}.{key}' must be a string: {what}.")
         if "base" in table:
-            _read_profile(table["base"])  # names a profile that exists
+            _read_profile(table["base"], path.parent)  # names a profile that exists
         _build(Profile, {k: v for k, v in table.items() if k not in VARIANT_KEYS}, f"variants.{name}")
     return variants
 
@@ -299,7 +319,7 @@ def load_profile(name_or_path: str, variant: str | None = None) -> Profile:
             )
         table, name = variants[variant], data["name"]
         if "base" in table:
-            base_path, data = _read_profile(table["base"])
+            base_path, data = _read_profile(table["base"], path.parent)
             _variant_tables(base_path, data)
         data = _merged(data, {k: v for k, v in table.items() if k not in VARIANT_KEYS})
         data["name"] = f"{name}[{variant}]"

@@ -92,12 +92,21 @@ def load_factory(spec: str | None) -> Callable[..., ConformanceSystem]:
                 f"registers it in the entry-point group {ENTRY_POINT_GROUP!r} (found: "
                 f"{', '.join(sorted(found)) or 'none'})."
             )
-        return found[spec].load()
+        try:
+            return found[spec].load()
+        except (Exception, SystemExit) as e:  # a provider whose import fails in any way is not usable
+            raise ConformanceError(
+                f"System provider {spec!r} (entry point {found[spec].value}) does not load: {type(e).__name__}: {e}. "
+                "Fix or reinstall the package that provides it."
+            ) from None
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ConformanceError(f"System provider {spec!r}: cannot import {module_name!r} ({e}).") from None
+    except (Exception, SystemExit) as e:
+        raise ConformanceError(
+            f"System provider {spec!r}: cannot import {module_name!r} ({type(e).__name__}: {e}). Point "
+            "--tc-system at an importable module:factory."
+        ) from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ConformanceError(f"System provider {spec!r}: {module_name} has no callable {attr!r}.")

@@ -208,14 +208,18 @@ class GRPOSystem:
     def _compile_shapes(self) -> None:
         """Compiles every shape class the run and the checks use: the trainer's fwd+bwd on a full
         batch at the trainer's fixed width (its logprob probes run that forward too), generator
-        prefill + decode. Gradients are dropped; weights do not change."""
+        prefill + decode, and for vLLM, which decodes only the sequences still running, the step
+        of a lone last sequence: one token, a size Dynamo specializes (the native generator decodes
+        every row to the end). Gradients are dropped; weights do not change."""
         s = self.profile.sampling
         shape = (self.profile.rollouts_per_step, self.profile.generator.max_model_len)
         tokens = torch.full(shape, self.tokenizer.bos_id, dtype=torch.long, device=self.device)
         self.trainer.model(tokens).float().sum().backward()
         self.trainer.optimizer.zero_grad(set_to_none=True)
-        prompts = [[self.tokenizer.bos_id] * 5] * s.num_prompts_per_step
-        self.generator.generate(prompts, s.n, 2, s.temperature, 0, self.tokenizer.eos_id)
+        prompt = [self.tokenizer.bos_id] * 5
+        self.generator.generate([prompt] * s.num_prompts_per_step, s.n, 2, s.temperature, 0, self.tokenizer.eos_id)
+        if not isinstance(self.generator, NativeGenerator):
+            self.generator.generate([prompt], 1, 2, s.temperature, 0, self.tokenizer.eos_id)
 
     # --- the run -----------------------------------------------------------------------------
 

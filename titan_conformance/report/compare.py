@@ -3,10 +3,13 @@
 Compared: startup by phase, step time by phase (medians over steps), the logprob difference,
 compiles per region (and recompile-limit hits), capture sizes and capture time, and every test's
 verdict, variant by variant (each variant ran once; step times are medians over its steps).
+A number that is not finite (NaN, a broken timer) never passes quietly: in head it is a regression,
+in base an unusable baseline, said so in its row and under the table.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 from typing import Any
@@ -14,8 +17,11 @@ from typing import Any
 from titan_conformance.device_class import recorded_class
 from titan_conformance.errors import ConformanceError
 from titan_conformance.report.markdown import cell
+from titan_conformance.report.schema import field, number
 
 PARITY_METRICS = ("max_abs", "p99_abs", "mean_abs", "k3_kl")
+NUMERIC = ("seconds", "diff", "count")
+"""Kinds of row whose values are numbers (floats, possibly not finite)."""
 
 
 @dataclass
@@ -28,85 +34,110 @@ class Row:
     head: Any
     regression: bool = False
     note: str = ""
+    unusable_base: bool = False
+    """The base's value is not finite, so head's could not be judged against it."""
 
     @property
     def delta(self) -> float | None:
-        if isinstance(self.base, (int, float)) and isinstance(self.head, (int, float)):
-            return self.head - self.base
+        if self.kind in NUMERIC and self.base is not None and self.head is not None:
+            delta = self.head - self.base
+            return delta if math.isfinite(delta) else None
         return None
 
 
-def _median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
+def printable(text: Any) -> str:
+    """`text` on one line, its control and other unprintable characters escaped: names and values
+    in a report come from anywhere, and must neither break a table row nor reach a terminal as
+    escape sequences."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+
+
+def _median(values: list[float]) -> float:
+    """The median, or the first value that is not finite: a broken timer is flagged, not outvoted."""
+    broken = [v for v in values if not math.isfinite(v)]
+    return broken[0] if broken else statistics.median(values)
 
 
 def _ordered(keys: list[str]) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
-def _parity(tests: list[dict[str, Any]], run: dict[str, Any]) -> dict[str, Any]:
+def _parity(tests: list[dict[str, Any]], run: dict[str, Any], where: str) -> tuple[dict[str, Any], str]:
+    """The logprob difference's statistics, from its check or else the run, and where they are."""
     for test in tests:
         for check in test["checks"]:
             if check["name"] == "logprob_parity" and check["metrics"]:
-                return check["metrics"]
-    return (run.get("logprob_diff") or {}).get("stats") or {}
+                return check["metrics"], f"the logprob_parity check of {test['nodeid']!r}: metrics"
+    return (run.get("logprob_diff") or {}).get("stats") or {}, f"{where}.logprob_diff.stats"
 
 
-def _extract_variant(run: dict[str, Any], tests: list[dict[str, Any]], section: str) -> dict[tuple[str, str], tuple[str, Any]]:
-    """(section, metric) -> (kind, value) of one variant's run and tests; `section` prefixes each
-    section name (the variant's, where a report has several)."""
+def _extract_variant(
+    name: str, run: dict[str, Any], tests: list[dict[str, Any]], section: str, source: str,
+) -> dict[tuple[str, str], tuple[str, Any]]:
+    """(section, metric) -> (kind, value) of variant `name`'s run and tests; `section` prefixes each
+    section name (the variant's, where a report has several). A value that is not a number where
+    one belongs is a malformed report, named by its field."""
     out: dict[tuple[str, str], tuple[str, Any]] = {}
-    startup, steps = run.get("startup") or {}, run.get("steps") or []
+    where = f"runs[{name!r}]"
+    startup = {p: number(v, source, field(f"{where}.startup", p)) for p, v in (run.get("startup") or {}).items()}
+    records = run.get("steps") or []
+    steps = [{p: number(v, source, field(f"{where}.steps[{i}].times", p)) for p, v in step["times"].items()}
+             for i, step in enumerate(records)]
+    totals = [number(step["seconds"], source, f"{where}.steps[{i}].seconds") for i, step in enumerate(records)]
     for phase, seconds in startup.items():
         out[section + "startup", phase] = ("seconds", seconds)
     if startup:
         out[section + "startup", "total"] = ("seconds", sum(startup.values()))
-    for phase in _ordered([p for s in steps for p in s["times"]]):
-        out[section + "step", phase] = ("seconds", _median([s["times"][phase] for s in steps if phase in s["times"]]))
-    if steps:
-        out[section + "step", "total"] = ("seconds", _median([s["seconds"] for s in steps]))
-    parity = _parity(tests, run)
+    for phase in _ordered([p for times in steps for p in times]):
+        out[section + "step", phase] = ("seconds", _median([times[phase] for times in steps if phase in times]))
+    if totals:
+        out[section + "step", "total"] = ("seconds", _median(totals))
+    parity, parity_where = _parity(tests, run, where)
     for metric in PARITY_METRICS:
         if metric in parity:
-            out[section + "logprob diff", metric] = ("diff", parity[metric])
+            out[section + "logprob diff", metric] = ("diff", number(parity[metric], source, field(parity_where, metric)))
     compiled = run.get("compile") or {}
-    for region, count in compiled.get("counts", {}).items():
-        out[section + "recompiles", region] = ("count", count)
+    for region, count in (compiled.get("counts") or {}).items():
+        out[section + "recompiles", region] = ("count", number(count, source, field(f"{where}.compile.counts", region)))
     if run:
-        out[section + "recompiles", "limit hits"] = ("count", len(compiled.get("limit_hits", [])))
+        out[section + "recompiles", "limit hits"] = ("count", float(len(compiled.get("limit_hits") or [])))
     if capture := run.get("capture"):
-        out[section + "capture", "sizes"] = ("sizes", capture.get("captured", []))
-        if isinstance(capture.get("seconds"), (int, float)):
-            out[section + "capture", "time"] = ("seconds", capture["seconds"])
+        out[section + "capture", "sizes"] = ("sizes", capture.get("captured") or [])
+        if capture.get("seconds") is not None:  # None: the system captured nothing to time
+            out[section + "capture", "time"] = ("seconds", number(capture["seconds"], source, f"{where}.capture.seconds"))
     for test in tests:
         out[section + "verdict", test["nodeid"].split("::", 1)[-1]] = ("verdict", test["outcome"])
     return out
 
 
-def extract(report: dict[str, Any]) -> dict[tuple[str, str], tuple[str, Any]]:
-    """(section, metric) -> (kind, value) for one report, variant by variant (a variant's sections
-    are prefixed with its name where the report is not of the base variant alone)."""
+def extract(report: dict[str, Any], source: str) -> dict[tuple[str, str], tuple[str, Any]]:
+    """(section, metric) -> (kind, value) for one report (read from `source`), variant by variant (a
+    variant's sections are prefixed with its name where the report is not of the base variant alone)."""
     names = list(dict.fromkeys([*report.get("variants", {}), *report["runs"], *(t["variant"] for t in report["tests"])]))
     out: dict[tuple[str, str], tuple[str, Any]] = {}
     for name in names:
         prefix = "" if names == ["base"] else f"[{name}] "
         tests = [t for t in report["tests"] if t["variant"] == name]
-        out.update(_extract_variant(report["runs"].get(name, {}), tests, prefix))
+        out.update(_extract_variant(name, report["runs"].get(name, {}), tests, prefix, source))
     return out
 
 
 def _judge(row: Row, threshold: float, min_seconds: float) -> None:
     base, head = row.base, row.head
+    if row.kind in NUMERIC and head is not None and not math.isfinite(head):
+        row.regression, row.note = True, f"REGRESSION: head is {head}"  # a broken timer or NaN hides any slowdown
+        return
     if base is None or head is None:
         row.note = "only in head" if base is None else "only in base"
         if row.kind == "verdict" and head in ("failed", "error"):
             row.regression = True
         return
-    if row.kind in ("seconds", "diff") and isinstance(head, str):
-        row.regression, row.note = True, f"non-finite ({head})"
-    elif row.kind == "seconds" and isinstance(base, (int, float)):
+    if row.kind in NUMERIC and not math.isfinite(base):
+        row.unusable_base, row.note = True, f"UNUSABLE BASE: base is {base}, head not judged"
+        return
+    if row.kind == "seconds":
         row.regression = head > base * (1 + threshold) and head - base > min_seconds
-    elif row.kind == "diff" and isinstance(base, (int, float)):
+    elif row.kind == "diff":
         row.regression = head > base * (1 + threshold) if base > 0 else head > 0
     elif row.kind == "count":
         row.regression = head > base
@@ -140,7 +171,7 @@ def partial_note(report: dict[str, Any], name: str) -> str | None:
     """Why a report is partial, named, or None for a complete one."""
     if not report.get("partial"):
         return None
-    return f"{name} is a partial report ({report.get('partial_reason') or 'the run did not finish'})"
+    return f"{name} is a partial report ({printable(report.get('partial_reason') or 'the run did not finish')})"
 
 
 def compare(
@@ -149,8 +180,8 @@ def compare(
 ) -> list[Row]:
     """Rows of the before/after table, regressions flagged. A partial report (a run stopped early)
     is refused unless `allow_partial`: its unfinished checks would show as regressions."""
-    if threshold < 0 or min_seconds < 0:
-        raise ConformanceError(f"--threshold ({threshold}) and --min-seconds ({min_seconds}) must be >= 0.")
+    if not all(math.isfinite(x) and x >= 0 for x in (threshold, min_seconds)):  # nan would make every comparison false
+        raise ConformanceError(f"--threshold ({threshold}) and --min-seconds ({min_seconds}) must be finite numbers >= 0.")
     notes = [n for n in (partial_note(base, names[0]), partial_note(head, names[1])) if n]
     if notes and not allow_partial:
         raise ConformanceError(
@@ -158,7 +189,7 @@ def compare(
             "or pass --allow-partial to compare what it has (the table then marks it)."
         )
     _check_comparable(base, head, names)
-    before, after = extract(base), extract(head)
+    before, after = extract(base, names[0]), extract(head, names[1])
     rows = []
     for key in _ordered([*before, *after]):
         kind = (before.get(key) or after.get(key))[0]
@@ -171,9 +202,9 @@ def compare(
 def _value(value: Any, kind: str) -> str:
     if value is None:
         return "-"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if kind not in NUMERIC or not math.isfinite(value):
         return str(value)
-    return f"{value:.3f}s" if kind == "seconds" else f"{value:.3e}" if kind == "diff" else str(value)
+    return f"{value:.3f}s" if kind == "seconds" else f"{value:.3e}" if kind == "diff" else f"{value:g}"
 
 
 def _delta(row: Row) -> str:
@@ -188,16 +219,24 @@ def _delta(row: Row) -> str:
     return text + (f" ({d / row.base:+.1%})" if row.base else "")
 
 
+def _footer(rows: list[Row]) -> str:
+    regressions = sum(r.regression for r in rows)
+    footer = f"{regressions} regression(s)" if regressions else "no regressions"
+    if unusable := sum(r.unusable_base for r in rows):
+        footer += f"; {unusable} row(s) not judged: the base's value is not finite (re-run the base)"
+    return footer
+
+
 def table(rows: list[Row], markdown: bool = False) -> str:
     """The table as aligned text, or as a Markdown table for a pull-request description."""
     header = ("section", "metric", "base", "head", "delta", "")
-    cells = [(r.section, r.metric, _value(r.base, r.kind), _value(r.head, r.kind), _delta(r), r.note) for r in rows]
-    regressions = sum(r.regression for r in rows)
-    footer = f"{regressions} regression(s)" if regressions else "no regressions"
+    cells = [tuple(map(printable, (r.section, r.metric, _value(r.base, r.kind), _value(r.head, r.kind), _delta(r), r.note)))
+             for r in rows]
+    footer = _footer(rows)
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
         lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in cells]
         return "\n".join(lines + ["", f"**{footer}**"])
-    widths = [max(len(str(row[i])) for row in [header, *cells]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *cells]]
+    widths = [max(len(row[i]) for row in [header, *cells]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *cells]]
     return "\n".join(lines + [footer])

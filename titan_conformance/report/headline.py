@@ -166,5 +166,14 @@ def overall(report: dict[str, Any]) -> str:
     return ", ".join(parts) or "no tests ran"
 
 
-def failures(report: dict[str, Any]) -> list[dict[str, Any]]:
-    return [t for t in report["tests"] if t["outcome"] in ("failed", "error")]
+def warning_lines(report: dict[str, Any]) -> list[str]:
+    """What the session must not pass over in silence though no check judges it: a variant whose
+    system left threads or processes running after it was closed, a compile cache loaded without
+    authentication."""
+    lines = [f"variant {item.get('variant')} left running after close: "
+             f"{'; '.join([*item.get('threads', []), *item.get('processes', [])])} (processes ended by titan_conformance)"
+             for item in report.get("leftovers") or []]
+    for name, run in (report.get("runs") or {}).items():
+        if isinstance(run, dict) and (text := ((run.get("compile") or {}).get("cache") or {}).get("unauthenticated")):
+            lines.append(f"variant {name}: compile cache {text}")
+    return lines

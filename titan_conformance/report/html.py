@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from titan_conformance.report.headline import failures, overall, property_rows, variant_line, variant_matrix
+from titan_conformance.report.headline import overall, property_rows, variant_line, variant_matrix, warning_lines
+from titan_conformance.report.verdict import failures, session_verdict
 
 
 def _num(value: Any) -> str:
@@ -39,5 +40,6 @@ def render_html(report: dict[str, Any]) -> str:
         report=report, env=report["environment"], overall=overall(report), rows=property_rows(report),
         variant_names=names, matrix=matrix, variant_lines=[variant_line(n, s) for n, s in report.get("variants", {}).items()],
         variant_rows={n: property_rows(report, n) for n in names},
-        failures=failures(report), plots=all_plots(report), ledger=ledger, limit_hits=hits,
+        failures=failures(report), verdict=session_verdict(report), warnings=warning_lines(report),
+        plots=all_plots(report), ledger=ledger, limit_hits=hits,
     )

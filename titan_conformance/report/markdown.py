@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from titan_conformance.report.headline import (
-    VERDICT_MARK, failures, overall, property_rows, variant_line, variant_matrix, variant_names,
+    VERDICT_MARK, overall, property_rows, variant_line, variant_matrix, variant_names, warning_lines,
 )
+from titan_conformance.report.verdict import failures, session_verdict
 
 SUMMARY_LIMIT = 64 * 1024 - 1
 """Bytes; GitHub's comment limit is 65536 characters, and fewer bytes are never more characters."""
@@ -53,13 +54,18 @@ def _environment(env: dict[str, Any]) -> str:
 
 def summary_markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
-    verdict = "❌ failed" if failures(report) else "✅ passed"
+    verdict = session_verdict(report)
     lines = [
-        f"## titan_conformance: {verdict} ({overall(report)})",
+        f"## titan_conformance: {verdict.headline} ({overall(report)})",
         "",
         f"Profile `{env.get('profile')}` on {env.get('device')}, torch {env.get('torch')}.",
         "",
     ]
+    if verdict.status == "nothing judged":
+        lines += [f"> **Not a pass**: {cell(verdict.reason)}.", ""]
+    if report.get("disagreements"):
+        lines += [f"> **Outcome overridden**: {len(report['disagreements'])} test(s) whose recorded check failed were "
+                  "reported passed or skipped by pytest in the process; they count as failed.", ""]
     if report["partial"]:
         lines += [f"> **Partial report**: {report['partial_reason']}.", ""]
     names = variant_names(report)
@@ -74,6 +80,8 @@ def summary_markdown(report: dict[str, Any]) -> str:
         lines += ["| Property | Verdict | Tests | Key numbers |", "| --- | --- | --- | --- |"]
         for row in property_rows(report, name if len(names) > 1 else None):
             lines.append(f"| {row.title} | {VERDICT_MARK[row.verdict]} {row.verdict} | {row.tests} | {cell(row.numbers)} |")
+    if warnings := warning_lines(report):
+        lines += [""] + [f"- ⚠️ {cell(line)}" for line in warnings]
     crashed = {w: s for w, s in report["workers"].items() if s["status"] != "finished"}
     if crashed:
         lines += [""] + [f"- Worker `{w}` {s['status']}" + (f": {cell(s['error'])}" if s.get("error") else "")

@@ -14,6 +14,9 @@ from typing import Any
 
 from titan_conformance.report.collect import environment
 from titan_conformance.report.schema import OUTCOMES, SCHEMA, SCHEMA_VERSION
+from titan_conformance.report.verdict import UNFINISHED, session_verdict
+
+DISAGREEMENT = "Recorded result and pytest's outcome disagree"
 
 SUITE_NODEID = re.compile(r"(^|/)conformance/test_\w+\.py::")
 """What the nodeid of a suite test looks like, whatever the rootdir (also in xdist's report of a
@@ -64,9 +67,15 @@ def property_of(nodeid: str, checks: list[dict[str, Any]] = ()) -> str:
 
 
 def variant_of(nodeid: str, variants: list[str] | set[str]) -> str | None:
-    """The variant among a nodeid's parameter ids, e.g. `fp32` of `test_x[fp32-name]`, or None."""
-    ids = nodeid.rpartition("[")[2].rstrip("]").split("-") if nodeid.endswith("]") else []
-    return next((i for i in ids if i in variants), None)
+    """The variant among a nodeid's parameter ids, e.g. `fp32` of `test_x[fp32-name]`, or None.
+    pytest joins ids with `-`, which variant names may hold too (`bf16-no-graphs`): the longest
+    name that spans whole ids wins."""
+    name = nodeid[nodeid.rfind("::") + 2:]
+    if not name.endswith("]") or "[" not in name:
+        return None
+    ids = name[name.index("[") + 1:-1].split("-")
+    spans = ("-".join(ids[i:j]) for i in range(len(ids)) for j in range(i + 1, len(ids) + 1))
+    return max((s for s in spans if s in variants), key=len, default=None)
 
 
 def _outcome(when: str, outcome: str) -> str:
@@ -89,6 +98,10 @@ class ReportStore:
     started: float = field(default_factory=time.time)
     finished: set[str] = field(default_factory=set)
     """Nodeids whose outcome is known: the call phase reported, or setup did not pass."""
+    leftovers: list[dict[str, Any]] = field(default_factory=list)
+    """What a variant's system left running after close: {variant, threads, processes}."""
+    disagreements: list[str] = field(default_factory=list)
+    """Nodeids whose recorded check failed while pytest reported them passed or skipped."""
 
     def _order(self, variant: str) -> tuple[int, str]:
         return (self.variants.index(variant) if variant in self.variants else len(self.variants), variant)
@@ -107,13 +120,15 @@ class ReportStore:
 
     def add_phase(
         self, nodeid: str, when: str, outcome: str, duration: float, worker: str, message: str,
-        checks: list[dict[str, Any]] = (), run: dict[str, Any] | None = None,
+        checks: list[dict[str, Any]] = (), run: dict[str, Any] | None = None, variant: str | None = None,
     ) -> None:
-        """One phase report (setup, call or teardown) of one test; its variant is read from the
-        nodeid's parameter ids (as the scheduler groups them)."""
+        """One phase report (setup, call or teardown) of one test; `variant`: the test's own
+        parametrization, else read from the nodeid's parameter ids (as the scheduler groups them;
+        a crashed worker's report carries nothing else)."""
         self.worker_up(worker)
+        variant = variant or variant_of(nodeid, self.variants) or "base"
         test = self.tests.setdefault(nodeid, {
-            "nodeid": nodeid, "variant": variant_of(nodeid, self.variants) or "base", "property": property_of(nodeid),
+            "nodeid": nodeid, "variant": variant, "property": property_of(nodeid),
             "outcome": "passed", "duration_s": 0.0, "worker": worker, "message": "", "checks": [],
         })
         test["duration_s"] += float(duration)
@@ -122,6 +137,14 @@ class ReportStore:
         if run is not None:
             self.runs[run.get("variant") or test["variant"]] = {**run, "worker": worker}
         result = _outcome(when, outcome)
+        if result in ("passed", "skipped") and (failed := [c["name"] for c in checks if c.get("passed") is False]):
+            # The check's own record says it failed: whatever turned that into a pass or a skip in
+            # the process (a patched pytest.fail, a plugin rewriting outcomes), the verdict is a failure.
+            result = "failed"
+            message = (f"{DISAGREEMENT}: check {', '.join(failed)} recorded a failure, but pytest reported the test "
+                       f"{outcome}. Something in this process changed the test's outcome (a plugin, the system under "
+                       f"test patching pytest, a hook): the recorded result decides. {message}").strip()
+            self.disagreements.append(nodeid)
         if when == "call" or result != "passed":
             self.finished.add(nodeid)
         # The first phase that does not pass decides (a teardown error after a failure stays a failure).
@@ -156,7 +179,7 @@ class ReportStore:
         for test in tests:
             if test["nodeid"] not in self.finished:  # set up, then the run stopped under it
                 test["outcome"] = "error"
-                test["message"] = "did not finish: " + ("the run was interrupted" if interrupted else "no outcome reported")
+                test["message"] = UNFINISHED + ("the run was interrupted" if interrupted else "no outcome reported")
         workers = {w: dict(s) for w, s in sorted(self.workers.items())}
         for state in workers.values():
             if state["status"] == "running":
@@ -173,7 +196,7 @@ class ReportStore:
             reasons.append(f"{collected - len(self.finished)} of {collected} collected tests did not finish")
         summary = {o: sum(t["outcome"] == o for t in tests) for o in OUTCOMES}
         summary["collected"] = max(collected, len(tests))
-        return {
+        report = {
             "schema": SCHEMA,
             "schema_version": SCHEMA_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -189,4 +212,9 @@ class ReportStore:
             "variants": self.variant_table(tests),
             "tests": tests,
             "runs": {name: self.runs[name] for name in sorted(self.runs, key=self._order)},
+            "disagreements": list(self.disagreements),
+            "leftovers": list(self.leftovers),
         }
+        verdict = session_verdict(report)
+        report["verdict"] = {"status": verdict.status, "reason": verdict.reason}
+        return report

@@ -27,7 +27,9 @@ from titan_conformance.report.merge import SUITE_NODEID, ReportStore
 CHECK_KEY = "titan_conformance.check"
 RUN_KEY = "titan_conformance.run"
 SUITE_KEY = "titan_conformance.suite"
-KEYS = (CHECK_KEY, RUN_KEY, SUITE_KEY)
+VARIANT_KEY = "titan_conformance.variant"
+LEFTOVER_KEY = "titan_conformance.leftover"
+KEYS = (CHECK_KEY, RUN_KEY, SUITE_KEY, VARIANT_KEY, LEFTOVER_KEY)
 SUITE_PACKAGE = "titan_conformance.conformance."
 OPTIONS = ("suite", "variants", "model_path", "generator", "device", "system", "seed", "report_dir", "compile_cache",
            "timeout")
@@ -93,6 +95,8 @@ class ReportSession:
         self.written: Path | None = None
         self.write_error: str | None = None
         self.stop_reason: str | None = None
+        self.late_signals: list[str] = []
+        """Signals that landed while the final report was written (it was written whole)."""
         self._saved_signals: dict[int, Any] = {}
 
     # --- every process: progress, phases and recording ----------------------------------------
@@ -132,7 +136,9 @@ class ReportSession:
         report = yield
         module = getattr(getattr(item, "module", None), "__name__", "")
         if _pending or module.startswith(SUITE_PACKAGE):
-            report.user_properties += [(SUITE_KEY, ""), *_pending]
+            variant = getattr(getattr(item, "callspec", None), "params", {}).get("tc_variant")
+            named = [(VARIANT_KEY, variant.name)] if hasattr(variant, "name") else []
+            report.user_properties += [(SUITE_KEY, ""), *named, *_pending]
             _pending.clear()
         return report
 
@@ -150,7 +156,9 @@ class ReportSession:
         self.store.add_phase(
             report.nodeid, report.when, report.outcome, report.duration, _worker_id(report), _message(report),
             [json.loads(v) for k, v in ours if k == CHECK_KEY], runs[-1] if runs else None,
+            next((v for k, v in ours if k == VARIANT_KEY), None),
         )
+        self.store.leftovers += [json.loads(v) for k, v in ours if k == LEFTOVER_KEY]
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodeup(self, node: Any) -> None:
@@ -165,14 +173,18 @@ class ReportSession:
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         """On the controller: SIGTERM (a cancelled CI job) and --tc-timeout end the run like Ctrl-C,
-        with a report; the in-progress report replaces whatever the folder held."""
+        with a report; the in-progress report replaces whatever the folder held. A signal that
+        lands while it is written stops the run right after (`_deferred_signals`)."""
         if self.is_worker:
             return
         self._catch(signal.SIGTERM, _interrupt)
         if self.timeout:
             self._catch(signal.SIGALRM, functools.partial(_timed_out, self.timeout))
             signal.setitimer(signal.ITIMER_REAL, self.timeout)
-        self._write(self.store.to_report(-1, 0, False, self.options, in_progress=True))
+        with _deferred_signals() as caught:
+            self._write(self.store.to_report(-1, 0, False, self.options, in_progress=True))
+        if caught:
+            signal.raise_signal(caught[0])  # now handled as it would have been: the run stops
 
     def _catch(self, signum: int, handler: Any) -> None:
         try:
@@ -184,12 +196,20 @@ class ReportSession:
     # teardown each): every worker has reported by then, and the report is written meanwhile.
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        """The final report, written with SIGINT/SIGTERM held off (a run that finished keeps its
+        report whatever lands meanwhile); the exit status follows the recorded results too."""
         if self.timeout and signal.SIGALRM in self._saved_signals:
             signal.setitimer(signal.ITIMER_REAL, 0)
-        for signum, handler in self._saved_signals.items():
-            signal.signal(signum, handler)
-        if self.is_worker:
-            return
+        try:
+            if not self.is_worker:
+                with _deferred_signals() as caught:
+                    self._finish(session, exitstatus)
+                self.late_signals = [signal.Signals(s).name for s in caught]
+        finally:
+            for signum, handler in self._saved_signals.items():
+                signal.signal(signum, handler)
+
+    def _finish(self, session: pytest.Session, exitstatus: int) -> None:
         from titan_conformance.report.phases import describe
 
         interrupted = self.stop_reason is not None or exitstatus == pytest.ExitCode.INTERRUPTED
@@ -199,6 +219,7 @@ class ReportSession:
             stop = (self.stop_reason or "the run was interrupted") + (f", {describe(phases)}" if phases else "")
         report = self.store.to_report(int(exitstatus), session.testscollected, interrupted, self.options,
                                       stopped=stop, phases=phases)
+        session.exitstatus = report["exitstatus"] = _exit_status(int(session.exitstatus), report)
         self._write(report)
         self.report = report
         if self.write_error and session.exitstatus == pytest.ExitCode.OK:
@@ -224,7 +245,38 @@ class ReportSession:
             return
         from titan_conformance.report.terminal import terminal_summary
 
-        terminal_summary(terminalreporter, self.report, self.written, self.write_error)
+        terminal_summary(terminalreporter, self.report, self.written, self.write_error, self.late_signals)
+
+
+def _exit_status(status: int, report: dict[str, Any]) -> int:
+    """pytest's status, unless the recorded results say otherwise: a check that recorded a failure
+    fails the session (TESTS_FAILED, 1) whatever pytest was told, and a session that judged
+    nothing (every test skipped) is NO_TESTS_COLLECTED (5), never OK."""
+    if status != pytest.ExitCode.OK:
+        return status
+    if report["disagreements"]:
+        return int(pytest.ExitCode.TESTS_FAILED)
+    if report["verdict"]["status"] == "nothing judged":
+        return int(pytest.ExitCode.NO_TESTS_COLLECTED)
+    return status
+
+
+@contextlib.contextmanager
+def _deferred_signals():
+    """Holds SIGINT, SIGTERM and SIGALRM while a report is written (a KeyboardInterrupt inside
+    os.fsync would lose it): yields the list of those that landed meanwhile."""
+    caught: list[int] = []
+    saved = {}
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM):
+        try:
+            saved[signum] = signal.signal(signum, lambda s, f: caught.append(s))
+        except ValueError:  # not the main thread: nothing to hold
+            pass
+    try:
+        yield caught
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
 
 
 class TimedOut(KeyboardInterrupt):

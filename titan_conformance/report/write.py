@@ -72,6 +72,27 @@ def write_report(report: dict[str, Any], directory: str | Path) -> Path:
     return directory
 
 
+_MARKERS = {
+    "junit.xml": b'name="titan_conformance"', "summary.md": b"## titan_conformance:",
+    "report.html": b"<title>titan_conformance report", "report.json": b'"schema": "titan_conformance.report"',
+}
+"""What the first KiB of each of our files holds: a folder's other files are never removed."""
+
+
+def clear_previous_report(directory: Path) -> None:
+    """Removes an earlier run's report files from `directory`, so that a run stopped before it writes
+    its own (a usage error, a signal in its first seconds) leaves no stale verdict looking current.
+    Best effort: a file that cannot be read or removed stays, and the run's own report replaces it."""
+    for name, marker in _MARKERS.items():
+        path = directory / name
+        try:
+            with open(path, "rb") as f:
+                if marker in f.read(1024):
+                    path.unlink()
+        except OSError:
+            continue
+
+
 def append_step_summary(markdown: str, path: str | None = None) -> bool:
     """Appends `markdown` to $GITHUB_STEP_SUMMARY (when set), cut to what its 1 MiB cap leaves."""
     path = path or os.environ.get("GITHUB_STEP_SUMMARY")
