@@ -271,8 +271,8 @@ def plant_untempered_generator(system):
     gen = system.generator
     real = gen.generate
 
-    def generate(prompts, n, max_tokens, temperature, seed, eos_id):
-        completions = real(prompts, n, max_tokens, temperature, seed, eos_id)
+    def generate(prompts, n, max_tokens, temperature, seed, eos_id, **kw):
+        completions = real(prompts, n, max_tokens, temperature, seed, eos_id, **kw)
         for c, logprobs in zip(completions, gen.score(completions, 1.0)):
             c.logprobs = logprobs.tolist()
         return completions

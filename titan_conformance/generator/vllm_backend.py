@@ -98,8 +98,11 @@ class VllmGenerator:
         return self.llm.generate(prompts, SamplingParams(**params), use_tqdm=False)
 
     def generate(
-        self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float, seed: int, eos_id: int
+        self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float, seed: int, eos_id: int,
+        sequence_noise: bool = False,
     ) -> list[Completion]:
+        """`sequence_noise` is how vLLM always samples a seeded request: from a generator of the
+        request's own, seeded by `seed` + its sample index, whatever its neighbours."""
         if len(prompts) * n > self.max_num_seqs:
             raise ConformanceError(
                 f"{len(prompts)} prompts x n={n} exceed the generator's max_num_seqs={self.max_num_seqs}."
