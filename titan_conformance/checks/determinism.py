@@ -51,19 +51,19 @@ class Comparison:
     first: list[Completion]
     second: list[Completion]
     rows: list[tuple[int, int]]
-    compared: int = 0
-    """Tokens whose logprobs were compared."""
-    max_abs: float = 0.0
-    where: str = ""
+    compared: int = field(default=0, init=False)
+    """Tokens whose logprobs were compared (measured at construction, as are the fields below)."""
+    max_abs: float = field(default=0.0, init=False)
+    where: str = field(default="", init=False)
     """Row pair and token of the largest difference."""
-    differing: int = 0
+    differing: int = field(default=0, init=False)
     """Compared tokens whose logprobs differ at all."""
-    parted: list[str] = field(default_factory=list)
+    parted: list[str] = field(default_factory=list, init=False)
     """Each row pair whose tokens part, where and into what."""
-    non_finite: list[str] = field(default_factory=list)
+    non_finite: list[str] = field(default_factory=list, init=False)
     """Each NaN or inf logprob in either rollout, where."""
 
-    def measure(self) -> "Comparison":
+    def __post_init__(self) -> None:
         for i, j in self.rows:
             a, b = self.first[i], self.second[j]
             place = f"row {i} of the first batch, row {j} of the second"
@@ -82,7 +82,6 @@ class Comparison:
             if common and float(diff.max()) > self.max_abs:
                 t = int(diff.argmax())
                 self.max_abs, self.where = float(diff[t]), f"{place}, token {t}"
-        return self
 
 
 def _token(c: Completion, t: int) -> str:
@@ -90,10 +89,8 @@ def _token(c: Completion, t: int) -> str:
 
 
 def determinism_verdict(name: str, what: str, comparisons: list[Comparison], profile, hint: str) -> CheckResult:
-    """One verdict over the comparisons (measured here): bitwise where the generator is declared
-    batch-invariant (or the profile is bitwise), else within the batch-invariance tolerance."""
-    for c in comparisons:
-        c.measure()
+    """One verdict over the comparisons: bitwise where the generator is declared batch-invariant (or
+    the profile is bitwise), else within the batch-invariance tolerance."""
     bitwise = profile.generator.batch_invariant or profile.tolerances.bitwise
     limit = 0.0 if bitwise else profile.tolerance.batch_invariance_max_abs
     min_tokens = profile.tolerances.min_tokens
@@ -106,7 +103,8 @@ def determinism_verdict(name: str, what: str, comparisons: list[Comparison], pro
                                   "parted_rows": len(c.parted), "rows": len(c.rows)} for c in comparisons},
     }
     limits = {"max_abs": limit, "bitwise": bitwise, "min_tokens": min_tokens}
-    mode = "bitwise (the generator is declared batch-invariant)" if bitwise else f"max |diff| {limit:.1e}"
+    mode = ("bitwise equality (generator.batch_invariant or tolerances.bitwise)" if bitwise
+            else f"max |diff| {limit:.1e} (tolerances.{profile.model.dtype}.batch_invariance_max_abs)")
     problems = []
     for c in comparisons:
         if c.non_finite:
@@ -124,7 +122,7 @@ def determinism_verdict(name: str, what: str, comparisons: list[Comparison], pro
         problems.append(f"only {metrics['tokens']} tokens were compared in all, fewer than the {min_tokens} a "
                         "verdict needs (tolerances.min_tokens)")
     if problems:
-        return CheckResult(name, False, f"{what}, {mode}: " + "; ".join(problems) + f". {hint} {PLACES_TO_LOOK}",
+        return CheckResult(name, False, f"{what}, held to {mode}: " + "; ".join(problems) + f". {hint} {PLACES_TO_LOOK}",
                            metrics, limits)
     parted = f", {metrics['parted_rows']} rows parted at a near tie" if metrics["parted_rows"] else ""
     return CheckResult(name, True, f"{what}: {mode} held over {metrics['tokens']} tokens (max |diff| "
