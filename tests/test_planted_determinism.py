@@ -8,15 +8,19 @@ from __future__ import annotations
 import dataclasses
 import re
 
-import pytest
-
 import faults
+import pytest
+from test_planted_faults import profile
+
 from titan_conformance.checks.determinism import (
-    Comparison, check_neighbour_invariance, check_repeat_determinism, determinism_verdict, other_batch_size,
+    Comparison,
+    check_neighbour_invariance,
+    check_repeat_determinism,
+    determinism_verdict,
+    other_batch_size,
 )
 from titan_conformance.protocol import Completion
 from titan_conformance.providers.reference import build_system
-from test_planted_faults import profile
 
 CHECKS = (check_repeat_determinism, check_neighbour_invariance)
 
