@@ -28,7 +28,7 @@ def test_default_suite_passes_under_xdist(suite):
     """Collection is identical on every worker; the suite's one variant is built once, on one worker."""
     result = suite("-n", "2", "--tc-device", "cpu")
     # CUDA-graph checks skip on CPU, TP checks on a TP=1 profile, decode timing on the vLLM generator (CI has vLLM).
-    result.assert_outcomes(passed=12, skipped=8)
+    result.assert_outcomes(passed=14, skipped=8)
     result.stdout.fnmatch_lines(["*titan_conformance: suite=tiny-cpu variants=base system=reference*"])
     assert result.stderr.str().count("built reference system, variant base") == 1
 
@@ -54,7 +54,7 @@ def test_report_of_an_xdist_run(suite, pytester):
     profile.write_text(EAGER_PROFILE)
     profile.write_text(VARIANT_PROFILE)
     result = suite("-n", "2", "--tc-device", "cpu", "--tc-generator", "native", "--tc-suite", str(profile), "--tc-report-dir", "out")
-    result.assert_outcomes(passed=22, skipped=18)
+    result.assert_outcomes(passed=26, skipped=18)
     out = pytester.path / "out"
     assert sorted(p.name for p in out.iterdir()) == ["junit.xml", "report.html", "report.json", "summary.md"]
     report = load_report(out / "report.json")

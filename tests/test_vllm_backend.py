@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import psutil
@@ -33,7 +34,8 @@ def test_suite_checks_pass_on_vllm_with_our_compiled_model(pytester, monkeypatch
     and vLLM and compiled regions that ran, determinism at max_num_seqs (a repeated rollout, probes
     among other neighbours: vLLM's seeded requests draw noise per sequence), with vLLM generating
     from our regionally compiled blocks at the profile's temperature 0.8."""
-    monkeypatch.setenv("PYTHONPATH", str(TESTS))
+    # This checkout's package first, as `run_pytest` puts it (an editable install may be another's).
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), str(TESTS.parent)]))
     profile = pytester.path / "vllm-tiny.toml"
     profile.write_text("[run]\nsteps = 3\nexpect_learning = false\n")
     result = pytester.runpytest_subprocess(
