@@ -71,7 +71,7 @@ def test_planted_faults_fail_the_check_that_sees_them(system, plant):
         assert re.search(r"at row \d+ of the first batch, row \d+ of the second, token \d+ \(", neighbours[0].message)
     else:
         for result in repeat:
-            assert not result.passed and "repeat: logprobs differ by up to" in result.message, result.message
+            assert not result.passed and "repeat of batch 1: logprobs differ by up to" in result.message, result.message
             assert "step counter" in result.message
 
 
@@ -91,6 +91,9 @@ def test_a_verdict_that_compared_nothing_or_saw_nan_fails():
     result = determinism_verdict("d", "probes", nan, prof, "")
     assert not result.passed and "NaN or inf logprobs (first at row 0 of the first batch, row 0 of the second, token 69" \
         in result.message, result.message
+    few = determinism_verdict("d", "probes", [Comparison("order", [completion([5] * 5, [-1.0] * 5)],
+                                                         [completion([5] * 5, [-1.0] * 5)], [(0, 0)])], prof, "")
+    assert not few.passed and "only 5 tokens were compared in all" in few.message and "Where to look" not in few.message
     tie = [Comparison("order", [completion([5] * 70, [-1.0] * 70)], [completion([5] * 69 + [4], [-1.0] * 70)], [(0, 0)])]
     assert determinism_verdict("d", "probes", tie, prof, "").passed  # a near tie may part tokens within tolerance
     result = determinism_verdict("d", "probes", tie, batch_invariant(prof), "")

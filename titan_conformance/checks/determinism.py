@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from titan_conformance.checks.result import CheckResult
+from titan_conformance.checks.rollouts import MAX_BATCHES
 from titan_conformance.profile import padded_size
 from titan_conformance.protocol import Completion
 
@@ -119,8 +120,9 @@ def determinism_verdict(name: str, what: str, comparisons: list[Comparison], pro
         if bitwise and c.parted:
             problems.append(f"{c.label}: tokens part in {len(c.parted)} of {len(c.rows)} rows (first at {c.parted[0]})")
     if not problems and metrics["tokens"] < min_tokens:
-        problems.append(f"only {metrics['tokens']} tokens were compared in all, fewer than the {min_tokens} a "
-                        "verdict needs (tolerances.min_tokens)")
+        return CheckResult(name, False, f"{what}: only {metrics['tokens']} tokens were compared in all, fewer than "
+                           f"the {min_tokens} a verdict needs (tolerances.min_tokens): the completions end too soon "
+                           "(a model that samples EOS at once, or max_tokens too small).", metrics, limits)
     if problems:
         return CheckResult(name, False, f"{what}, held to {mode}: " + "; ".join(problems) + f". {hint} {PLACES_TO_LOOK}",
                            metrics, limits)
@@ -134,14 +136,19 @@ def _seed(profile, salt: str) -> int:
 
 
 def check_repeat_determinism(system, profile) -> CheckResult:
-    """The same max_num_seqs prompts rolled out twice with the same seed, row i against row i."""
-    problems = system.task.sample(random.Random(_seed(profile, "repeat")), profile.max_num_seqs)
-    seed = _seed(profile, "repeat-rollout")
-    first, second = (system.rollout(problems, seed=seed, n=1) for _ in range(2))
-    rows = [(i, i) for i in range(len(problems))]
+    """The same max_num_seqs prompts rolled out twice with the same seed, row i against row i; more
+    such batches (up to MAX_BATCHES) where completions end too soon for `tolerances.min_tokens`."""
+    rng, seed, rows, comparisons = random.Random(_seed(profile, "repeat")), _seed(profile, "repeat-rollout"), [], []
+    for batch in range(MAX_BATCHES):
+        problems = system.task.sample(rng, profile.max_num_seqs)
+        first, second = (system.rollout(problems, seed=seed + batch, n=1) for _ in range(2))
+        rows = [(i, i) for i in range(len(problems))]
+        comparisons.append(Comparison(f"repeat of batch {batch + 1}", first, second, rows))
+        if sum(c.compared for c in comparisons) >= profile.tolerances.min_tokens:
+            break
     return determinism_verdict(
-        "generator_repeat", f"the same {len(problems)} co-resident sequences rolled out twice with the same seed",
-        [Comparison("repeat", first, second, rows)], profile,
+        "generator_repeat", f"the same {len(rows)} co-resident sequences rolled out twice with the same seed",
+        comparisons, profile,
         "The generator is not deterministic at this concurrency: the same batch with the same noise sampled "
         "other tokens or logprobs the second time, so something changed between the two rollouts.",
     )
@@ -164,7 +171,7 @@ def check_neighbour_invariance(system, profile) -> CheckResult:
     rows = profile.max_num_seqs
     sizes = system.cudagraph_sizes() if "capture_policy" in system.capabilities else None
     small = other_batch_size(rows, sizes.policy if sizes else profile.capture_sizes)
-    count = max(1, small // 2)
+    count = max(1, small - 1)  # the smaller batch keeps one neighbour; every other row probes
     drawn = system.task.sample(random.Random(_seed(profile, "neighbours")), 2 * rows - count)
     probes, first, second = drawn[:count], drawn[count:rows], drawn[rows:]
     seed = _seed(profile, "neighbours-rollout")
