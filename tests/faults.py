@@ -318,8 +318,8 @@ def plant_untempered_generator(system):
     gen = system.generator
     real = gen.generate
 
-    def generate(prompts, n, max_tokens, temperature, seed, eos_id, graphs=True):
-        completions = real(prompts, n, max_tokens, temperature, seed, eos_id, graphs)
+    def generate(prompts, n, max_tokens, temperature, seed, eos_id, **kw):
+        completions = real(prompts, n, max_tokens, temperature, seed, eos_id, **kw)
         for c, logprobs in zip(completions, gen.score(completions, 1.0)):
             c.logprobs = logprobs.tolist()
         return completions
@@ -351,6 +351,51 @@ def plant_slow_generate(system):
     return lambda: delattr(system, "rollout")
 
 
+def _plant_logits(system, change):
+    """The generator's logits [B, S, V] of every prefill and decode step passed through `change`
+    (eager: a compiled step's graph has no Python to patch; CPU: no graph to recapture)."""
+    gen = system.generator
+    gen.forward_step = lambda tokens, positions: change(type(gen).forward_step(gen, tokens, positions))
+    return lambda: delattr(gen, "forward_step")
+
+
+def plant_rows_mixed(system, scale: float = 1e-4):
+    """A reduction that runs over the batch's rows as well as a row's own (a norm or a split-K
+    partial sum over the flattened batch): every row's logits get `scale` x the batch's mean logits,
+    so a sequence's logprobs follow its neighbours. The same batch twice gives the same numbers."""
+    return _plant_logits(system, lambda logits: logits + scale * logits.mean(0, keepdim=True))
+
+
+def plant_split_k_by_batch(system, below: int = 64):
+    """lm_head split along its reduction (hidden) dim in two halves for batches below `below` rows
+    (split-K to fill the machine at small batch, as GEMM heuristics do): the same numbers up to fp32
+    rounding, which only a bitwise (batch-invariant) profile can see."""
+    model, real = system.generator.model, system.generator.model.logits
+
+    def logits(hidden):
+        if hidden.shape[1] >= below:  # the generator's blocks see one flat row of tokens
+            return real(hidden)
+        half = hidden.shape[-1] // 2
+        weight = model.lm_head.weight if model.lm_head is not None else model.embed_tokens.weight
+        return F.linear(hidden[..., :half], weight[:, :half]) + F.linear(hidden[..., half:], weight[:, half:])
+
+    model.logits = logits
+    return lambda: delattr(model, "logits")
+
+
+def plant_step_counter(system, scale: float = 1e-4):
+    """Logits scaled by 1 + `scale` x frac(0.618 x calls), with calls the generator's forward
+    calls so far (a kernel whose split, workspace or algorithm follows a step counter): a
+    repeated rollout sees other counter values than the first."""
+    calls = [0]
+
+    def change(logits):
+        calls[0] += 1
+        return logits * (1 + scale * ((0.618 * calls[0]) % 1.0))
+
+    return _plant_logits(system, change)
+
+
 def _planted(plant, *args):
     def factory(profile, **kw) -> GRPOSystem:
         system = build_system(profile, **kw)
@@ -367,6 +412,9 @@ generator_norm_eps = _planted(plant_norm_eps)
 untempered_generator_logprobs = _planted(plant_untempered_generator)
 untempered_trainer = _planted(plant_untempered_trainer)
 slow_generate = _planted(plant_slow_generate)
+generator_mixes_rows = _planted(plant_rows_mixed)
+generator_split_k_by_batch = _planted(plant_split_k_by_batch)
+generator_step_counter = _planted(plant_step_counter)
 
 
 def nan_reward(profile, **kw) -> GRPOSystem:

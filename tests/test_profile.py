@@ -33,6 +33,7 @@ def test_a_profile_that_leaves_it_out_only_counts_compiles_after_startup(tmp_pat
         ("[sampling]\nn = 'eight'\n", "'sampling.n' must be int"),
         ("[sampling]\nn = true\n", "'sampling.n' must be int"),
         ("[generator]\nmax_num_seqs = 4\n", "generator.max_num_seqs is invalid"),
+        ("[generator]\nbatch_invariant = 'yes'\n", "'generator.batch_invariant' must be bool"),
         ("[model]\ndtype = 'float8'\n", "'model.dtype' must be one of"),
         ("[compile]\nrecompile_limit = 0\n", "compile.recompile_limit is invalid"),
         ("[compile]\nmax_compiles = { generator = 0 }\n", "compile.max_compiles is invalid"),

@@ -28,7 +28,7 @@ def test_default_suite_passes_under_xdist(suite):
     """Collection is identical on every worker; the suite's one variant is built once, on one worker."""
     result = suite("-n", "2", "--tc-device", "cpu")
     # CUDA-graph checks skip on CPU, TP checks on a TP=1 profile, decode timing on the vLLM generator (CI has vLLM).
-    result.assert_outcomes(passed=12, skipped=8)
+    result.assert_outcomes(passed=14, skipped=8)
     result.stdout.fnmatch_lines(["*titan_conformance: suite=tiny-cpu variants=base system=reference*"])
     assert result.stderr.str().count("built reference system, variant base") == 1
 
@@ -54,11 +54,11 @@ def test_report_of_an_xdist_run(suite, pytester):
     profile.write_text(EAGER_PROFILE)
     profile.write_text(VARIANT_PROFILE)
     result = suite("-n", "2", "--tc-device", "cpu", "--tc-generator", "native", "--tc-suite", str(profile), "--tc-report-dir", "out")
-    result.assert_outcomes(passed=22, skipped=18)
+    result.assert_outcomes(passed=26, skipped=18)
     out = pytester.path / "out"
     assert sorted(p.name for p in out.iterdir()) == ["junit.xml", "report.html", "report.json", "summary.md"]
     report = load_report(out / "report.json")
-    assert not report["partial"] and report["summary"]["passed"] == 22
+    assert not report["partial"] and report["summary"]["passed"] == 26
     # One worker per variant, each variant built once, all its tests on its worker.
     assert set(report["runs"]) == {"base", "reseeded"} and set(report["workers"]) == {"gw0", "gw1"}
     assert {report["runs"][v]["worker"] for v in report["runs"]} == {"gw0", "gw1"}
@@ -75,11 +75,11 @@ def test_report_of_an_xdist_run(suite, pytester):
         assert [s["step"] for s in run["steps"]] == [1, 2] and set(run["startup"]) >= {"build", "compile"}
         assert run["logprob_diff"]["per_position"]["tokens"][0] > 0
     assert len((out / "summary.md").read_bytes()) < 64 * 1024
-    assert ET.parse(out / "junit.xml").getroot().find("testsuite").get("tests") == "40"
+    assert ET.parse(out / "junit.xml").getroot().find("testsuite").get("tests") == "44"
     assert (out / "report.html").read_text().count('src="data:image/svg+xml;base64,') == 4  # no CUDA graphs on CPU
     assert "| Property | `base` | `reseeded` |" in (out / "summary.md").read_text()
     result.stderr.fnmatch_lines(["*gw?] compile ...*", "*step 2/2: Step  2*"])
-    result.stdout.fnmatch_lines(["*titan_conformance report*", "variant base: ran on gw*", "  Logprob parity*PASS*6 passed*",
+    result.stdout.fnmatch_lines(["*titan_conformance report*", "variant base: ran on gw*", "  Logprob parity*PASS*8 passed*",
                                  "variant reseeded: ran on gw*", "report: out/*"])
     assert main(["compare", str(out / "report.json"), str(out / "report.json"), "--fail-on-regression"]) == 0
 

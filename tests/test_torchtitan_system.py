@@ -162,7 +162,7 @@ def test_the_suite_runs_on_torchtitan_as_users_run_it(suite, pytester):
     version and where its capture-size policy and ours agree or differ. Its tp2 variant runs in
     tests/test_torchtitan_tp.py (a second 2-rank run here would double this test's time)."""
     result = suite("--tc-system", "torchtitan", "--tc-device", "cpu", "--tc-variant", "base", "--tc-report-dir", "out")
-    result.assert_outcomes(passed=12, skipped=8)  # CUDA graphs on CPU, learning (expect_learning off), TP on TP=1
+    result.assert_outcomes(passed=14, skipped=8)  # CUDA graphs on CPU, learning (expect_learning off), TP on TP=1
     result.stdout.fnmatch_lines(["*suite=torchtitan-debugmodel variants=base system=torchtitan generator=auto*"])
     summary = (pytester.path / "out" / "summary.md").read_text()
     assert "generator=native" in summary  # auto keeps a provider that drives no vLLM on its own generator

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import psutil
@@ -31,17 +32,19 @@ def test_suite_checks_pass_on_vllm_with_our_compiled_model(pytester, monkeypatch
     weight sync, batch invariance, prefill vs decode (vLLM's prompt logprobs are untempered: the
     backend tempers the whole vocabulary's), the recompile budget with nothing compiled after
     startup (a lone sequence's one-token step is compiled at startup), one compile config for trainer
-    and vLLM and compiled regions that ran, with vLLM generating from our regionally compiled
-    blocks at the profile's temperature 0.8."""
-    monkeypatch.setenv("PYTHONPATH", str(TESTS))
+    and vLLM and compiled regions that ran, determinism at max_num_seqs (a repeated rollout, probes
+    among other neighbours: vLLM's seeded requests draw noise per sequence), with vLLM generating
+    from our regionally compiled blocks at the profile's temperature 0.8."""
+    # This checkout's package first, as `run_pytest` puts it (an editable install may be another's).
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), str(TESTS.parent)]))
     profile = pytester.path / "vllm-tiny.toml"
     profile.write_text("[run]\nsteps = 3\nexpect_learning = false\n\n[compile]\nzero_compiles_after_startup = true\n")
     result = pytester.runpytest_subprocess(
         "--pyargs", "titan_conformance", "-p", "no:cacheprovider", "--tc-generator", "vllm",
-        "--tc-device", "cpu", "--tc-suite", str(profile), "-k", "test_logprob_parity or test_invariance or test_recompile_budget", "-rA",
-        timeout=1200,
+        "--tc-device", "cpu", "--tc-suite", str(profile), "-k",
+        "test_logprob_parity or test_invariance or test_recompile_budget or test_determinism", "-rA", timeout=1200,
     )
-    result.assert_outcomes(passed=9)
+    result.assert_outcomes(passed=11)
     result.stdout.fnmatch_lines(["*generator=vllm*vllm=0.*"])
 
 

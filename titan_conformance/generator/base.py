@@ -61,8 +61,10 @@ class Generator(Protocol):
     compiles and captures as it starts; {} where they have phases of their own."""
 
     def generate(self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float, seed: int,
-                 eos_id: int, graphs: bool = True) -> list[Completion]:
-        """`graphs` False: the same generation with its captured graphs bypassed ("graph_bypass")."""
+                 eos_id: int, graphs: bool = True, sequence_noise: bool = False) -> list[Completion]:
+        """`graphs` False: the same generation with its captured graphs bypassed ("graph_bypass");
+        `sequence_noise`: each row's sampling noise drawn from its own generator, seeded from the
+        seed, its prompt and its sample index, so a sequence samples the same wherever it sits."""
     def score(self, completions: list[Completion], temperature: float) -> list[torch.Tensor]: ...
     def captured_sizes(self) -> list[int]:
         """The batch sizes it holds a FULL graph for."""

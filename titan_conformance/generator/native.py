@@ -18,7 +18,7 @@ from titan_conformance.compilation.warm_start import WarmStart
 from titan_conformance.errors import ConformanceError
 from titan_conformance.generator.base import GeneratorConfig
 from titan_conformance.generator.capture import CapturedGraph, CaptureReport, capture_graphs
-from titan_conformance.generator.sampling import all_logprobs, gumbel_noise, sample_tokens, sampling_tensors
+from titan_conformance.generator.sampling import all_logprobs, noise_stream, sample_tokens, sampling_tensors
 from titan_conformance.model.qwen3 import detached_from_stack
 from titan_conformance.profile import padded_size
 from titan_conformance.protocol import Completion, GenerateStats
@@ -189,9 +189,11 @@ class NativeGenerator:
         seed: int,
         eos_id: int,
         graphs: bool = True,
+        sequence_noise: bool = False,
     ) -> list[Completion]:
         """n samples of every prompt (prompt-major order). Deterministic for a given seed. `graphs`
-        False runs every decode step without its captured graph."""
+        False runs every decode step without its captured graph; `sequence_noise`: each sequence's
+        noise is a function of the seed and the sequence, not its row (`sampling.noise_stream`)."""
         rows = [p for p in prompts for _ in range(n)]
         bsz, longest = len(rows), max(len(p) for p in rows)
         if bsz > self.max_num_seqs:
@@ -204,12 +206,12 @@ class NativeGenerator:
                 f"A prompt of {longest} tokens + max_tokens={max_tokens} exceeds max_model_len="
                 f"{self.max_model_len}; raise max_model_len in the profile."
             )
-        rng = torch.Generator(device=self.device).manual_seed(seed)
-        vocab = self.vocab_size
+        sequences = [(p, j) for p in prompts for j in range(n)] if sequence_noise else None
+        noise = noise_stream(seed, (bsz, self.vocab_size), self.device, sequences)
         divisor, scale = sampling_tensors(temperature, self.device)
         stats, replays_before = GenerateStats(bsz), self.replays
         logits, lengths = self.prefill(rows)
-        next_tok, logp = sample_tokens(logits, gumbel_noise((bsz, vocab), rng), divisor, scale)
+        next_tok, logp = sample_tokens(logits, noise(), divisor, scale)
         out_tokens, out_logprobs = [next_tok], [logp]
         done = next_tok == eos_id
         for step in range(max_tokens - 1):
@@ -221,7 +223,7 @@ class NativeGenerator:
                 break
             next_tok, logp, _ = self.run_decode(
                 next_tok.unsqueeze(1), lengths.unsqueeze(1) + step,  # a fresh tensor: a view would be a guard
-                gumbel_noise((bsz, vocab), rng), divisor, scale, use_graph=graphs,
+                noise(), divisor, scale, use_graph=graphs,
             )
             out_tokens.append(next_tok)
             out_logprobs.append(logp)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
+
 import torch
 
 try:  # the CUDA sampler (two Triton kernels)
@@ -15,6 +18,25 @@ def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator) -> torch.Te
     softmax(logp)."""
     u = torch.rand(shape, generator=generator, dtype=torch.float32, device=generator.device)
     return -torch.log(-torch.log(u.clamp_(1e-10, 1.0 - 1e-7)))
+
+
+def sequence_seed(seed: int, prompt: list[int], sample: int) -> int:
+    """A 64-bit seed from a rollout's seed and one sequence of it (its prompt and sample index)."""
+    return int.from_bytes(hashlib.blake2b(repr((seed, sample, prompt)).encode(), digest_size=8).digest(), "little")
+
+
+def noise_stream(
+    seed: int, shape: tuple[int, int], device: torch.device, sequences: list[tuple[list[int], int]] | None = None,
+) -> Callable[[], torch.Tensor]:
+    """A rollout's Gumbel noise, the next [B, V] on each call. By default one generator seeded by
+    `seed` draws the whole batch (one draw a step; a row's noise depends on its place in the batch).
+    With `sequences` ((prompt, sample index) of each row), row i draws from a generator of its own
+    seeded by (seed, that sequence): a sequence gets the same noise among any neighbours, at any row."""
+    if sequences is None:
+        rng = torch.Generator(device=device).manual_seed(seed)
+        return lambda: gumbel_noise(shape, rng)
+    rngs = [torch.Generator(device=device).manual_seed(sequence_seed(seed, *s)) for s in sequences]
+    return lambda: torch.stack([gumbel_noise(shape[1:], rng) for rng in rngs])
 
 
 def sampling_tensors(temperature: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -151,8 +151,11 @@ class VllmGenerator:
     def generate(
         self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float, seed: int, eos_id: int,
         graphs: bool = True,
+        sequence_noise: bool = False,
     ) -> list[Completion]:
-        """n samples of every prompt; `graphs` False dispatches every forward to no graph."""
+        """n samples of every prompt; `graphs` False dispatches every forward to no graph.
+        `sequence_noise` is how vLLM always samples a seeded request: from a generator of the
+        request's own, seeded by `seed` + its sample index, whatever its neighbours."""
         if len(prompts) * n > self.max_num_seqs:
             raise ConformanceError(
                 f"{len(prompts)} prompts x n={n} exceed the generator's max_num_seqs={self.max_num_seqs}."

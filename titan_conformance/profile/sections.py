@@ -82,6 +82,11 @@ class GeneratorSection:
     """Largest decode batch; 0 derives it as num_prompts_per_step x n."""
     max_model_len: int = 32
     """KV-cache length per sequence (prompt + completion)."""
+    batch_invariant: bool = False
+    """The generator is declared batch-invariant: a sequence's tokens and logprobs do not depend on
+    its neighbours, its row or the batch size it is padded to (batch-invariant kernels, vLLM's
+    VLLM_BATCH_INVARIANT). The determinism checks then demand bitwise equality; otherwise they hold
+    the differences to `tolerances.<dtype>.batch_invariance_max_abs`."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,7 +178,9 @@ class Tolerance:
     mean_abs: float = 1e-6
     """Mean |diff|."""
     batch_invariance_max_abs: float = 1e-5
-    """Largest change of a trainer logprob when the same sequence sits in another batch."""
+    """Largest change of a trainer logprob when the same sequence sits in another batch, and of a
+    generator logprob between repeated rollouts or among other neighbours (unless the generator is
+    declared batch-invariant: then none)."""
     floor: FloorRatio = field(default_factory=FloorRatio)
     """Trainer and generator against the float64 oracle, relative to the precision floor."""
 

@@ -116,7 +116,7 @@ class GRPOSystem:
 
     BASE_CAPABILITIES = frozenset(
         {"grpo", "trainer_logprobs", "generator_logprobs", "weight_sync", "compile_ledger", "startup_phases",
-         "capture_policy", "reference_logprobs"}
+         "capture_policy", "reference_logprobs", "sequence_noise"}
     )
 
     def __init__(self, profile: Profile, stack: ModelStack, device: str = "cpu", model_path: str | None = None,
@@ -234,11 +234,12 @@ class GRPOSystem:
         self.generator.load_weights(self.trainer.named_weights())
 
     def rollout(self, problems: list[Problem], seed: int, n: int | None = None,
-                temperature: float | None = None, graphs: bool = True) -> list[Completion]:
+                temperature: float | None = None, graphs: bool = True, sequence_noise: bool = False) -> list[Completion]:
         s = self.profile.sampling
         return self.generator.generate(
             [p.prompt_ids for p in problems], s.n if n is None else n, s.max_tokens,
-            s.temperature if temperature is None else temperature, seed, self.tokenizer.eos_id, graphs,
+            s.temperature if temperature is None else temperature, seed, self.tokenizer.eos_id,
+            graphs=graphs, sequence_noise=sequence_noise,
         )
 
     @property

@@ -34,6 +34,7 @@ PROPERTIES = {
 _MODULE_PROPERTY = {
     "test_logprob_parity": "logprob_parity",
     "test_invariance": "logprob_parity",
+    "test_determinism": "logprob_parity",
     "test_recompile_budget": "recompile_budget",
     "test_cudagraphs": "cudagraphs",
     "test_budgets": "budgets",
@@ -45,6 +46,8 @@ _CHECK_PROPERTY = {
     "weight_sync": "logprob_parity",
     "batch_invariance": "logprob_parity",
     "prefill_decode": "logprob_parity",
+    "generator_repeat": "logprob_parity",
+    "generator_neighbours": "logprob_parity",
     "run_finite": "logprob_parity",
     "precision_floor": "logprob_parity",
     "recompile_budget": "recompile_budget",
