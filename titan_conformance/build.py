@@ -22,10 +22,13 @@ CAPABILITY_METHODS = {
     "generator_logprobs": ("generator_logprobs",),
     "weight_sync": ("sync_weights",),
     "compile_ledger": ("compile_ledger",),
-    "cudagraphs": ("cudagraph_sizes", "probe_decode"),
+    "cudagraphs": ("cudagraph_sizes",),
+    "decode_probes": ("probe_decode",),
+    "graph_bypass": ("rollout",),
     "capture_policy": ("cudagraph_sizes",),
     "reference_logprobs": ("reference_logprobs",),
     "decode_timing": ("time_decode_step",),
+    "sequence_noise": ("rollout",),
 }
 
 
