@@ -10,6 +10,10 @@ import psutil
 import pytest
 import torch
 
+import vllm_faults
+from test_planted_faults import profile, run_with
+from titan_conformance.checks.parity import check_logprob_parity
+from titan_conformance.checks.weight_sync import check_weight_sync
 from titan_conformance.errors import ConformanceError
 from titan_conformance.plugin_options import resolve_generator
 from titan_conformance.vllm_support import INSTALL_HINT, vllm_version
@@ -38,7 +42,10 @@ def test_suite_checks_pass_on_vllm_with_our_compiled_model(pytester, monkeypatch
     # This checkout's package first, as `run_pytest` puts it (an editable install may be another's).
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), str(TESTS.parent)]))
     profile = pytester.path / "vllm-tiny.toml"
-    profile.write_text("[run]\nsteps = 3\nexpect_learning = false\n\n[compile]\nzero_compiles_after_startup = true\n")
+    profile.write_text(
+        "[run]\nsteps = 3\nexpect_learning = false\n\n[sampling]\ntemperature = 0.8\n\n"
+        "[compile]\nzero_compiles_after_startup = true\n"
+    )
     result = pytester.runpytest_subprocess(
         "--pyargs", "titan_conformance", "-p", "no:cacheprovider", "--tc-generator", "vllm",
         "--tc-device", "cpu", "--tc-suite", str(profile), "-k",
@@ -70,3 +77,21 @@ def test_engine_shuts_down_cleanly_and_syncs_weights_in_place():
     assert not torch.distributed.is_initialized()
     leftover = {p.pid for p in psutil.Process().children(recursive=True)} - children_before
     assert not leftover, f"processes left behind: {leftover}"
+
+
+@needs_vllm
+@pytest.mark.parametrize("fault, check, cause", [
+    (vllm_faults.vllm_untempered_logprobs, check_logprob_parity, "sampling temperature"),
+    (vllm_faults.sync_skips_a_block, lambda run, prof: check_weight_sync(run.system, prof), "weight"),
+])
+def test_planted_vllm_faults_fail_their_check_on_cpu(fault, check, cause):
+    """vLLM reporting raw (untempered) logprobs, and a weight reload that skips the middle block,
+    each fail the check meant for them on vLLM's CPU build (the graph faults need a GPU)."""
+    prof = profile(steps=2, generator={"backend": "vllm"})
+    assert prof.sampling.temperature != 1.0
+    run, system = run_with(fault, prof)
+    try:
+        result = check(run, prof)
+    finally:
+        system.close()
+    assert not result.passed and cause in result.message, result.message
