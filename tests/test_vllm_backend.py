@@ -95,3 +95,14 @@ def test_planted_vllm_faults_fail_their_check_on_cpu(fault, check, cause):
     finally:
         system.close()
     assert not result.passed and cause in result.message, result.message
+
+
+def test_engine_start_splits_into_build_compile_and_capture():
+    """vLLM's engine start: build to its first forward, our compile in its profile run plus its kernel
+    warm-up after the last capture, capture between the first and the last captured forward."""
+    from titan_conformance.generator.vllm_backend import engine_phases
+
+    marks = {"first_forward": 12.0, "capture": 30.0, "captured": 35.0}
+    assert engine_phases(0.0, 51.0, marks) == {"build": 12.0, "compile": 34.0, "capture": 5.0}
+    # vLLM's CPU platform captures nothing: no capture phase, everything after the first forward compiles
+    assert engine_phases(0.0, 20.0, {"first_forward": 5.0}) == {"build": 5.0, "compile": 15.0, "capture": 0.0}
