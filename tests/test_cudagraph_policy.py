@@ -47,11 +47,12 @@ def test_sampler_errors_catch_a_sampler_that_drops_its_noise():
     divisor, scale = sampling_tensors(1.0, torch.device("cpu"))
     logp = all_logprobs(logits, divisor)
     tokens, token_logp = sample_tokens(logits, noise, divisor, scale)
-    assert max(sampler_errors(DecodeProbe(logp, tokens, token_logp, noise))) <= SAMPLER_MAX_ABS
+    no_kv = torch.empty(0)  # the sampler's errors read only the logprobs, tokens and noise
+    assert max(sampler_errors(DecodeProbe(logp, tokens, token_logp, noise, no_kv))) <= SAMPLER_MAX_ABS
     greedy = logits.argmax(-1)
-    shortfall, _ = sampler_errors(DecodeProbe(logp, greedy, logp.gather(-1, greedy[:, None])[:, 0], noise))
+    shortfall, _ = sampler_errors(DecodeProbe(logp, greedy, logp.gather(-1, greedy[:, None])[:, 0], noise, no_kv))
     assert shortfall > 100 * SAMPLER_MAX_ABS
-    _, logprob_err = sampler_errors(DecodeProbe(logp, tokens, sample_tokens(logits, noise, divisor * 2, scale)[1], noise))
+    _, logprob_err = sampler_errors(DecodeProbe(logp, tokens, sample_tokens(logits, noise, divisor * 2, scale)[1], noise, no_kv))
     assert logprob_err > 100 * SAMPLER_MAX_ABS
 
 

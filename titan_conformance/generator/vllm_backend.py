@@ -207,6 +207,10 @@ class VllmGenerator:
         """The batch sizes vLLM holds a FULL graph for (each at num_reqs = min(size, max_num_seqs))."""
         return sorted({tokens for tokens, _ in self.engine["full_graphs"]})
 
+    def capture_counts(self) -> dict[int, int]:
+        """Not counted: vLLM captures inside its engine's start, through no hook of ours."""
+        return {}
+
     def cudagraph_mode(self) -> str:
         return self.engine["cudagraph_mode"]
 
