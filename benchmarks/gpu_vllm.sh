@@ -4,6 +4,7 @@
 # generator) in the same call, so that their startup phases and step times compare within one run.
 # Run from the repository root on the device machine, with the kit folder carried:
 #   KIT=.vw1 bash benchmarks/gpu_vllm.sh
+# (WHEELS=.tt installs a carried folder of wheels beside the kit: torchtitan 0.3.0 and what it imports.)
 # Installs the kit into /tmp/site and runs its smoke tests (SMOKE=kernels|imports|none for fewer), installs
 # this package (its pytest11 and vllm.general_plugins entry points), then runs each of VARIANTS
 # alone, then each of FAULTS (planted faults of tests/vllm_faults.py, run in the vllm variant on the
@@ -17,6 +18,10 @@ start=$SECONDS
 SMOKE=${SMOKE:-all}
 SMOKE=${SMOKE/kernels/imports} bash "$KIT/install_on_device.sh" > "$OUT/kit.log" 2>&1
 echo "kit install + smoke ($SMOKE) rc=$?" > "$OUT/table.txt"
+if [ -n "${WHEELS:-}" ]; then  # a carried folder of wheels, e.g. torchtitan and its pure-python deps
+  python3 -m pip install --no-deps -q --target /tmp/site "$WHEELS"/*.whl >> "$OUT/kit.log" 2>&1
+  echo "wheels from $WHEELS rc=$?" >> "$OUT/table.txt"
+fi
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} VLLM_USE_FLASHINFER_SAMPLER=0 VLLM_NO_USAGE_STATS=1
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 if [ "$SMOKE" = kernels ]; then

@@ -203,3 +203,21 @@ def test_an_hf_checkpoint_loads_through_torchtitans_state_dict_adapter(tt_run, t
     (tmp_path / "config.json").write_text(json.dumps({**config, "hidden_size": 512}))
     with pytest.raises(ConformanceError, match="hidden_size = 512 but torchtitan's flavor 'debugmodel' has 256"):
         load_hf_checkpoint(model, spec, tmp_path, "debugmodel")
+
+
+def test_torch_without_data_parallel_mesh_dims_gets_a_stand_in_that_refuses_to_build(monkeypatch):
+    """torch 2.11 lacks torch.distributed.fsdp.DataParallelMeshDims, which torchtitan 0.3 imports on
+    the provider's path and never builds there: the stand-in lets it import, and fails loudly if built."""
+    import torch.distributed.fsdp as fsdp
+
+    from titan_conformance.providers.torchtitan.compat import shim_torch
+
+    if hasattr(fsdp, "DataParallelMeshDims"):
+        assert shim_torch() == ()
+        monkeypatch.delattr(fsdp, "DataParallelMeshDims")
+    assert shim_torch() == ("torch.distributed.fsdp.DataParallelMeshDims",)
+    stand_in = fsdp.DataParallelMeshDims
+    assert stand_in | None is not None  # torchtitan evaluates this at import
+    with pytest.raises(NotImplementedError, match="torch >= 2.13"):
+        stand_in(dp_shard="fsdp")
+    assert shim_torch() == ()  # once

@@ -71,10 +71,17 @@ def parity_verdict(
     """`what` names the two sides, e.g. "trainer vs generator logprobs"; `hint` says where to look;
     `locate` names where a non-finite entry came from; fewer than `min_tokens` compared fails."""
     if diff.numel() < min_tokens:
+        too_few = (f"only {diff.numel()} tokens were compared, fewer than the {min_tokens} a verdict needs "
+                   "(tolerances.min_tokens)")
+        # The few there are may already differ: say that first (a generator computing another model
+        # often ends its rollouts early), and never pass on them.
+        few = parity_verdict(name, what, diff, tol, bitwise, hint, locate) if diff.numel() else None
+        if few is not None and not few.passed:
+            few.message += f" ({too_few}: rollouts cut short.)"
+            few.limits["min_tokens"] = min_tokens
+            return few
         return CheckResult(
-            name, False,
-            f"{what}: only {diff.numel()} tokens were compared, fewer than the {min_tokens} a verdict needs "
-            "(tolerances.min_tokens): empty or cut-short rollouts compare nothing.",
+            name, False, f"{what}: {too_few}: empty or cut-short rollouts compare nothing.",
             {"tokens": int(diff.numel())}, {"min_tokens": min_tokens},
         )
     stats = diff_stats(diff, 0.0 if bitwise else tol.max_abs)

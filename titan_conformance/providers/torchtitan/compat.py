@@ -51,6 +51,8 @@ class TorchtitanAPI:
     """torchtitan.experiments.rl.losses.GRPOLoss."""
     ScaledDotProductAttention: type
     """torchtitan's causal SDPA inner attention (the trainer's on every device: see system.py)."""
+    shims: tuple[str, ...] = ()
+    """Names of the torch the provider stood in for so that torchtitan imports (`shim_torch`)."""
 
 
 def torchtitan_version() -> str | None:
@@ -69,9 +71,37 @@ def _unsupported(found: str, detail: str) -> ConformanceError:
     return ConformanceError(
         f"The torchtitan provider cannot use the torchtitan found here (version {found}, with torch "
         f"{torch.__version__}): {detail}. It supports the torchtitan {SUPPORTED_API} API (verified: "
-        f"{', '.join(VERIFIED_VERSIONS)} with torch {VERIFIED_TORCH}; torchtitan tracks recent torch, and "
-        f"0.3.0 does not import on torch 2.11). {INSTALL_HINT}"
+        f"{', '.join(VERIFIED_VERSIONS)} with torch {VERIFIED_TORCH}, and on torch 2.11 with the stand-in "
+        f"`shim_torch` puts in; torchtitan tracks recent torch). {INSTALL_HINT}"
     )
+
+
+def shim_torch() -> tuple[str, ...]:
+    """Stands in for what torchtitan 0.3 imports from a newer torch than 2.11 and the provider never
+    reaches; returns the names it stood in for. torchtitan/distributed/fsdp.py imports
+    torch.distributed.fsdp.DataParallelMeshDims (pytorch#176334, torch >= 2.13) from
+    models/qwen3/parallelize.py, so `import torchtitan.models.qwen3` fails on torch 2.11; no torchtitan
+    release or commit with the 0.3 API imports there (0.2.x lacks models.qwen3.model_registry). The
+    provider parallelizes with skip_dp, which returns before torchtitan's FSDP code would build one:
+    torchtitan needs only the name (it evaluates `DataParallelMeshDims | None` at import)."""
+    import torch.distributed.fsdp as fsdp
+
+    if hasattr(fsdp, "DataParallelMeshDims"):
+        return ()
+
+    class DataParallelMeshDims:
+        def __init__(self, *args, **kwargs):
+            import torch
+
+            raise NotImplementedError(
+                f"torch {torch.__version__} has no torch.distributed.fsdp.DataParallelMeshDims (torch >= 2.13); "
+                "titan_conformance stood in for it only so that torchtitan imports, and torchtitan's FSDP path "
+                "needs the real one: run it on torch >= 2.13."
+            )
+
+    DataParallelMeshDims.__module__ = fsdp.__name__
+    fsdp.DataParallelMeshDims = DataParallelMeshDims
+    return (f"{fsdp.__name__}.DataParallelMeshDims",)
 
 
 def load_torchtitan() -> TorchtitanAPI:
@@ -79,6 +109,7 @@ def load_torchtitan() -> TorchtitanAPI:
     version = torchtitan_version()
     if version is None:
         raise ConformanceError(f"--tc-system torchtitan: torchtitan is not installed. {INSTALL_HINT}")
+    shims = shim_torch()
     needed = [
         ("torchtitan.models.qwen3", "model_registry"),
         ("torchtitan.distributed.compile", "apply_compile"),
@@ -105,6 +136,7 @@ def load_torchtitan() -> TorchtitanAPI:
         version=version,
         location=str(Path(torchtitan.__file__).parent),
         GRPOLoss=_rl_losses(version).GRPOLoss,
+        shims=shims,
         **found,
     )
 

@@ -145,7 +145,8 @@ class TorchtitanStack:
         return {
             "provider": f"torchtitan {self.api.version}",
             "generator": "native",
-            "torchtitan": f"{self.api.version} ({self.api.location})",
+            "torchtitan": f"{self.api.version} ({self.api.location})"
+            + (f"; stood in for {', '.join(self.api.shims)} (missing from this torch)" if self.api.shims else ""),
             "flavor": self.profile.torchtitan.flavor,
             "attention": "trainer: torchtitan ScaledDotProductAttention (causal); generator: KV cache",
             "capture_policy": self._policy_note,
