@@ -102,5 +102,9 @@ def test_a_nan_reward_fails_the_finite_check_naming_step_and_completion():
 def test_a_verdict_that_compared_too_few_tokens_fails():
     result = parity_verdict("p", "trainer vs generator", torch.zeros(5), Tolerance(), False, min_tokens=64)
     assert not result.passed and "only 5 tokens were compared" in result.message
+    # the few there are already differ: that is said first, the count after
+    few = parity_verdict("p", "trainer vs generator", torch.full((5,), 2.0), Tolerance(), False, min_tokens=64)
+    assert not few.passed and "differ beyond tolerance" in few.message and "only 5 tokens" in few.message
+    assert few.limits["min_tokens"] == 64
     bitwise = parity_verdict("p", "trainer vs generator", torch.tensor([0.0, float("nan")]), Tolerance(), True)
     assert not bitwise.passed and "NaN or inf" in bitwise.message  # bitwise mode too
