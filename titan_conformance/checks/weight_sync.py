@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from titan_conformance.checks.localize import localized
 from titan_conformance.checks.parity import flat, parity_verdict, rows_locator
 from titan_conformance.checks.result import CheckResult
 from titan_conformance.checks.rollouts import sampled_completions
@@ -43,8 +44,8 @@ def check_weight_sync(system, profile) -> CheckResult:
         hint="The generator was already out of sync after the run's earlier steps: a weight sync did not land.",
         locate=locate, min_tokens=min_tokens,
     )
-    if not already.passed:
-        return already
+    if not already.passed:  # localized on a fresh rollout: the check's completions are not failing tokens
+        return localized(already, system, profile, None)
     noise = _mean_abs(generator_before - trainer_before)
     for steps in range(1, MAX_STEPS + 1):
         system.step()  # trains, then syncs
@@ -80,4 +81,4 @@ def check_weight_sync(system, profile) -> CheckResult:
             f"of {tracking:.2f} (1 is no sync at all; allowed {MAX_TRACKING_ERROR}); it still samples from old or "
             f"partly synced weights (max diff to the trainer {result.metrics['max_abs']:.2e})."
         )
-    return result
+    return localized(result, system, profile, None)
