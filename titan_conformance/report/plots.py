@@ -135,7 +135,8 @@ def step_times(report: dict[str, Any]) -> Plot:
 
 
 def localization(report: dict[str, Any]) -> Plot:
-    checks = {f"{test}: {check}": loc for test, check, loc in localized_checks(report)}
+    checks = {f"{check} {test[test.find('['):] if '[' in test else ''}".rstrip(): loc
+              for test, check, loc in localized_checks(report)}
     per_check = {label: stages(loc) for label, loc in checks.items()}
     names = list(next(iter(per_check.values()), {}))
     factor = max((loc["factor"] for loc in checks.values()), default=0.0)
@@ -147,7 +148,7 @@ def localization(report: dict[str, Any]) -> Plot:
 
     plot = _plot("localization", "Where trainer and generator part: divergence per stage, in multiples of the precision floor",
                  per_check, "No failed parity verdict was localized (every parity check passed, or the system cannot be probed).",
-                 Chart("stage of the forward", "mean |trainer - generator| / floor", legend_right=True, xticks=names,
+                 Chart("stage of the forward", "mean |trainer - generator| / floor", xticks=names,
                        y=Scale("symlog")), draw)
     if plot.uri:
         plot.note = "; ".join(f"{label}: first divergence at {loc.get('first_label') or 'no point'}" for label, loc in checks.items())
