@@ -132,8 +132,8 @@ def test_localization_costs_little_and_lands_in_the_metrics(tiny):
         undo()
     loc = result.metrics["localization"]
     assert loc["sequences"] == 8 and 0 < loc["seconds"] < 5
-    grounding = loc["replay_max_abs"]  # the eager re-execution of each block reproduces the compiled one
-    assert set(grounding) == {"trainer", "generator"} and max(max(v.values()) for v in grounding.values()) < 1e-5
+    grounding = loc["replay"]  # the eager re-execution of each block reproduces the compiled one within the floor
+    assert set(grounding) == {"trainer", "generator"} and max(max(v.values()) for v in grounding.values()) <= loc["factor"]
 
 
 def test_a_system_without_the_capability_keeps_todays_hint(tiny):
@@ -158,3 +158,14 @@ def test_a_point_with_a_zero_floor_or_nan_on_one_side_diverges():
     nan = point_divergence("logits", dict(trainer=exact, generator=torch.tensor([1.0, math.nan]), reference=exact,
                                           oracle=exact.double()), torch.float32)
     assert nan.pair == math.inf and nan.non_finite == ("generator",)
+
+
+def test_a_block_whose_compiled_output_is_not_its_eager_code_is_said():
+    from titan_conformance.checks.localize import Localization, PointDivergence
+
+    ratios = {name: 1.0 for name in probe_points(2)} | {"blocks.1.q_rope": 30.0}
+    points = [PointDivergence(n, r, 1.0, r, 1e-7) for n, r in ratios.items()]
+    grounded = Localization(points, 4.0, 8, 0.1, {"trainer": {0: 1.0, 1: 1.0}, "generator": {0: 1.0, 1: 2.0}})
+    assert "look at the generator's RoPE" in grounded.paragraph() and "compiled" not in grounded.paragraph()
+    ungrounded = Localization(points, 4.0, 8, 0.1, {"trainer": {0: 1.0, 1: 1.0}, "generator": {0: 1.0, 1: 50.0}})
+    assert "how block 1 is compiled on the generator: its compiled output is 50x the floor" in ungrounded.paragraph()

@@ -22,7 +22,7 @@ import torch
 
 from titan_conformance.checks.result import CheckResult
 from titan_conformance.checks.rollouts import sampled_completions
-from titan_conformance.protocol.probe_points import describe_point, split_point
+from titan_conformance.protocol.probe_points import block_point, describe_point, split_point
 
 SEQUENCES = 8
 """Sequences probed: enough tokens for a mean per point, few enough to cost little."""
@@ -99,8 +99,10 @@ class Localization:
     factor: float
     sequences: int
     seconds: float
-    replay_max_abs: dict[str, dict[int, float]]
-    """Per side and block: max |eager re-execution - compiled| of the block output."""
+    replay: dict[str, dict[int, float]]
+    """Per side and block: mean |eager re-execution - compiled| of the block output over its floor,
+    how far the points inside the block (from the re-execution) may be from what the compiled block
+    computed."""
 
     @property
     def first(self) -> PointDivergence | None:
@@ -124,7 +126,7 @@ class Localization:
             "per_block": self.per_block(),
             "points": {p.name: {"pair": p.pair, "trainer": p.trainer, "generator": p.generator, "floor": p.floor,
                                 **({"non_finite": list(p.non_finite)} if p.non_finite else {})} for p in self.points},
-            "replay_max_abs": self.replay_max_abs,
+            "replay": self.replay,
         }
 
     def paragraph(self) -> str:
@@ -146,7 +148,18 @@ class Localization:
                f"oracle, the {'trainer' if side == 'generator' else 'generator'} "
                f"{getattr(first, 'trainer' if side == 'generator' else 'generator'):.3g}x")
         before = "everything before it within the floor" if self.points[0] is not first else "it is the first probe point"
-        return f"First divergence at {where} ({how}); {before}: look at {SUSPECTS[split_point(first.name)[1]].format(side=side)} {probed}."
+        look = SUSPECTS[split_point(first.name)[1]].format(side=side)
+        return f"First divergence at {where} ({how}); {before}: look at {look}{self._ungrounded(first, side)} {probed}."
+
+    def _ungrounded(self, first: PointDivergence, side: str) -> str:
+        """What to add where the named point is inside a block whose eager re-execution on `side` is
+        not the compiled block within the factor (the compiled graph computes what its code does not)."""
+        layer, point = split_point(first.name)
+        off = self.replay.get(side, {}).get(layer, 0.0) if layer is not None and point != "block_output" else 0.0
+        if off <= self.factor:
+            return ""
+        return (f", and at how block {layer} is compiled on the {side}: its compiled output is {off:.3g}x the floor from "
+                "an eager run of the same block, so the points inside it (taken from that eager run) are approximate")
 
 
 def localize(system, profile, completions: list | None = None) -> Localization:
@@ -163,8 +176,10 @@ def localize(system, profile, completions: list | None = None) -> Localization:
     runs["oracle"] = system.activations(completions, "reference", torch.float64)
     points = [point_divergence(name, {k: run.points[name] for k, run in runs.items()}, dtype)
               for name in runs["trainer"].points]
-    return Localization(points, profile.tolerance.floor.localize, len(completions), time.perf_counter() - start,
-                        {side: runs[side].replay_max_abs for side in SIDES})
+    floors = {p.name: p.floor for p in points}
+    replay = {side: {layer: off / floors[block_point(layer, "block_output")] for layer, off in runs[side].replay_mean_abs.items()}
+              for side in SIDES}
+    return Localization(points, profile.tolerance.floor.localize, len(completions), time.perf_counter() - start, replay)
 
 
 def worst_sequences(completions: list, diff: torch.Tensor, count: int = SEQUENCES) -> list:

@@ -70,7 +70,7 @@ class Activations:
 
     points: dict[str, torch.Tensor]
     """Probe point -> [tokens, ...] (the logprob points: [completion tokens])."""
-    replay_max_abs: dict[int, float] = field(default_factory=dict)
+    replay_mean_abs: dict[int, float] = field(default_factory=dict)
     """Where the points inside a block come from an eager re-execution of that block (its compiled
-    graph has no seams to observe): per block, max |replayed - observed| of the block output, the
+    graph has no seams to observe): per block, mean |replayed - observed| of the block output, the
     grounding of the points inside it."""

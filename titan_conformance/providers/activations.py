@@ -9,7 +9,7 @@ compiled function, so no graph, guard or compile count changes. Inside a block t
 has no seams, so the points inside it come from an eager re-execution of the block's own (class)
 forward on the observed input, with the side's own modules (weights, norm eps, fused projections,
 inner attention): hooks on its submodules exist only during that re-execution. The re-execution's
-output is held against the compiled block's (`Activations.replay_max_abs`), which grounds the points
+output is held against the compiled block's (`Activations.replay_mean_abs`), which grounds the points
 inside the block. The embedding, the final norm and the logits run eagerly in the model and are read
 by hooks on those modules.
 """
@@ -55,7 +55,7 @@ class _Recorder:
     def __init__(self, index: torch.Tensor) -> None:
         self.index = index
         self.points: dict[str, torch.Tensor] = {}
-        self.replay_max_abs: dict[int, float] = {}
+        self.replay_mean_abs: dict[int, float] = {}
 
     def tokens(self, t: torch.Tensor) -> torch.Tensor:
         return t.detach().flatten(0, 1).index_select(0, self.index)
@@ -93,7 +93,7 @@ class _ObservedBlock(nn.Module):
             for handle in handles:
                 handle.remove()
         rec.keep(block_point(self.layer, "block_output"), out)
-        rec.replay_max_abs[self.layer] = float((rec.tokens(replayed) - rec.tokens(out)).abs().max())
+        rec.replay_mean_abs[self.layer] = float((rec.tokens(replayed).double() - rec.tokens(out).double()).abs().mean())
 
 
 @contextlib.contextmanager
@@ -122,4 +122,4 @@ def probing(model: nn.Module, sites: ProbeSites, index: torch.Tensor) -> Iterato
 def recorded(rec: _Recorder, logprobs: torch.Tensor, sampled: torch.Tensor) -> Activations:
     """The recorder's points with the side's logprobs of the completion tokens and those it reported
     with the sampled tokens (flat, in the same order)."""
-    return Activations({**rec.points, LOGPROBS: logprobs, SAMPLED_LOGPROBS: sampled}, dict(rec.replay_max_abs))
+    return Activations({**rec.points, LOGPROBS: logprobs, SAMPLED_LOGPROBS: sampled}, dict(rec.replay_mean_abs))

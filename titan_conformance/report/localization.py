@@ -31,8 +31,9 @@ def markdown_lines(check: str, localization: dict[str, Any]) -> list[str]:
     per_stage = stages(localization)
     first = localization.get("first_label") or "no point past the factor"
     return [
-        f"Where the sides part (`{check}`): {first} (x the floor; past {localization['factor']:g}x diverges; "
-        f"{localization['sequences']} sequences probed in {float(localization['seconds']):.2f} s)", "",
+        f"Where the sides part (`{check}`): {first}. The largest divergence per stage, in multiples of the precision "
+        f"floor (past {localization['factor']:g}x diverges; {localization['sequences']} sequences probed in "
+        f"{float(localization['seconds']):.2f} s):", "",
         "| " + " | ".join(per_stage) + " |", "|" + " ---: |" * len(per_stage),
         "| " + " | ".join(f"{v:.3g}" for v in per_stage.values()) + " |",
     ]
