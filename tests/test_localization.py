@@ -169,3 +169,18 @@ def test_a_block_whose_compiled_output_is_not_its_eager_code_is_said():
     assert "look at the generator's RoPE" in grounded.paragraph() and "compiled" not in grounded.paragraph()
     ungrounded = Localization(points, 4.0, 8, 0.1, {"trainer": {0: 1.0, 1: 1.0}, "generator": {0: 1.0, 1: 50.0}})
     assert "how block 1 is compiled on the generator: its compiled output is 50x the floor" in ungrounded.paragraph()
+
+
+def test_a_provider_whose_probe_lacks_points_keeps_the_verdict_and_says_why(tiny, monkeypatch):
+    system, profile = tiny
+    real = system.activations
+
+    def without_rope(completions, side, dtype=None):
+        acts = real(completions, side, dtype)
+        acts.points.pop("blocks.0.q_rope")
+        return acts
+
+    monkeypatch.setattr(system, "activations", without_rope)
+    failed = CheckResult("logprob_parity", False, f"differ. {SAME_MODEL_HINT}")
+    message = localized(failed, system, profile, SAME_MODEL_HINT).message
+    assert message.startswith(f"differ. {SAME_MODEL_HINT}") and "lack blocks.0.q_rope" in message

@@ -22,7 +22,8 @@ import torch
 
 from titan_conformance.checks.result import CheckResult
 from titan_conformance.checks.rollouts import sampled_completions
-from titan_conformance.protocol.probe_points import block_point, describe_point, split_point
+from titan_conformance.errors import ConformanceError
+from titan_conformance.protocol.probe_points import block_point, describe_point, probe_points, split_point
 
 SEQUENCES = 8
 """Sequences probed: enough tokens for a mean per point, few enough to cost little."""
@@ -174,8 +175,13 @@ def localize(system, profile, completions: list | None = None) -> Localization:
     runs = {side: system.activations(completions, side) for side in SIDES}
     runs["reference"] = system.activations(completions, "reference", dtype)
     runs["oracle"] = system.activations(completions, "reference", torch.float64)
-    points = [point_divergence(name, {k: run.points[name] for k, run in runs.items()}, dtype)
-              for name in runs["trainer"].points]
+    layers = 1 + max((split_point(name)[0] for name in runs["trainer"].points if name.startswith("blocks.")), default=-1)
+    expected = probe_points(layers)
+    for side, run in runs.items():
+        if missing := [p for p in expected if p not in run.points]:
+            raise ConformanceError(f"the provider's activations on the {side} side lack {', '.join(missing[:3])} "
+                                   f"({len(missing)} of the protocol's probe points)")
+    points = [point_divergence(name, {k: run.points[name] for k, run in runs.items()}, dtype) for name in expected]
     floors = {p.name: p.floor for p in points}
     replay = {side: {layer: off / floors[block_point(layer, "block_output")] for layer, off in runs[side].replay_mean_abs.items()}
               for side in SIDES}
@@ -196,7 +202,11 @@ def localized(result: CheckResult, system, profile, hint: str | None, completion
     `result` unchanged when it passed or the system cannot be probed (`activations`)."""
     if result.passed or system is None or "activations" not in system.capabilities:
         return result
-    loc = localize(system, profile, completions)
+    try:
+        loc = localize(system, profile, completions)
+    except ConformanceError as e:  # the verdict stands; a provider's broken probe only costs its diagnosis
+        result.message += f" (Where the two sides part could not be measured: {e}.)"
+        return result
     result.metrics["localization"] = loc.metrics()
     message = result.message.replace(hint, "").rstrip() if hint and loc.first is not None else result.message
     result.message = f"{message} {loc.paragraph()}"

@@ -33,8 +33,6 @@ BLOCK_POINTS = {
     "block_output": "the block output",
 }
 """Inside every block, in forward order: point -> what it is."""
-INTRA_BLOCK = tuple(p for p in BLOCK_POINTS if p != "block_output")
-"""The points inside a block (its output is observed at the block's boundary)."""
 
 
 def block_point(layer: int, point: str) -> str:
