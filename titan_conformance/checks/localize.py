@@ -164,13 +164,14 @@ class Localization:
 
 
 def localize(system, profile, completions: list | None = None) -> Localization:
-    """Probes both sides, the eager copy and the oracle on `completions` (at most SEQUENCES of them;
+    """Probes both sides, the eager copy and the oracle on `completions` (at most SEQUENCES of them, and no
+    more than one forward of each side holds;
     None: a fresh rollout of the system as it is now, which the generator's sampled logprobs need to
     be current)."""
     start = time.perf_counter()
     if completions is None:
         completions = sampled_completions(system, profile, "localization", 1)
-    completions = completions[:SEQUENCES]
+    completions = completions[: min(SEQUENCES, profile.rollouts_per_step, profile.max_num_seqs)]  # one forward a side
     dtype = getattr(torch, profile.model.dtype)
     runs = {side: system.activations(completions, side) for side in SIDES}
     runs["reference"] = system.activations(completions, "reference", dtype)

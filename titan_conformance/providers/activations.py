@@ -23,6 +23,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from titan_conformance.errors import ConformanceError
 from titan_conformance.protocol.probe_points import (
     EMBEDDING, FINAL_NORM, LOGITS, LOGPROBS, SAMPLED_LOGPROBS, Activations, block_point,
 )
@@ -61,6 +62,8 @@ class _Recorder:
         return t.detach().flatten(0, 1).index_select(0, self.index)
 
     def keep(self, name: str, t: torch.Tensor) -> None:
+        if name in self.points:  # the token index is one forward's: a second would be read through it wrongly
+            raise ConformanceError(f"the model ran more than one forward while probed ({name} twice)")
         self.points[name] = self.tokens(t).cpu()
 
 

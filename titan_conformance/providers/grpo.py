@@ -331,12 +331,12 @@ class GRPOSystem:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    def _eager_logprobs(self, model: nn.Module, completions: list[Completion]) -> list[torch.Tensor]:
-        """`model`'s logprobs of the completion tokens at the sampling temperature, scored a few
-        sequences at a time, so that no [batch, length, vocab] float64 logits are ever whole, and only
-        as wide as the longest (an eager copy has no compiled graph to keep at the trainer's fixed width)."""
+    def _eager_logprobs(self, model: nn.Module, completions: list[Completion], chunk: int | None = None) -> list[torch.Tensor]:
+        """`model`'s logprobs of the completion tokens at the sampling temperature, `chunk` sequences a
+        forward (None: a few, so that no [batch, length, vocab] float64 logits over 1 GiB are ever whole),
+        only as wide as the longest (an eager copy has no compiled graph to keep at the trainer's fixed width)."""
         batch = rollout_batch(completions, torch.zeros(len(completions)), self.tokenizer.pad_id, self.device)
-        chunk = max(1, (1 << 30) // (batch.tokens.shape[1] * self.stack.vocab_size() * 8))
+        chunk = chunk or max(1, (1 << 30) // (batch.tokens.shape[1] * self.stack.vocab_size() * 8))
         temperature = self.profile.sampling.temperature
         with torch.no_grad():
             logp = torch.cat([self.stack.score(model, batch.tokens[i : i + chunk], temperature).double().cpu()
@@ -359,7 +359,7 @@ class GRPOSystem:
             model, width, score = self.generator.model, max(lengths), self.generator_logprobs
         elif side == "reference":
             model, width = self.stack.eager_copy(self.trainer, dtype), max(lengths)
-            score = partial(self._eager_logprobs, model)
+            score = partial(self._eager_logprobs, model, chunk=len(completions))  # the probes see one forward
         else:
             raise ValueError(f"side {side!r}: trainer, generator or reference")
         with probing(model, self.stack.probe_sites, token_index(lengths, width, self.device)) as recorder:
