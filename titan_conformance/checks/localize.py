@@ -21,13 +21,14 @@ from dataclasses import dataclass
 import torch
 
 from titan_conformance.checks.result import CheckResult
-from titan_conformance.checks.rollouts import sampled_completions
 from titan_conformance.errors import ConformanceError
 from titan_conformance.protocol.probe_points import block_point, describe_point, probe_points, split_point
 
 SEQUENCES = 8
 """Sequences probed: enough tokens for a mean per point, few enough to cost little."""
 
+ROLLOUT_SEED = 34
+"""Of the fresh rollout probed where a check has no current failing tokens to hand."""
 SIDES = ("trainer", "generator")
 
 SUSPECTS = {
@@ -169,9 +170,10 @@ def localize(system, profile, completions: list | None = None) -> Localization:
     None: a fresh rollout of the system as it is now, which the generator's sampled logprobs need to
     be current)."""
     start = time.perf_counter()
-    if completions is None:
-        completions = sampled_completions(system, profile, "localization", 1)
-    completions = completions[: min(SEQUENCES, profile.rollouts_per_step, profile.max_num_seqs)]  # one forward a side
+    count = min(SEQUENCES, profile.rollouts_per_step, profile.max_num_seqs)  # one forward of each side holds them
+    if completions is None:  # one sample of as many prompts: a rollout of a step's whole batch would cost more than the probes
+        completions = system.rollout(system.task.validation_set(count), seed=ROLLOUT_SEED, n=1)
+    completions = completions[:count]
     dtype = getattr(torch, profile.model.dtype)
     runs = {side: system.activations(completions, side) for side in SIDES}
     runs["reference"] = system.activations(completions, "reference", dtype)
