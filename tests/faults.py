@@ -23,6 +23,22 @@ def skipped_weight_sync(profile, **kw) -> GRPOSystem:
     return system
 
 
+def plant_sync_skips_last_block(system):
+    """Weight sync copies every trainer tensor into the generator but the last block's (a name map
+    that stops one layer short): that block keeps the weights the generator had."""
+    last = f"layers.{len(system.generator.model.layers) - 1}."
+    params = dict(system.generator.model.named_parameters())
+
+    def sync_weights():
+        with torch.no_grad():
+            for name, tensor in system.trainer.named_weights():
+                if not name.startswith(last):
+                    params[name].copy_(tensor)
+
+    system.sync_weights = sync_weights
+    return lambda: delattr(system, "sync_weights")
+
+
 class _PackedAttention(torch.nn.Module):
     """The batch packed into one row for attention with no boundaries between sequences (a varlen
     packing that lost its cumulative sequence lengths): each sequence attends to those before it."""
@@ -440,6 +456,7 @@ generator_rope_theta_one_percent_off = _planted(plant_rope_theta, 1.01)
 generator_norm_eps = _planted(plant_norm_eps)
 untempered_generator_logprobs = _planted(plant_untempered_generator)
 untempered_trainer = _planted(plant_untempered_trainer)
+weight_sync_skips_last_block = _planted(plant_sync_skips_last_block)
 slow_generate = _planted(plant_slow_generate)
 generator_mixes_rows = _planted(plant_rows_mixed)
 generator_split_k_by_batch = _planted(plant_split_k_by_batch)

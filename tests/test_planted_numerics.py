@@ -48,8 +48,9 @@ def test_the_precision_floor_catches_a_subtly_different_generator(fault):
     assert result.metrics["generator_ratio"]["mean_abs"] > 20 and result.metrics["trainer_ratio"]["mean_abs"] < 4
 
 
-@pytest.mark.parametrize("fault, side", [(faults.untempered_generator_logprobs, "generator"), (faults.untempered_trainer, "trainer")])
-def test_untempered_logprobs_fail_parity_and_the_floor_names_the_side(fault, side):
+@pytest.mark.parametrize("fault, side, stage", [(faults.untempered_generator_logprobs, "generator", "sampled_logprobs"),
+                                               (faults.untempered_trainer, "trainer", "logprobs")])
+def test_untempered_logprobs_fail_parity_and_the_floor_names_the_side(fault, side, stage):
     prof = profile(steps=2)
     assert prof.sampling.temperature != 1.0  # at temperature 1 dividing by it changes nothing
     run, system = run_with(fault, prof)
@@ -57,7 +58,8 @@ def test_untempered_logprobs_fail_parity_and_the_floor_names_the_side(fault, sid
         parity, floor = check_logprob_parity(run, prof), check_precision_floor(system, prof)
     finally:
         system.close()
-    assert not parity.passed and parity.metrics["max_abs"] > 0.1 and "sampling temperature" in parity.message
+    assert not parity.passed and parity.metrics["max_abs"] > 0.1 and "temper" in parity.message
+    assert parity.metrics["localization"]["first_point"] == stage and f"the {side} is" in parity.message
     assert not floor.passed and f"the {side} computes" in floor.message, floor.message
 
 

@@ -184,7 +184,7 @@ def test_a_run_that_never_built_the_system_still_reports():
     report = store.to_report(1, 1, False, {"suite": "suites/x.toml"})
     assert report["environment"]["profile"] == "x" and report["tests"][0]["outcome"] == "error"
     html = render_html(report)
-    assert "<img" not in html and html.count('<p class="note">') == 6  # five plots and the ledger
+    assert "<img" not in html and html.count('<p class="note">') == 7  # six plots and the ledger
     assert "No profile 'x.toml'" in summary_markdown(report)
 
 
@@ -212,3 +212,27 @@ def test_an_unauthenticated_compile_cache_is_said_in_every_view(report):
     assert "loaded WITHOUT authentication" in summary_markdown(report)
     assert "loaded WITHOUT authentication" in render_html(report)
     assert any("loaded WITHOUT authentication" in text for text, _ in summary_lines(report, None, None))
+
+
+def test_a_localized_failure_shows_where_the_sides_part(report, tmp_path):
+    from titan_conformance.checks.localize import Localization, PointDivergence
+    from titan_conformance.protocol.probe_points import probe_points
+    from titan_conformance.report.plots import localization
+
+    ratios = {name: 1.0 for name in probe_points(2)}
+    ratios |= {"blocks.1.q_rope": 12.0, "blocks.1.k_rope": 9.0, "blocks.1.block_output": float("inf")}
+    loc = Localization([PointDivergence(n, r, 1.0, r, 1e-7) for n, r in ratios.items()], 4.0, 8, 0.25, {})
+    assert loc.first.name == "blocks.1.q_rope"
+    failed = with_failure(report, "test_trainer_matches_generator", "parity failed")
+    test = next(t for t in failed["tests"] if "test_trainer_matches_generator" in t["nodeid"])
+    test["checks"][0]["metrics"]["localization"] = jsonable(loc.metrics())
+    md = summary_markdown(failed)
+    assert "block 1, q after RoPE" in md and "| embedding | block 0 | block 1 | final norm | logits | logprobs | sampled logprobs |" in md
+    assert "| 1 | 1 | inf | 1 | 1 | 1 | 1 |" in md  # block 1's largest: its inf output
+    plot = localization(failed)
+    assert plot.uri and "first divergence at block 1, q after RoPE" in plot.note
+    assert localization(report).uri is None  # nothing failed: no figure, a note
+    saved = json.loads((write.write_report(failed, tmp_path / "out") / "report.json").read_text())
+    check = next(c for t in saved["tests"] for c in t["checks"] if c["metrics"].get("localization"))
+    assert check["metrics"]["localization"]["first_point"] == "blocks.1.q_rope"
+    assert check["metrics"]["localization"]["seconds"] == 0.25

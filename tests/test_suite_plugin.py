@@ -40,11 +40,12 @@ def test_planted_fault_fails_the_suite_with_the_cause(suite, pytester):
     result = suite("--tc-suite", str(profile), "--tc-system", "faults:wrong_rope_theta", "--tc-generator", "native",
                    "-k", "logprob_parity", "--tc-report-dir", "out")
     result.assert_outcomes(failed=3, passed=1)  # parity, precision floor, weight sync; the run is finite
-    result.stdout.fnmatch_lines(["*differ beyond tolerance*RoPE theta*"])
+    result.stdout.fnmatch_lines(["*differ beyond tolerance*First divergence at block 0, q after RoPE*"])
     assert "Traceback" not in result.stdout.str()
     summary = (pytester.path / "out" / "summary.md").read_text()
     assert "| Logprob parity | ❌ fail | 1 passed, 3 failed |" in summary
-    assert summary.count("differ beyond tolerance") == 2 and "RoPE theta" in summary
+    assert summary.count("differ beyond tolerance") == 2 and "look at the generator's RoPE (theta" in summary
+    assert summary.count("Where the sides part") == 3  # each failed parity verdict's table
     assert "the generator computes a slightly different model" in summary
 
 

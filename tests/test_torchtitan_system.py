@@ -103,6 +103,8 @@ def test_parity_catches_a_generator_rope_mismatch(tt_run):
         faults.scale_generator_rope_theta(system, 0.5)
     assert not result.passed and "differ beyond tolerance" in result.message
     assert result.metrics["max_abs"] > 5 * prof.tolerance.max_abs  # far past it, not at the edge
+    assert result.metrics["localization"]["first_point"] == "blocks.0.q_rope"  # probed through torchtitan's blocks
+    assert "look at the generator's RoPE" in result.message
 
 
 def test_compile_config_check_catches_a_generator_compiled_differently():

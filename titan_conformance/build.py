@@ -29,6 +29,7 @@ CAPABILITY_METHODS = {
     "reference_logprobs": ("reference_logprobs",),
     "decode_timing": ("time_decode_step",),
     "sequence_noise": ("rollout",),
+    "activations": ("activations",),
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from titan_conformance.checks.localize import localized, worst_sequences
 from titan_conformance.checks.parity import flat, parity_verdict, rows_locator
 from titan_conformance.checks.result import CheckResult
 from titan_conformance.checks.rollouts import sampled_completions
@@ -39,10 +40,13 @@ def check_prefill_decode(system, profile) -> CheckResult:
     completions = sampled_completions(system, profile, "prefill-vs-decode", profile.tolerances.min_tokens)
     decoded = flat([torch.tensor(c.logprobs) for c in completions])
     prefilled = flat(system.generator_logprobs(completions))
-    return parity_verdict(
+    result = parity_verdict(
         "prefill_decode", "generator decode (KV cache) vs prefill logprobs", decoded - prefilled,
         profile.tolerance, profile.tolerances.bitwise,
         hint="The KV-cache decode path disagrees with a fresh prefill: stale or misplaced cache "
         "entries, or wrong decode positions.",
         locate=rows_locator([len(c.token_ids) for c in completions]), min_tokens=profile.tolerances.min_tokens,
     )
+    # Said alongside the hint: the probes compare the prefill with the trainer, and the decoded
+    # logprobs (the sampled ones) with both.
+    return localized(result, system, profile, None, worst_sequences(completions, decoded - prefilled))

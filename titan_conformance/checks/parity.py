@@ -10,6 +10,7 @@ from typing import Callable
 
 import torch
 
+from titan_conformance.checks.localize import localized
 from titan_conformance.checks.result import CheckResult
 from titan_conformance.profile import Tolerance
 
@@ -142,12 +143,16 @@ def run_locator(records) -> Locator:
 
 
 def check_logprob_parity(run, profile) -> CheckResult:
-    """Trainer vs generator over every sampled token of the run's GRPO steps."""
+    """Trainer vs generator over every sampled token of the run's GRPO steps; a failure names where
+    the two sides part (`checks.localize`)."""
     if run.error and not run.records:
         return CheckResult("logprob_parity", False, f"the GRPO run failed before any step: {run.error}")
     diff = flat([r.logprob_diff for r in run.records])
-    return parity_verdict(
+    result = parity_verdict(
         "logprob_parity", "trainer vs generator logprobs over the run's rollouts", diff,
         profile.tolerance, profile.tolerances.bitwise,
         locate=run_locator(run.records), min_tokens=profile.tolerances.min_tokens,
     )
+    # The run's completions were sampled under weights the trainer has moved on from since: a fresh
+    # rollout of the system as it is now is probed.
+    return localized(result, run.system, profile, SAME_MODEL_HINT)

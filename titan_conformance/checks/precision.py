@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from titan_conformance.checks.localize import localized, worst_sequences
 from titan_conformance.checks.parity import flat
 from titan_conformance.checks.result import CheckResult
 from titan_conformance.checks.rollouts import sampled_completions
@@ -23,6 +24,9 @@ from titan_conformance.checks.rollouts import sampled_completions
 FLOOR_TOKENS = 512
 """Tokens to compare at least: a p99 of fewer moves with every sample."""
 STATISTICS = ("mean_abs", "p99_abs", "k3_kl")
+FLOOR_HINT = ("Look for the RoPE base, norm eps, attention scale or masking, the sampling temperature, a "
+              "lower-precision path.")
+"""Today's suspects, where the system cannot say where the two sides part (`checks.localize`)."""
 """Of each side's distance to the oracle, held to `floor.<statistic>` times the floor's."""
 
 
@@ -80,8 +84,7 @@ def floor_verdict(sampled: torch.Tensor, trainer: torch.Tensor, floor: torch.Ten
         "precision_floor", False,
         f"Against a float64 oracle of the same weights over {tokens} sampled tokens, {'; '.join(broken)}. {dtype} "
         f"rounding alone (an eager {dtype} copy of the model) accounts for less: the {faulty} computes a slightly "
-        "different model than these weights describe (RoPE base, norm eps, attention scale or masking, the "
-        "sampling temperature, a lower-precision path).",
+        f"different model than these weights describe. {FLOOR_HINT}",
         metrics, limits,
     )
 
@@ -97,7 +100,9 @@ def check_precision_floor(system, profile) -> CheckResult:
         )
     dtype = getattr(torch, profile.model.dtype)
     limits = {k: getattr(profile.tolerance.floor, k) for k in (*STATISTICS, "pair_mean_abs")}
-    return floor_verdict(
-        sampled, flat(system.trainer_logprobs(completions)), flat(system.reference_logprobs(completions, dtype)),
+    trainer = flat(system.trainer_logprobs(completions))
+    result = floor_verdict(
+        sampled, trainer, flat(system.reference_logprobs(completions, dtype)),
         flat(system.reference_logprobs(completions, torch.float64)), limits, profile.model.dtype,
     )
+    return localized(result, system, profile, FLOOR_HINT, worst_sequences(completions, trainer - sampled))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from titan_conformance.checks.localize import localized
 from titan_conformance.checks.parity import flat, parity_verdict, rows_locator
 from titan_conformance.checks.result import CheckResult
 from titan_conformance.checks.rollouts import sampled_completions
@@ -23,6 +24,8 @@ MOVE_OVER_NOISE = 6.0
 """How far past the parity noise the trainer's logprobs must move: a landed sync's tracking error is at
 most (noise before + noise after) / movement, ~2/6 here, under MAX_TRACKING_ERROR (an H200 bf16 run
 that stopped at 4.5x the noise measured 0.54 on a landed sync)."""
+OUT_OF_SYNC_HINT = "The generator was already out of sync after the run's earlier steps: a weight sync did not land."
+"""Today's guess, where the system cannot say where the two sides part (`checks.localize`)."""
 MAX_TRACKING_ERROR = 0.5
 """Largest tracking error of a sync that landed (a skipped sync is 1, a healthy one ~noise/movement)."""
 
@@ -40,11 +43,11 @@ def check_weight_sync(system, profile) -> CheckResult:
     already = parity_verdict(
         "weight_sync", "generator vs trainer logprobs before the check's step", generator_before - trainer_before,
         tol, profile.tolerances.bitwise,
-        hint="The generator was already out of sync after the run's earlier steps: a weight sync did not land.",
+        hint=OUT_OF_SYNC_HINT,
         locate=locate, min_tokens=min_tokens,
     )
-    if not already.passed:
-        return already
+    if not already.passed:  # localized on a fresh rollout: the check's completions are not failing tokens
+        return localized(already, system, profile, OUT_OF_SYNC_HINT)
     noise = _mean_abs(generator_before - trainer_before)
     for steps in range(1, MAX_STEPS + 1):
         system.step()  # trains, then syncs
@@ -80,4 +83,4 @@ def check_weight_sync(system, profile) -> CheckResult:
             f"of {tracking:.2f} (1 is no sync at all; allowed {MAX_TRACKING_ERROR}); it still samples from old or "
             f"partly synced weights (max diff to the trainer {result.metrics['max_abs']:.2e})."
         )
-    return result
+    return localized(result, system, profile, None)

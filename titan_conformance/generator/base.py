@@ -60,7 +60,8 @@ class Generator(Protocol):
     probes: frozenset[str]
     """Which of the protocol's generator probes it offers: "decode_timing" (`time_decode_step`, and
     `last_generate` counted), "decode_probes" (`generator.probe.probe_decode`), "graph_bypass"
-    (`generate(..., graphs=False)`)."""
+    (`generate(..., graphs=False)`), "activations" (its `model`'s blocks probed through a `score`
+    prefill, `providers.activations`)."""
     lacks: dict[str, str]
     """Why it lacks a probe of the protocol's that it does not offer (probe -> the missing hook)."""
     startup: dict[str, float]

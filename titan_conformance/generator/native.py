@@ -59,7 +59,7 @@ class NativeGenerator:
         self.warm_start: WarmStart | None = None
         """Background kernel compiles started at build; the first forward waits for them."""
 
-    probes = frozenset({"decode_timing", "decode_probes", "graph_bypass"})
+    probes = frozenset({"decode_timing", "decode_probes", "graph_bypass", "activations"})
     lacks: dict[str, str] = {}
     startup: dict[str, float] = {}
 

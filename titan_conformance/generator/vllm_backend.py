@@ -129,6 +129,12 @@ class VllmGenerator:
                     "fixed state with its logits and sampling noise, so FULL replay is judged by whole "
                     "rollouts with and without graphs (graph_bypass)"
                 ),
+                "activations": (
+                    "the engine's model runs inside vLLM's model runner, whose batches pack and schedule "
+                    "tokens its own way (chunked prefill, its attention metadata): a probe would need the "
+                    "runner's token order per scheduler step, which this backend does not hook yet; the "
+                    "logprob-level parity checks judge it"
+                ),
             }
             if not self.counts_dispatches:
                 missing = (f"vLLM's model runner {runner} has no cudagraph_manager whose dispatch the vllm "

@@ -7,12 +7,13 @@ from titan_conformance.compilation.ledger import CompileEvent, CompileLedger
 from titan_conformance.protocol.records import (
     CaptureSizes, Completion, DecodeProbe, GenerateStats, Problem, RankReport, Reward, StepRecord, Task,
 )
+from titan_conformance.protocol.probe_points import Activations
 from titan_conformance.protocol.system import (
     CAPABILITIES, DEFAULT_FACTORY, ENTRY_POINT_GROUP, ConformanceSystem, load_factory,
 )
 
 __all__ = [
-    "CAPABILITIES", "DEFAULT_FACTORY", "ENTRY_POINT_GROUP", "CaptureSizes", "CompileEvent", "CompileLedger",
+    "Activations", "CAPABILITIES", "DEFAULT_FACTORY", "ENTRY_POINT_GROUP", "CaptureSizes", "CompileEvent", "CompileLedger",
     "Completion", "ConformanceSystem", "DecodeProbe", "GenerateStats", "Problem", "RankReport", "Reward",
     "StepRecord", "Task", "load_factory",
 ]

@@ -18,6 +18,7 @@ import torch
 
 from titan_conformance.compilation.ledger import CompileLedger
 from titan_conformance.errors import ConformanceError
+from titan_conformance.protocol.probe_points import Activations
 from titan_conformance.protocol.records import (
     CaptureSizes, Completion, DecodeProbe, GenerateStats, Problem, Reward, StepRecord, Task,
 )
@@ -49,6 +50,10 @@ CAPABILITIES = {
     "sequence_noise": "rollout(..., sequence_noise=True) draws each sequence's sampling noise from a generator "
     "of its own, seeded by the seed and the sequence (not its row): among other neighbours a batch-invariant "
     "generator then samples it the same tokens",
+    "activations": "activations(completions, side, dtype) runs one side on a few completions' tokens and returns "
+    "its intermediate tensors at the probe points (`protocol.probe_points`): side \"trainer\" by its training "
+    "forward, \"generator\" by its real prefill path (its cache attention), both compiled as in the run, "
+    "\"reference\" by a fresh eager copy at dtype (float64: the oracle)",
     "tensor_parallel": "built on every rank of a process group at parallel.tp > 1; weight_checksums() sums "
     "each full (gathered) parameter",
 }
@@ -79,6 +84,7 @@ class ConformanceSystem(Protocol):
     def trainer_logprobs(self, completions: list[Completion]) -> list[torch.Tensor]: ...
     def generator_logprobs(self, completions: list[Completion]) -> list[torch.Tensor]: ...
     def reference_logprobs(self, completions: list[Completion], dtype: torch.dtype) -> list[torch.Tensor]: ...
+    def activations(self, completions: list[Completion], side: str, dtype: torch.dtype | None = None) -> Activations: ...
     def sync_weights(self) -> None: ...
     def compile_ledger(self) -> CompileLedger: ...
     def cudagraph_sizes(self) -> CaptureSizes: ...

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -22,10 +23,11 @@ from titan_conformance.compilation import CompileLedger
 from titan_conformance.data_files import resolve_checkpoint
 from titan_conformance.generator.base import Generator
 from titan_conformance.generator.native import NativeGenerator
+from titan_conformance.providers.activations import ProbeSites, probing, recorded, token_index
 from titan_conformance.gpus import resolve_device
 from titan_conformance.profile import Profile
 from titan_conformance.protocol import (
-    CaptureSizes, Completion, DecodeProbe, GenerateStats, Problem, Reward, StepRecord,
+    Activations, CaptureSizes, Completion, DecodeProbe, GenerateStats, Problem, Reward, StepRecord,
 )
 from titan_conformance.task import SortLettersTask, TaskTokenizer
 from titan_conformance.task.sort_letters import build_tokenizer
@@ -68,6 +70,9 @@ class ModelStack(Protocol):
 
     def capture_policy(self) -> list[int]:
         """The capture-size policy's sizes for the profile (also where nothing is captured)."""
+
+    probe_sites: ProbeSites
+    """Where its model (trainer's, generator's, eager copy's alike) computes the probe points."""
 
     def eager_copy(self, trainer: Trainer, dtype: torch.dtype) -> nn.Module:
         """An uncompiled, unsharded copy of the trainer's model at `dtype`, with its current weights."""
@@ -176,6 +181,7 @@ class GRPOSystem:
             out.add("cudagraphs")
         if self.profile.parallel.tp > 1:
             out.add("tensor_parallel")
+            out.discard("activations")  # a rank's probe points hold its shards only
         return frozenset(out)
 
     @property
@@ -316,20 +322,50 @@ class GRPOSystem:
     def reference_logprobs(self, completions: list[Completion], dtype: torch.dtype) -> list[torch.Tensor]:
         """The trainer's current weights in a fresh eager copy of the model at `dtype`, scoring every
         completion token at the sampling temperature: float64 is the oracle, the profile's dtype the
-        precision floor that trainer and generator are held to. Scored a few sequences at a time,
-        so that no [batch, length, vocab] float64 logits are ever whole, and only as wide as the
-        longest (an eager copy has no compiled graph to keep at the trainer's fixed width)."""
+        precision floor that trainer and generator are held to."""
         model = self.stack.eager_copy(self.trainer, dtype)
+        try:
+            return self._eager_logprobs(model, completions)
+        finally:
+            del model
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def _eager_logprobs(self, model: nn.Module, completions: list[Completion], chunk: int | None = None) -> list[torch.Tensor]:
+        """`model`'s logprobs of the completion tokens at the sampling temperature, `chunk` sequences a
+        forward (None: a few, so that no [batch, length, vocab] float64 logits over 1 GiB are ever whole),
+        only as wide as the longest (an eager copy has no compiled graph to keep at the trainer's fixed width)."""
         batch = rollout_batch(completions, torch.zeros(len(completions)), self.tokenizer.pad_id, self.device)
-        chunk = max(1, (1 << 30) // (batch.tokens.shape[1] * self.stack.vocab_size() * 8))
+        chunk = chunk or max(1, (1 << 30) // (batch.tokens.shape[1] * self.stack.vocab_size() * 8))
         temperature = self.profile.sampling.temperature
         with torch.no_grad():
             logp = torch.cat([self.stack.score(model, batch.tokens[i : i + chunk], temperature).double().cpu()
                               for i in range(0, len(completions), chunk)])
-        del model
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
         return [row[m] for row, m in zip(logp, batch.completion_mask.cpu())]
+
+    def activations(self, completions: list[Completion], side: str, dtype: torch.dtype | None = None) -> Activations:
+        """The probe points of a few completions (no more than a trainer step's rows or a generator
+        batch: each side runs them in one forward) on `side`: "trainer" by `trainer_logprobs` (its
+        training forward at its training shape), "generator" by `generator_logprobs` (one prefill over
+        its KV cache), "reference" by a fresh eager copy at `dtype`; compiled blocks as in the run
+        (`providers.activations`). The generator's sampled logprobs are the completions' own, so they
+        must come from a rollout of the current weights."""
+        lengths = [len(c.prompt_ids) + len(c.token_ids) for c in completions]
+        if len(completions) > min(self.profile.rollouts_per_step, self.profile.max_num_seqs):
+            raise ValueError(f"{len(completions)} completions are more than one forward of each side holds.")
+        if side == "trainer":
+            model, width, score = self.trainer.model, self.profile.generator.max_model_len, self.trainer_logprobs
+        elif side == "generator":
+            model, width, score = self.generator.model, max(lengths), self.generator_logprobs
+        elif side == "reference":
+            model, width = self.stack.eager_copy(self.trainer, dtype), max(lengths)
+            score = partial(self._eager_logprobs, model, chunk=len(completions))  # the probes see one forward
+        else:
+            raise ValueError(f"side {side!r}: trainer, generator or reference")
+        with probing(model, self.stack.probe_sites, token_index(lengths, width, self.device)) as recorder:
+            logprobs = torch.cat([lp.double() for lp in score(completions)])
+        sampled = torch.tensor([x for c in completions for x in c.logprobs], dtype=torch.float64)
+        return recorded(recorder, logprobs, sampled if side == "generator" else logprobs)
 
     def compile_ledger(self) -> CompileLedger:
         return self.ledger

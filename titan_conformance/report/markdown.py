@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from titan_conformance.report.localization import localized_checks, markdown_lines
 from titan_conformance.report.headline import (
     VERDICT_MARK, overall, property_rows, variant_line, variant_matrix, variant_names, warning_lines,
 )
@@ -92,6 +93,8 @@ def summary_markdown(report: dict[str, Any]) -> str:
         for t in failed:
             lines += ["", f"**{t['outcome'].upper()}** `{t['nodeid'].split('/')[-1]}` (worker {t['worker']})", "",
                       _message(t["message"] or "(no message)")]
+            for _, check, loc in localized_checks({"tests": [t]}):
+                lines += ["", *markdown_lines(check, loc)]
     lines += ["", "<details><summary>Environment</summary>", "", "| | |", "| --- | --- |",
               _environment(env), "", "</details>", ""]
     return fit_bytes("\n".join(lines), SUMMARY_LIMIT, "... summary cut to fit a comment; report.json has every failure.")

@@ -10,6 +10,7 @@ import base64
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from titan_conformance.report.localization import localized_checks, stages
 from titan_conformance.report.svg_chart import Chart, Scale
 
 STEP_PHASES = ("generate", "train", "weight_sync")
@@ -133,7 +134,28 @@ def step_times(report: dict[str, Any]) -> Plot:
                  Chart("step", "seconds", legend_right=True, x=Scale(integer=True), y=Scale(lo_fixed=0.0)), draw)
 
 
-PLOTS = (logprob_histogram, logprob_per_position, capture_size_diffs, startup_phases, step_times)
+def localization(report: dict[str, Any]) -> Plot:
+    checks = {f"{check} {test[test.find('['):] if '[' in test else ''}".rstrip(): loc
+              for test, check, loc in localized_checks(report)}
+    per_check = {label: stages(loc) for label, loc in checks.items()}
+    names = list(next(iter(per_check.values()), {}))
+    factor = max((loc["factor"] for loc in checks.values()), default=0.0)
+
+    def draw(chart: Chart) -> None:
+        for label, per_stage in per_check.items():
+            chart.line(range(len(per_stage)), _numbers(list(per_stage.values())), label, marker=True)
+        chart.line([0, len(names) - 1], [factor, factor], f"diverges past {factor:g}x", color="red", style="--")
+
+    plot = _plot("localization", "Where trainer and generator part: divergence per stage, in multiples of the precision floor",
+                 per_check, "No failed parity verdict was localized (every parity check passed, or the system cannot be probed).",
+                 Chart("stage of the forward", "mean |trainer - generator| / floor", xticks=names,
+                       y=Scale("symlog")), draw)
+    if plot.uri:
+        plot.note = "; ".join(f"{label}: first divergence at {loc.get('first_label') or 'no point'}" for label, loc in checks.items())
+    return plot
+
+
+PLOTS = (logprob_histogram, logprob_per_position, capture_size_diffs, startup_phases, step_times, localization)
 
 
 def all_plots(report: dict[str, Any]) -> list[Plot]:

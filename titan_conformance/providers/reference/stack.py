@@ -14,6 +14,7 @@ from titan_conformance.generator.qwen3 import qwen3_generator
 from titan_conformance.model import ModelArgs, Qwen3Model
 from titan_conformance.model.checkpoint import load_checkpoint, read_model_args, save_checkpoint
 from titan_conformance.profile import check_tp
+from titan_conformance.providers.activations import ProbeSites
 from titan_conformance.providers.grpo import BuildContext
 from titan_conformance.task.sort_letters import VOCAB_SIZE
 from titan_conformance.trainer import Trainer, token_logprobs
@@ -25,6 +26,16 @@ class ReferenceStack:
     model class (or vLLM's engine over it), DTensor TP over our plan."""
 
     name = "reference"
+    probe_sites = ProbeSites(
+        embedding="embed_tokens", final_norm="norm", layers="layers",
+        block={
+            "attn_norm": ("input_layernorm", None), "q_norm": ("self_attn.q_norm", None),
+            "k_norm": ("self_attn.k_norm", None), "q_rope": ("self_attn.inner_attention", 0),
+            "k_rope": ("self_attn.inner_attention", 1), "attention": ("self_attn.inner_attention", None),
+            "attn_residual": ("post_attention_layernorm", 0), "mlp_norm": ("post_attention_layernorm", None),
+            "mlp": ("mlp", None),
+        },
+    )
 
     def __init__(self) -> None:
         self.generator: Generator | None = None

@@ -18,6 +18,7 @@ import torch
 from titan_conformance.errors import ConformanceError
 from titan_conformance.generator.base import GeneratorConfig
 from titan_conformance.generator.native import NativeGenerator
+from titan_conformance.providers.activations import ProbeSites
 from titan_conformance.providers.grpo import BuildContext
 from titan_conformance.providers.torchtitan import DEFAULT_SUITE
 from titan_conformance.providers.torchtitan.capture_policy import torchtitan_capture_policy
@@ -60,6 +61,15 @@ def check_profile(p) -> None:
 
 class TorchtitanStack:
     name = "torchtitan"
+    probe_sites = ProbeSites(
+        embedding="tok_embeddings", final_norm="norm", layers="layers",
+        block={
+            "attn_norm": ("attention_norm", None), "q_norm": ("attention.q_norm", None),
+            "k_norm": ("attention.k_norm", None), "q_rope": ("attention.inner_attention", 0),
+            "k_rope": ("attention.inner_attention", 1), "attention": ("attention.inner_attention", None),
+            "attn_residual": ("ffn_norm", 0), "mlp_norm": ("ffn_norm", None), "mlp": ("feed_forward", None),
+        },
+    )
 
     def __init__(self) -> None:
         self.generator: NativeGenerator | None = None
