@@ -233,16 +233,24 @@ def torchtitan_rope_mismatch(profile, **kw):
     return system
 
 
-def scale_generator_rope_theta(system, factor: float) -> None:
+def scale_generator_rope_theta(system, factor: float):
     """Rebuilds every generator block's RoPE table (torchtitan's own RoPE module) with theta x
-    factor, in place: the table is a buffer the compiled blocks read, so nothing recompiles."""
+    factor, in place: the table is a buffer the compiled blocks read, so nothing recompiles. Returns
+    the undo (the tables as they were: the module's config keeps the original theta)."""
     import dataclasses
 
-    for block in system.generator.model.layers.values():
-        rope = block.attention.rope
+    ropes = [block.attention.rope for block in system.generator.model.layers.values()]
+    saved = [rope.cache.clone() for rope in ropes]
+    for rope in ropes:
         other = type(rope)(dataclasses.replace(rope.config, theta=rope.config.theta * factor))
         other.init_states(buffer_device=rope.cache.device)
         rope.cache.copy_(other.cache)
+
+    def undo():
+        for rope, cache in zip(ropes, saved):
+            rope.cache.copy_(cache)
+
+    return undo
 
 
 def torchtitan_generator_compiled_differently(profile, **kw):

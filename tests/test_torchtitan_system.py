@@ -95,12 +95,12 @@ def test_capture_sizes_are_torchtitans_policy(tt_run):
 def test_parity_catches_a_generator_rope_mismatch(tt_run):
     run, prof = tt_run
     system = run.system
-    faults.scale_generator_rope_theta(system, 2.0)
+    undo = faults.scale_generator_rope_theta(system, 2.0)
     try:
         broken = perform_run(system, 1)
         result = check_logprob_parity(broken, prof)
     finally:
-        faults.scale_generator_rope_theta(system, 0.5)
+        undo()
     assert not result.passed and "differ beyond tolerance" in result.message
     assert result.metrics["max_abs"] > 5 * prof.tolerance.max_abs  # far past it, not at the edge
     assert result.metrics["localization"]["first_point"] == "blocks.0.q_rope"  # probed through torchtitan's blocks
