@@ -123,7 +123,7 @@ def decode_ms(gen: NativeGenerator, batch: int, how: str, iters: int = 50) -> fl
         torch.zeros(batch, 1, dtype=torch.long, device=gen.device),
         torch.randint(8, gen.max_model_len, (batch, 1), generator=spread).to(gen.device),
         torch.zeros(batch, vocab, device=gen.device),
-        *sampling_tensors(1.0, gen.device),
+        *sampling_tensors(gen.config.sampling, gen.device),
     )
 
     if how == "replay":  # the graph alone, back to back: no input copies, no host sync per step
@@ -139,7 +139,7 @@ def decode_ms(gen: NativeGenerator, batch: int, how: str, iters: int = 50) -> fl
             with torch.compiler.set_stance("force_eager"):
                 gen.decode_step(*args)
         else:
-            gen.run_decode(*args, use_graph=how == "graph")
+            gen.run_decode(*args[:3], args[3:], use_graph=how == "graph")
 
     with torch.no_grad():
         for _ in range(3):

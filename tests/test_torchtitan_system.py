@@ -79,7 +79,7 @@ def test_trainer_logprobs_are_torchtitans_compute_logprobs_of_the_eager_model(tt
     system = run.system
     tokens = torch.tensor([[1, 5, 9, 3, 12, 4, 2], [1, 7, 7, 8, 2, 0, 0]])
     with torch.no_grad(), torch.compiler.set_stance("force_eager"):
-        logits = system.trainer.model(tokens)[:, :-1].float() / prof.sampling.temperature
+        logits = system.trainer.model(tokens)[:, :-1].float() / prof.sampling.spec.divisor
     expected = system.stack.api.compute_logprobs(logits, tokens[:, 1:])
     torch.testing.assert_close(system.trainer.logprobs(tokens), expected, atol=1e-5, rtol=0)
 

@@ -1,7 +1,7 @@
 """FULL CUDA graphs of the native generator's decode step: one per capture size.
 
 The decode step (every compiled block, the final norm, lm_head and sampling) is one shape-static
-function of (tokens, positions, noise, temperature), captured at each size into one shared memory
+function of (tokens, positions, noise, sampling knobs), captured at each size into one shared memory
 pool; a batch is padded up to the next size (`NativeGenerator.run_decode`).
 """
 
@@ -21,7 +21,8 @@ class CapturedGraph:
 
     graph: torch.cuda.CUDAGraph
     inputs: tuple[torch.Tensor, ...]
-    """tokens [N, 1], positions [N, 1], noise [N, V], divisor [], noise scale []."""
+    """tokens [N, 1], positions [N, 1], noise [N, V], then `sampling.sampling_tensors`' divisor,
+    noise scale, top_p and top_k []."""
     outputs: tuple[torch.Tensor, ...]
     """tokens [N], token logprobs [N], logits [N, V]."""
     seconds: float
@@ -49,7 +50,7 @@ def capture_graphs(gen) -> CaptureReport:
             torch.zeros(size, 1, dtype=torch.long, device=device),
             torch.zeros(size, 1, dtype=torch.long, device=device),
             torch.zeros(size, gen.vocab_size, dtype=torch.float32, device=device),
-            *sampling_tensors(1.0, device),
+            *sampling_tensors(gen.config.sampling, device),
         )
         torch.cuda.synchronize()
         start, mem_before = time.perf_counter(), torch.cuda.memory_allocated(device)

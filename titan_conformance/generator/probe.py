@@ -10,6 +10,7 @@ import time
 import torch
 
 from titan_conformance.generator.sampling import all_logprobs, gumbel_noise, sampling_tensors
+from titan_conformance.profile import SamplingSpec
 from titan_conformance.protocol import DecodeProbe
 from titan_conformance.timing import synchronize
 
@@ -25,12 +26,12 @@ def time_decode_step(gen, batch: int, position: int, repeats: int = 5) -> float:
     tokens = torch.zeros(batch, 1, dtype=torch.long, device=gen.device)
     positions = torch.full((batch, 1), position, dtype=torch.long, device=gen.device)
     noise = torch.zeros(batch, gen.vocab_size, device=gen.device)
-    divisor, scale = sampling_tensors(1.0, gen.device)
+    knobs = sampling_tensors(gen.config.sampling, gen.device)
     replays, seconds = gen.replays, []
     for _ in range(repeats + 1):
         synchronize(gen.device)
         start = time.perf_counter()
-        gen.run_decode(tokens, positions, noise, divisor, scale)
+        gen.run_decode(tokens, positions, noise, knobs)
         synchronize(gen.device)
         seconds.append(time.perf_counter() - start)
     gen.replays = replays  # a probe, not a decode step of the run
@@ -40,7 +41,7 @@ def time_decode_step(gen, batch: int, position: int, repeats: int = 5) -> float:
 @torch.no_grad()
 def probe_decode(gen, batch: int, how: str, prompt_len: int = 7, seed: int = 0) -> DecodeProbe:
     """One decode step from a fixed state (deterministic prompts prefilled, then one decode at
-    temperature 1), run `how`: "graph" (replay at the padded size), "compiled" (the same compiled
+    temperature 1 with nothing truncated, through the sampler the generator is built with), run `how`: "graph" (replay at the padded size), "compiled" (the same compiled
     step, no graph) or "eager" (compile bypassed)."""
     rng = torch.Generator(device=gen.device).manual_seed(seed)
     vocab = gen.vocab_size
@@ -48,9 +49,9 @@ def probe_decode(gen, batch: int, how: str, prompt_len: int = 7, seed: int = 0) 
     logits, lengths = gen.prefill(prompts)
     tokens = logits.argmax(-1, keepdim=True)
     noise = gumbel_noise((batch, vocab), rng)
-    args = (tokens, lengths.unsqueeze(1).clone(), noise, *sampling_tensors(1.0, gen.device))
+    args = (tokens, lengths.unsqueeze(1).clone(), noise, *sampling_tensors(SamplingSpec(), gen.device))
     if how == "graph" or how == "compiled" and batch not in gen.graphs:
-        sampled, logp, all_logp = gen.run_decode(*args, use_graph=how == "graph", want_all=True)
+        sampled, logp, all_logp = gen.run_decode(*args[:3], args[3:], use_graph=how == "graph", want_all=True)
     else:
         if how == "compiled":
             # The same compiled step on the graph's own input buffers: same addresses and
