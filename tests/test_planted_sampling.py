@@ -7,22 +7,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 import faults
+import pytest
+from test_planted_faults import profile, run_with
+
 from titan_conformance.checks.finite import check_run_finite
 from titan_conformance.checks.parity import check_logprob_parity
 from titan_conformance.checks.precision import check_precision_floor
 from titan_conformance.profile import load_profile
 from titan_conformance.providers.reference import build_system
-from test_planted_faults import profile, run_with
 
 TOP_P = {"top_p": 0.95, "logprobs": "processed"}
 
 
 def test_the_cpu_suites_top_p_variant_is_this_profile():
     suite = Path(__file__).resolve().parents[1] / "suites" / "tiny-cpu.toml"
-    assert load_profile(str(suite), "topp").sampling.spec == profile(**{"sampling": TOP_P}).sampling.spec
+    assert load_profile(str(suite), "topp").sampling.spec == profile(sampling=TOP_P).sampling.spec
 
 
 def test_a_top_p_run_passes_parity_and_the_precision_floor():
