@@ -14,6 +14,7 @@ from test_planted_faults import profile, run_with
 from titan_conformance.checks.finite import check_run_finite
 from titan_conformance.checks.parity import check_logprob_parity
 from titan_conformance.checks.precision import check_precision_floor
+from titan_conformance.checks.weight_sync import check_weight_sync
 from titan_conformance.profile import load_profile
 from titan_conformance.providers.reference import build_system
 
@@ -25,11 +26,15 @@ def test_the_cpu_suites_top_p_variant_is_this_profile():
     assert load_profile(str(suite), "topp").sampling.spec == profile(sampling=TOP_P).sampling.spec
 
 
-def test_a_top_p_run_passes_parity_and_the_precision_floor():
-    prof = profile(steps=2, sampling=TOP_P)
+@pytest.mark.parametrize("logprobs", ["processed", "raw"])
+def test_a_top_p_run_passes_parity_the_precision_floor_and_weight_sync(logprobs):
+    """Weight sync re-scores fixed completions after a step: under processed logprobs a token may
+    leave the kept set, -inf on both sides, which is agreement."""
+    prof = profile(steps=2, sampling=dict(TOP_P, logprobs=logprobs))
     run, system = run_with(build_system, prof)
     try:
-        results = [check_logprob_parity(run, prof), check_run_finite(run), check_precision_floor(system, prof)]
+        results = [check_logprob_parity(run, prof), check_run_finite(run), check_precision_floor(system, prof),
+                   check_weight_sync(system, prof)]
     finally:
         system.close()
     for result in results:

@@ -70,3 +70,28 @@ def test_engine_shuts_down_cleanly_and_syncs_weights_in_place():
     assert not torch.distributed.is_initialized()
     leftover = {p.pid for p in psutil.Process().children(recursive=True)} - children_before
     assert not leftover, f"processes left behind: {leftover}"
+
+
+@needs_vllm
+@pytest.mark.parametrize("logprobs", ["processed", "raw"])
+def test_vllm_samples_with_top_p_and_reports_the_declared_logprobs(logprobs):
+    """top_p 0.95 reaches vLLM's sampler, and its logprobs (processed_logprobs, or raw_logprobs of
+    logits the model tempers itself) match the trainer's in both modes, by decode and by prefill
+    (prompt logprobs, truncated by the model's compute_logits); weight sync too."""
+    from test_planted_faults import profile, run_with
+
+    from titan_conformance.checks.invariance import check_prefill_decode
+    from titan_conformance.checks.parity import check_logprob_parity
+    from titan_conformance.checks.weight_sync import check_weight_sync
+    from titan_conformance.providers.reference import build_system
+
+    prof = profile(steps=2, sampling={"top_p": 0.95, "logprobs": logprobs}, generator={"backend": "vllm"})
+    run, system = run_with(build_system, prof)
+    try:
+        assert system.generator.llm.llm_engine.model_config.logprobs_mode == f"{logprobs}_logprobs"
+        results = [check_logprob_parity(run, prof), check_prefill_decode(system, prof), check_weight_sync(system, prof)]
+    finally:
+        system.close()
+    for result in results:
+        assert result.passed, result.message
+    assert results[0].metrics["max_abs"] < 1e-4 and results[0].metrics["tokens"] >= 512
