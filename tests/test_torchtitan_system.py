@@ -203,3 +203,20 @@ def test_an_hf_checkpoint_loads_through_torchtitans_state_dict_adapter(tt_run, t
     (tmp_path / "config.json").write_text(json.dumps({**config, "hidden_size": 512}))
     with pytest.raises(ConformanceError, match="hidden_size = 512 but torchtitan's flavor 'debugmodel' has 256"):
         load_hf_checkpoint(model, spec, tmp_path, "debugmodel")
+
+
+def test_torchtitan_follows_top_p_and_the_logprobs_mode():
+    """torchtitan's trainer (compute_logprobs and GRPOLoss over the spec's scoring logits) and its
+    native generator sample at top_p 0.95 and report processed logprobs alike; a trainer that
+    scores raw ones fails with the cause named."""
+    base = tt_profile(steps=2)
+    prof = dataclasses.replace(base, sampling=dataclasses.replace(base.sampling, top_p=0.95, logprobs="processed"))
+    system = torchtitan_system(prof)
+    try:
+        result = check_logprob_parity(perform_run(system, 2), prof)
+        assert result.passed, result.message
+        faults.plant_trainer_sampling(system, logprobs="raw")
+        broken = check_logprob_parity(perform_run(system, 3), prof)
+    finally:
+        system.close()
+    assert not broken.passed and "log(kept mass)" in broken.message, broken.message
