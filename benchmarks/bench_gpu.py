@@ -127,9 +127,7 @@ def decode_ms(gen: NativeGenerator, batch: int, how: str, iters: int = 50) -> fl
     )
 
     if how == "replay":  # the graph alone, back to back: no input copies, no host sync per step
-        graph = gen.graphs[batch].graph
-        for static, value in zip(gen.graphs[batch].inputs, args):
-            static.copy_(value)
+        graph = gen.fill_graph_inputs(batch, *args[:3], args[3:]).graph
         for _ in range(3):
             graph.replay()
         return 1000 * seconds(lambda: [graph.replay() for _ in range(iters)]) / iters

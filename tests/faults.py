@@ -44,8 +44,10 @@ def packed_trainer_attention(profile, **kw) -> GRPOSystem:
 
 
 def recaptured(system: GRPOSystem) -> GRPOSystem:
-    """The system with its generator's FULL graphs captured again, so the fault is in them too."""
+    """The system with its generator's FULL graphs captured again, so the fault is in them too; counted
+    as its startup's captures (the fault is the planted one, not a re-capture)."""
     system.generator.graphs.clear()
+    system.generator.captures.clear()
     system.generator.capture()
     return system
 
@@ -70,19 +72,46 @@ def stale_decode_cache(profile, **kw) -> GRPOSystem:
 
 
 def padding_leaks_into_real_rows(profile, **kw) -> GRPOSystem:
-    """A decode slot mapping that sends padding rows (the only decode tokens at position 0) to row
-    0's first slot: the padded rows of a captured batch overwrite a real row's first key/value."""
+    """A scratch slot that is row 0's first slot: the padded rows of a captured batch overwrite a
+    real row's first key/value."""
     system = build_system(profile, **kw)
+    system.generator.scratch_slot = 0
+    return recaptured(system)  # a one-token step's padding slot is baked into its graph
+
+
+def plant_padding_in_real_pages(system):
+    """Padded rows of a replay write their keys and values at position 0 of their own cache rows
+    (past the batch's real rows: pages the next, fuller batch's requests are given) instead of the
+    scratch slot. The real rows' outputs stay right; only the cache shows it."""
     gen = system.generator
 
-    def leaky_slots(positions):
-        slots = type(gen).cache_slots(gen, positions)
-        if positions.shape[1] > 1:  # a prefill: its position-0 tokens are real
-            return slots
-        return torch.where(positions.reshape(1, -1) == 0, torch.zeros_like(slots), slots)
+    def padded_slots(positions, size):
+        return gen.cache_slots(torch.cat([positions, positions.new_zeros(size - positions.shape[0], 1)]))
 
-    gen.cache_slots = leaky_slots
-    return recaptured(system)
+    gen.padded_slots = padded_slots
+    return lambda: delattr(gen, "padded_slots")
+
+
+def plant_slots_left_by_previous_size(system):
+    """The graphs' slot mappings share one buffer sized for the largest graph, and a replay refreshes
+    only its real rows: a padded replay's padding rows write at the slots where the last larger
+    batch's rows wrote (pages of rows this batch does not own). Unseen when sizes run in ascending
+    order (no larger batch ran before), so only a shuffled probe order finds it."""
+    gen = system.generator
+    shared = torch.full((1, max(gen.capture_sizes)), gen.scratch_slot, dtype=torch.long, device=gen.device)
+
+    def padded_slots(positions, size):
+        shared[:, : positions.shape[0]] = gen.cache_slots(positions)
+        return shared[:, :size].clone()
+
+    gen.padded_slots = padded_slots
+    return lambda: delattr(gen, "padded_slots")
+
+
+def recaptured_mid_run(profile, **kw) -> GRPOSystem:
+    """GRPO step 2 captures every graph again (as a cache reset or a weight sync that re-captures
+    might): the steps after it replay graphs that startup never measured."""
+    return _from_step(build_system(profile, **kw), 2, lambda system: system.generator.capture())
 
 
 def plant_rows_not_flattened(system, decode_only: bool = False) -> None:
@@ -448,6 +477,8 @@ slow_generate = _planted(plant_slow_generate)
 generator_mixes_rows = _planted(plant_rows_mixed)
 generator_split_k_by_batch = _planted(plant_split_k_by_batch)
 generator_step_counter = _planted(plant_step_counter)
+padding_in_real_pages = _planted(plant_padding_in_real_pages)
+slots_left_by_previous_size = _planted(plant_slots_left_by_previous_size)
 
 
 def nan_reward(profile, **kw) -> GRPOSystem:

@@ -53,7 +53,8 @@ def test_roles_have_separate_budgets():
 def test_generator_compiles_once_for_prefill_decode_batch_one_and_graph_inputs():
     """The generator's blocks see one flat row of tokens, so prefill and decode are one shape class;
     a one-token step is padded to two (Dynamo specializes a size of 1); generate() and a captured
-    graph feed the decode step differently (a step's positions vs a static buffer), and a view among
+    graph feed the decode step differently (a step's positions vs static buffers, its cache slots
+among them), and a view among
     the block's inputs would guard on its base. One compile for all of it."""
     from titan_conformance.generator.base import GeneratorConfig
     from titan_conformance.generator.qwen3 import qwen3_generator
@@ -67,7 +68,7 @@ def test_generator_compiles_once_for_prefill_decode_batch_one_and_graph_inputs()
         gen.model.init_weights(0)
         gen.generate([[1, 2, 3], [4, 5]], n=2, max_tokens=3, sampling=SamplingSpec(), seed=0, eos_id=0)
         static = (torch.zeros(4, 1, dtype=torch.long), torch.full((4, 1), 5), torch.zeros(4, 16))
-        gen.decode_step(*static, *sampling_tensors(SamplingSpec(), torch.device("cpu")))
+        gen.decode_step(*static, *sampling_tensors(SamplingSpec(), torch.device("cpu")), torch.full((1, 4), gen.scratch_slot))
         done = gen.generate([[7]], n=1, max_tokens=4, sampling=SamplingSpec(), seed=0, eos_id=-1)
         gen.score(done, SamplingSpec())
     assert ledger.counts() == {"generator.TransformerBlock": 1}, ledger.format()

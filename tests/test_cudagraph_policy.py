@@ -48,11 +48,13 @@ def test_sampler_errors_catch_a_sampler_that_drops_its_noise():
     knobs = sampling_tensors(SamplingSpec(), torch.device("cpu"))
     logp = all_logprobs(logits, knobs[0])
     tokens, token_logp = sample_tokens(logits, noise, knobs, SamplingSpec())
-    assert max(sampler_errors(DecodeProbe(logp, tokens, token_logp, noise))) <= SAMPLER_MAX_ABS
+    no_kv = torch.empty(0)  # the sampler's errors read only the logprobs, tokens and noise
+    assert max(sampler_errors(DecodeProbe(logp, tokens, token_logp, noise, no_kv))) <= SAMPLER_MAX_ABS
     greedy = logits.argmax(-1)
-    shortfall, _ = sampler_errors(DecodeProbe(logp, greedy, logp.gather(-1, greedy[:, None])[:, 0], noise))
+    shortfall, _ = sampler_errors(DecodeProbe(logp, greedy, logp.gather(-1, greedy[:, None])[:, 0], noise, no_kv))
     assert shortfall > 100 * SAMPLER_MAX_ABS
-    _, logprob_err = sampler_errors(DecodeProbe(logp, tokens, sample_tokens(logits, noise, (knobs[0] * 2, *knobs[1:]), SamplingSpec())[1], noise))
+    doubled = sample_tokens(logits, noise, (knobs[0] * 2, *knobs[1:]), SamplingSpec())[1]
+    _, logprob_err = sampler_errors(DecodeProbe(logp, tokens, doubled, noise, no_kv))
     assert logprob_err > 100 * SAMPLER_MAX_ABS
 
 

@@ -10,6 +10,10 @@ import psutil
 import pytest
 import torch
 
+import vllm_faults
+from test_planted_faults import profile, run_with
+from titan_conformance.checks.parity import check_logprob_parity
+from titan_conformance.checks.weight_sync import check_weight_sync
 from titan_conformance.errors import ConformanceError
 from titan_conformance.plugin_options import resolve_generator
 from titan_conformance.vllm_support import INSTALL_HINT, vllm_version
@@ -38,7 +42,10 @@ def test_suite_checks_pass_on_vllm_with_our_compiled_model(pytester, monkeypatch
     # This checkout's package first, as `run_pytest` puts it (an editable install may be another's).
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), str(TESTS.parent)]))
     profile = pytester.path / "vllm-tiny.toml"
-    profile.write_text("[run]\nsteps = 3\nexpect_learning = false\n\n[compile]\nzero_compiles_after_startup = true\n")
+    profile.write_text(
+        "[run]\nsteps = 3\nexpect_learning = false\n\n[sampling]\ntemperature = 0.8\n\n"
+        "[compile]\nzero_compiles_after_startup = true\n"
+    )
     result = pytester.runpytest_subprocess(
         "--pyargs", "titan_conformance", "-p", "no:cacheprovider", "--tc-generator", "vllm",
         "--tc-device", "cpu", "--tc-suite", str(profile), "-k",
@@ -73,16 +80,41 @@ def test_engine_shuts_down_cleanly_and_syncs_weights_in_place():
 
 
 @needs_vllm
+@pytest.mark.parametrize("fault, check, cause", [
+    (vllm_faults.vllm_untempered_logprobs, check_logprob_parity, "sampling temperature"),
+    (vllm_faults.sync_skips_a_block, lambda run, prof: check_weight_sync(run.system, prof), "weight"),
+])
+def test_planted_vllm_faults_fail_their_check_on_cpu(fault, check, cause):
+    """vLLM reporting raw (untempered) logprobs, and a weight reload that skips the middle block,
+    each fail the check meant for them on vLLM's CPU build (the graph faults need a GPU)."""
+    prof = profile(steps=2, generator={"backend": "vllm"})
+    assert prof.sampling.temperature != 1.0
+    run, system = run_with(fault, prof)
+    try:
+        result = check(run, prof)
+    finally:
+        system.close()
+    assert not result.passed and cause in result.message, result.message
+
+
+def test_engine_start_splits_into_build_compile_and_capture():
+    """vLLM's engine start: build to its first forward, our compile in its profile run plus its kernel
+    warm-up after the last capture, capture between the first and the last captured forward."""
+    from titan_conformance.generator.vllm_backend import engine_phases
+
+    marks = {"first_forward": 12.0, "capture": 30.0, "captured": 35.0}
+    assert engine_phases(0.0, 51.0, marks) == {"build": 12.0, "compile": 34.0, "capture": 5.0}
+    # vLLM's CPU platform captures nothing: no capture phase, everything after the first forward compiles
+    assert engine_phases(0.0, 20.0, {"first_forward": 5.0}) == {"build": 5.0, "compile": 15.0, "capture": 0.0}
+
+
+@needs_vllm
 @pytest.mark.parametrize("logprobs", ["processed", "raw"])
 def test_vllm_samples_with_top_p_and_reports_the_declared_logprobs(logprobs):
     """top_p 0.95 reaches vLLM's sampler, and its logprobs (processed_logprobs, or raw_logprobs of
     logits the model tempers itself) match the trainer's in both modes, by decode and by prefill
     (prompt logprobs, truncated by the model's compute_logits); weight sync too."""
-    from test_planted_faults import profile, run_with
-
     from titan_conformance.checks.invariance import check_prefill_decode
-    from titan_conformance.checks.parity import check_logprob_parity
-    from titan_conformance.checks.weight_sync import check_weight_sync
     from titan_conformance.providers.reference import build_system
 
     prof = profile(steps=2, sampling={"top_p": 0.95, "logprobs": logprobs}, generator={"backend": "vllm"})

@@ -1,15 +1,17 @@
 """FULL CUDA-graph equivalence: the policy graphs the step's batch (max_num_seqs); the captured
-sizes are the policy's; at every capture size graph replay equals the compiled step exactly and
-eager within tolerance; batches between capture sizes, padded, give the same real rows; no NaN/inf
-at any size, the largest included; the engine runs the mode the profile asks for; and the run's
-decode steps replayed the graphs."""
+sizes are the policy's, each captured once over the run; at every capture size (in a seeded
+shuffled order, the largest included) a padded batch and then the full batch replay the graph for
+several decode steps of prompts of different lengths, replay equals the compiled step exactly
+(outputs and the keys/values written) and eager within tolerance, and no cache slot outside the
+real rows' own and the scratch slot is written; no NaN/inf; the engine runs the mode the profile
+asks for; and the run's decode steps replayed the graphs."""
 
 import pytest
 
 from titan_conformance.checks.cudagraphs import (
-    capture_policy_verdict, capture_set_verdict, check_graph_equivalence, check_rollout_graph_equivalence,
-    graph_replay_verdict,
+    capture_policy_verdict, capture_set_verdict, check_rollout_graph_equivalence, graph_replay_verdict,
 )
+from titan_conformance.checks.graph_probes import check_graph_equivalence
 from titan_conformance.plugin_fixtures import assert_check, require
 
 
@@ -36,8 +38,9 @@ def test_captured_sizes_are_the_policys(cuda_system, tc_profile):
 
 
 def test_replay_matches_eager_at_every_capture_size(cuda_system, tc_profile):
-    """One decode step from a fixed state where the generator runs one alone (logits, noise,
-    sampler); else whole rollouts with the engine's graphs and with them bypassed."""
+    """Decode steps from a fixed state where the generator runs them alone (logits, noise, sampler,
+    the cache slots written: `graph_probes`); else whole rollouts with the engine's graphs and with
+    them bypassed."""
     if "decode_probes" in cuda_system.capabilities:
         assert_check(check_graph_equivalence(cuda_system, tc_profile))
         return

@@ -53,9 +53,16 @@ class GeneratorConfig:
 
     @property
     def cache_rows(self) -> int:
-        """KV-cache rows: padded rows of a captured batch need rows of their own, never a real row's,
-        and so does the padding token of a one-token step (row 1, `NativeGenerator.forward_step`)."""
-        return max([2, self.max_num_seqs, *self.captured_sizes])
+        """KV-cache rows: one per row of the largest batch (the probes run every captured size with
+        real rows), plus the scratch row (`scratch_row`)."""
+        return max([self.max_num_seqs, *self.captured_sizes]) + 1
+
+    @property
+    def scratch_row(self) -> int:
+        """The cache row no sequence is ever given: the padded rows of a captured batch and the
+        padding token of a one-token step write their keys and values there, so padding never
+        lands in a page a real request reads, now or after its row is handed to another request."""
+        return self.cache_rows - 1
 
 
 class Generator(Protocol):
@@ -84,6 +91,8 @@ class Generator(Protocol):
         """Each completion token's logprob from one prefill, in `sampling`'s semantics."""
     def captured_sizes(self) -> list[int]:
         """The batch sizes it holds a FULL graph for."""
+    def capture_counts(self) -> dict[int, int]:
+        """How many times each size's graph was captured since the generator was built ({}: not counted)."""
     def cudagraph_mode(self) -> str:
         """The cudagraph mode it runs in, as the engine resolved it (NONE off CUDA)."""
     def describe(self) -> dict[str, str]:

@@ -1,8 +1,10 @@
 """FULL CUDA graphs of the native generator's decode step: one per capture size.
 
 The decode step (every compiled block, the final norm, lm_head and sampling) is one shape-static
-function of (tokens, positions, noise, sampling knobs), captured at each size into one shared memory
-pool; a batch is padded up to the next size (`NativeGenerator.run_decode`).
+function of (tokens, positions, noise, sampling knobs, cache slots), captured at each size into one
+shared memory pool; a batch is padded up to the next size, its padded rows writing their keys and
+values to the scratch slot (`NativeGenerator.fill_graph_inputs`). Each size is captured once at
+startup; `NativeGenerator.captures` counts every capture, so a re-capture mid-run shows.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ class CapturedGraph:
     graph: torch.cuda.CUDAGraph
     inputs: tuple[torch.Tensor, ...]
     """tokens [N, 1], positions [N, 1], noise [N, V], then `sampling.sampling_tensors`' divisor,
-    noise scale, top_p and top_k []."""
+    noise scale, top_p and top_k [], cache slots [1, N]."""
     outputs: tuple[torch.Tensor, ...]
     """tokens [N], token logprobs [N], logits [N, V]."""
     seconds: float
@@ -36,6 +38,18 @@ class CaptureReport:
     memory_bytes: dict[int, int] = field(default_factory=dict)
 
 
+def static_inputs(gen, size: int) -> tuple[torch.Tensor, ...]:
+    """The static input buffers of a graph of `size` rows of `gen` (`CapturedGraph.inputs`)."""
+    device = gen.device
+    return (
+        torch.zeros(size, 1, dtype=torch.long, device=device),
+        torch.zeros(size, 1, dtype=torch.long, device=device),
+        torch.zeros(size, gen.vocab_size, dtype=torch.float32, device=device),
+        *sampling_tensors(gen.config.sampling, device),
+        torch.full((1, size), gen.scratch_slot, dtype=torch.long, device=device),
+    )
+
+
 @torch.no_grad()
 def capture_graphs(gen) -> CaptureReport:
     """Captures one FULL decode graph per capture size of `gen` (a NativeGenerator), largest first
@@ -46,12 +60,7 @@ def capture_graphs(gen) -> CaptureReport:
         return report
     device, pool = gen.device, torch.cuda.graph_pool_handle()
     for size in sorted(sizes, reverse=True):
-        inputs = (
-            torch.zeros(size, 1, dtype=torch.long, device=device),
-            torch.zeros(size, 1, dtype=torch.long, device=device),
-            torch.zeros(size, gen.vocab_size, dtype=torch.float32, device=device),
-            *sampling_tensors(gen.config.sampling, device),
-        )
+        inputs = static_inputs(gen, size)
         torch.cuda.synchronize()
         start, mem_before = time.perf_counter(), torch.cuda.memory_allocated(device)
         side = torch.cuda.Stream(device)
@@ -67,6 +76,7 @@ def capture_graphs(gen) -> CaptureReport:
         seconds = time.perf_counter() - start
         memory = torch.cuda.memory_allocated(device) - mem_before
         gen.graphs[size] = CapturedGraph(graph, inputs, outputs, seconds, memory)
+        gen.captures[size] += 1
         report.seconds[size], report.memory_bytes[size] = seconds, memory
     report.sizes = sorted(gen.graphs)
     return report

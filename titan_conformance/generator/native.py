@@ -2,13 +2,15 @@
 
 The decode step (every compiled block, the final norm, lm_head and sampling) is one shape-static
 function of (tokens, positions, noise, sampling knobs). On CUDA, in a FULL mode, it is captured as one
-CUDA graph per capture size (`capture.py`); a batch is padded up to the next size and a batch above
-the largest runs without a graph. `qwen3.py` builds one over our Qwen3; the torchtitan provider
+CUDA graph per capture size (`capture.py`); a batch is padded up to the next size (its padded rows
+write their keys and values to a scratch row of the cache) and a batch above the largest runs
+without a graph. `qwen3.py` builds one over our Qwen3; the torchtitan provider
 builds one over torchtitan's.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Callable, Iterable
 
 import torch
@@ -49,6 +51,11 @@ class NativeGenerator:
         """The decode steps and graph replays of the latest `generate`."""
         self.replays = 0
         """Graph replays so far (every `run_decode` that replayed one)."""
+        self.captures: Counter[int] = Counter()
+        """Graphs captured per size since build (`capture.capture_graphs`): a run captures each once."""
+        self.scratch_row = config.scratch_row
+        self.scratch_slot = config.scratch_row * self.max_model_len
+        """Where every padding token writes its key and value (`GeneratorConfig.scratch_row`)."""
         self.warm_start: WarmStart | None = None
         """Background kernel compiles started at build; the first forward waits for them."""
 
@@ -58,6 +65,9 @@ class NativeGenerator:
 
     def captured_sizes(self) -> list[int]:
         return sorted(self.graphs)
+
+    def capture_counts(self) -> dict[int, int]:
+        return dict(self.captures)
 
     def time_decode_step(self, batch: int, position: int) -> float:
         from titan_conformance.generator.probe import time_decode_step
@@ -92,19 +102,19 @@ class NativeGenerator:
             )
 
     @torch.no_grad()
-    def forward_step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Runs the blocks over [B, S] tokens at `positions` (row i in cache row i), writing the KV
-        cache; returns logits [B, S, V].
+    def forward_step(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor | None = None) -> torch.Tensor:
+        """Runs the blocks over [B, S] tokens at `positions` (row i in cache row i, or at `slots`
+        [1, B * S] where given), writing the KV cache; returns logits [B, S, V].
 
         The blocks see one flat row of B * S tokens, as vLLM's do: a prefill and a decode step are
         then one shape class, so the block compiles once for both. A single token gets a padding
-        token (cache row 1, position 0): Dynamo specializes a size of 1, which would be one more
-        compile."""
+        token (the scratch slot, position 0): Dynamo specializes a size of 1, which would be one
+        more compile."""
         self.wait_warm_start()
         bsz, seqlen = tokens.shape
-        flat = [tokens.reshape(1, -1), positions.reshape(1, -1), self.cache_slots(positions)]
+        flat = [tokens.reshape(1, -1), positions.reshape(1, -1), self.cache_slots(positions) if slots is None else slots]
         if bsz * seqlen == 1:  # (filled on the device: a host copy cannot be graph-captured)
-            flat = [torch.cat([t, torch.full_like(t, pad)], 1) for t, pad in zip(flat, (0, 0, self.max_model_len))]
+            flat = [torch.cat([t, torch.full_like(t, pad)], 1) for t, pad in zip(flat, (0, 0, self.scratch_slot))]
         return self._forward(*flat)[0, : bsz * seqlen].view(bsz, seqlen, -1)
 
     def cache_slots(self, positions: torch.Tensor) -> torch.Tensor:
@@ -128,12 +138,15 @@ class NativeGenerator:
         forward); the graphs, cache and weights go with the object."""
         self.wait_warm_start()
 
-    def decode_step(self, tokens, positions, noise, *knobs):
+    def decode_step(self, tokens, positions, noise, divisor, noise_scale, top_p, top_k, slots=None):
         """The whole decode step; what a FULL graph captures: (tokens, their logprobs, logits).
-        `knobs`: `sampling.sampling_tensors` of the call's spec, sampled as the generator's spec is
-        built to. The logits are lm_head's own output, so returning them costs the graph nothing."""
-        logits = self.forward_step(tokens, positions)[:, -1]
-        return *sample_tokens(logits, noise, knobs, self.config.sampling), logits
+        (divisor, noise_scale, top_p, top_k): `sampling.sampling_tensors` of the call's spec, sampled
+        as the generator's spec is built to (`GeneratorConfig.sampling`). The logits are lm_head's
+        own output, so returning them costs the graph nothing. `slots`
+        [1, B]: each row's cache slot (a graph's static buffer, the padded rows' the scratch slot);
+        None: every row is real, at `cache_slots(positions)`."""
+        logits = self.forward_step(tokens, positions, slots)[:, -1]
+        return *sample_tokens(logits, noise, (divisor, noise_scale, top_p, top_k), self.config.sampling), logits
 
     def capture(self) -> CaptureReport:
         """One FULL decode graph per capture size (`generator.capture`)."""
@@ -148,18 +161,31 @@ class NativeGenerator:
         if size is None:
             tokens_out, logp, logits = self.decode_step(tokens, positions, noise, *knobs)
             return tokens_out, logp, all_logprobs(logits, knobs[0]) if want_all else None
-        g = self.graphs[size]
+        g = self.fill_graph_inputs(size, tokens, positions, noise, knobs)
         self.replays += 1
-        for static, value in zip(g.inputs, (tokens, positions, noise)):
-            static[:bsz].copy_(value)
-            static[bsz:].zero_()  # padding rows: deterministic, and never read by a real row
-        for static, value in zip(g.inputs[3:], knobs):
-            static.copy_(value)
         g.graph.replay()
         # The outputs are the graph's static buffers, overwritten by the next replay: copy them out
         # ([B, V] logprobs only on request: a decode loop has no use for them).
         tokens_out, logp, logits = g.outputs
         return tokens_out[:bsz].clone(), logp[:bsz].clone(), all_logprobs(logits[:bsz], knobs[0]) if want_all else None
+
+    def fill_graph_inputs(self, size, tokens, positions, noise, knobs) -> CapturedGraph:
+        """Copies a batch of B <= size rows into the static inputs of the graph of `size`: the
+        padded rows get token 0 at position 0 (deterministic, never read by a real row) and the
+        scratch slot (`padded_slots`)."""
+        g, bsz = self.graphs[size], tokens.shape[0]
+        for static, value in zip(g.inputs, (tokens, positions, noise)):
+            static[:bsz].copy_(value)
+            static[bsz:].zero_()
+        for static, value in zip(g.inputs[3:], (*knobs, self.padded_slots(positions, size))):
+            static.copy_(value)
+        return g
+
+    def padded_slots(self, positions: torch.Tensor, size: int) -> torch.Tensor:
+        """[1, size] cache slots of a decode batch padded to `size`: the real rows' own, then the
+        scratch slot for every padded row."""
+        pad = positions.new_full((1, size - positions.shape[0]), self.scratch_slot)
+        return torch.cat([self.cache_slots(positions), pad], 1)
 
     # --- generation --------------------------------------------------------------------------
 
@@ -204,7 +230,6 @@ class NativeGenerator:
                 f"A prompt of {longest} tokens + max_tokens={max_tokens} exceeds max_model_len="
                 f"{self.max_model_len}; raise max_model_len in the profile."
             )
-        self.config.check_sampling(sampling)
         sequences = [(p, j) for p in prompts for j in range(n)] if sequence_noise else None
         noise = noise_stream(seed, (bsz, self.vocab_size), self.device, sequences)
         knobs = sampling_tensors(sampling, self.device)
@@ -241,8 +266,8 @@ class NativeGenerator:
 
     @torch.no_grad()
     def score(self, completions: list[Completion], sampling: SamplingSpec) -> list[torch.Tensor]:
-        """Logprobs of each completion's tokens in `sampling`'s semantics from ONE prefill over prompt
-        + completion (no decode): what the prefill-vs-decode check compares the sampled logprobs against."""
+        """Logprobs of each completion's tokens from ONE prefill over prompt + completion (no
+        decode): what the prefill-vs-decode check compares the sampled logprobs against."""
         out = []
         for start in range(0, len(completions), self.max_num_seqs):
             part = completions[start : start + self.max_num_seqs]

@@ -108,7 +108,8 @@ class TitanQwen3ForCausalLM(nn.Module):
         (`trainer.logprobs.scoring_logits`); vLLM's prompt and raw logprobs are otherwise untempered."""
         self.startup_marks: dict[str, float] = {}
         """perf_counter() at vLLM's first forward ("first_forward": its profile run, where our blocks
-        compile) and at the warm-up forward it runs before its first graph capture ("capture")."""
+        compile), at the warm-up forward it runs before its first graph capture ("capture") and at the
+        end of the last captured forward ("captured")."""
         self._last_forward = 0.0
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -130,10 +131,17 @@ class TitanQwen3ForCausalLM(nn.Module):
         self._last_forward = now
         embeddings = None if inputs_embeds is None else inputs_embeds.unsqueeze(0)
         tokens = positions.unsqueeze(0) if input_ids is None else input_ids.unsqueeze(0)  # shape only
-        return self.model.hidden_states(tokens, positions.unsqueeze(0), embeddings).squeeze(0)
+        hidden = self.model.hidden_states(tokens, positions.unsqueeze(0), embeddings).squeeze(0)
+        if positions.is_cuda and torch.cuda.is_current_stream_capturing():
+            self.startup_marks["captured"] = time.perf_counter()
+        return hidden
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        logits = self.model.logits(hidden_states)
+        """fp32 logits, as the trainer tempers them: vLLM's V2 sampler divides by the temperature in
+        place, in the logits' dtype, so bf16 logits would be rounded to bf16 once more after tempering
+        (on an H100, vLLM 0.26: trainer vs generator 1.02x the bf16 floor's mean where the native
+        generator measures 0.43-0.54x, and decode vs prefill past its tolerance)."""
+        logits = self.model.logits(hidden_states).float()
         return logits if self.logits_spec is None else scoring_logits(logits, self.logits_spec)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:

@@ -119,20 +119,34 @@ class CaptureSizes:
     mode: str = ""
     """The cudagraph mode the generator runs in as its engine resolved it ("" where it does not say):
     an engine may run FULL as FULL_DECODE_ONLY, PIECEWISE or NONE whatever it was asked."""
+    captures: dict[int, int] = field(default_factory=dict)
+    """How many times each size's graph was captured since the system was built ({} where the
+    generator does not count): once at startup, or the graphs a run measured are not the ones it
+    started with."""
 
 
 @dataclass
 class DecodeProbe:
-    """One decode step run from a fixed state (CPU tensors)."""
+    """T consecutive decode steps from a fixed state (CPU tensors): B distinct prompts of different
+    lengths prefilled (so every row decodes at its own positions), then T steps, each fed fixed
+    tokens (teacher-forced: runs that sample differently still decode the same states)."""
 
     logprobs: torch.Tensor
-    """[B, V] fp32: log-softmax of the step's logits."""
+    """[T, B, V] fp32: log-softmax of each step's logits."""
     tokens: torch.Tensor
-    """[B]: the tokens the step sampled."""
+    """[T, B]: the tokens each step sampled."""
     token_logprobs: torch.Tensor
-    """[B]: their logprobs as the sampler reported them."""
+    """[T, B]: their logprobs as the sampler reported them."""
     noise: torch.Tensor
-    """[B, V]: the Gumbel noise the step sampled with (temperature 1)."""
+    """[T, B, V]: the Gumbel noise each step sampled with (temperature 1)."""
+    kv_written: torch.Tensor
+    """[layers, 2, T, B, ...]: the keys (0) and values (1) the steps left in each real row's own
+    slot of each step, every layer: the state a replay mutates, not only its outputs."""
+    stray_slots: list[tuple[int, int]] = field(default_factory=list)
+    """(cache row, position) of every cache slot the steps wrote other than the real rows' slots
+    of each step and the generator's scratch slots (where padding goes): slots a real request
+    reads or will read once its row is handed out (a prompt of this batch overwritten, a page of
+    another row)."""
 
 
 @dataclass

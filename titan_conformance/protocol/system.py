@@ -33,9 +33,12 @@ CAPABILITIES = {
     "weight_sync": "sync_weights() pushes the trainer's weights into the generator",
     "compile_ledger": "compile_ledger() returns the CompileLedger of every compiled region",
     "startup_phases": "startup maps each startup phase to seconds",
-    "cudagraphs": "the generator holds FULL CUDA graphs: cudagraph_sizes() names their sizes and the mode its engine "
-    "resolved",
-    "decode_probes": "probe_decode(batch, how) runs one decode step from a fixed state by graph, compiled step or eagerly",
+    "cudagraphs": "the generator holds FULL CUDA graphs: cudagraph_sizes() names their sizes, the mode its engine "
+    "resolved and (where counted) how many times each size was captured",
+    "decode_probes": "probe_decode(batch, how) runs consecutive decode steps of batch distinct prompts of different "
+    "lengths from a fixed state, by graph (padded to its capture size), compiled step or eagerly, and returns a "
+    "DecodeProbe: each step's logprobs and samples, the keys and values each real row wrote, and every other "
+    "cache slot the steps wrote outside the generator's scratch slots",
     "graph_bypass": "rollout(..., graphs=False) runs the same rollout with the generator's captured graphs bypassed, "
     "and last_decode counts the latest rollout's decode steps and graph replays",
     "capture_policy": "cudagraph_sizes().policy is the capture-size policy's list, also where nothing is captured",

@@ -338,10 +338,11 @@ class GRPOSystem:
     def cudagraph_sizes(self) -> CaptureSizes:
         captures = getattr(self, "captures", None)
         return CaptureSizes(self.stack.capture_policy(), self.generator.captured_sizes(),
-                            dict(getattr(captures, "seconds", {}) or {}), self.generator.cudagraph_mode())
+                            dict(getattr(captures, "seconds", {}) or {}), self.generator.cudagraph_mode(),
+                            self.generator.capture_counts())
 
     def probe_decode(self, batch: int, how: str) -> DecodeProbe:
-        """One decode step from a fixed state: graph, compiled or eager (`generator.probe`)."""
+        """Consecutive decode steps from a fixed state: graph, compiled or eager (`generator.probe`)."""
         from titan_conformance.generator.probe import probe_decode
 
         return probe_decode(self.generator, batch, how)

@@ -60,13 +60,16 @@ def _budgets(m: dict, limits: dict) -> str:
 
 
 def _captures(m: dict, limits: dict) -> str:
-    return f"captured {m.get('captured')}"
+    counts = m.get("captures")
+    times = f", captures per size {counts}" if isinstance(counts, dict) else ""
+    return f"captured {m.get('captured')}{times}"
 
 
 def _graphs(m: dict, limits: dict) -> str:
     worst = max((r.get("graph_vs_eager_max_abs", 0) for r in m.get("per_size", {}).values()
                  if isinstance(r.get("graph_vs_eager_max_abs"), (int, float))), default=0)
-    return f"replay vs eager max {worst:.2e}{_limit(limits, 'max_abs', '.1e')}"
+    order = f", sizes probed in order {m['probe_order']} (seed {m.get('probe_order_seed')})" if m.get("probe_order") else ""
+    return f"replay vs eager max {worst:.2e}{_limit(limits, 'max_abs', '.1e')}{order}"
 
 
 def _floor(m: dict, limits: dict) -> str:
