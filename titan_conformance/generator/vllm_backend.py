@@ -177,8 +177,8 @@ class VllmGenerator:
         self.llm.collective_rpc(vllm_hooks.take_dispatches)  # drop what earlier requests ran
         if not graphs:
             self.llm.collective_rpc(vllm_hooks.set_eager_dispatch, args=(True,))
-        temperature = sampling.temperature
-        if self.config.sampling.logprobs == "raw":
+        temperature, tempers = sampling.temperature, self.config.sampling.logprobs == "raw"
+        if tempers:
             self.llm.collective_rpc(vllm_hooks.set_logits_spec, args=(dataclasses.replace(sampling, top_p=1.0, top_k=0),))
             temperature = 1.0 if temperature > 0 else 0.0  # the logits come tempered; 0 stays greedy
         try:
@@ -189,7 +189,8 @@ class VllmGenerator:
         finally:
             if not graphs:
                 self.llm.collective_rpc(vllm_hooks.set_eager_dispatch, args=(False,))
-            self.llm.collective_rpc(vllm_hooks.set_logits_spec, args=(None,))
+            if tempers:
+                self.llm.collective_rpc(vllm_hooks.set_logits_spec, args=(None,))
         if self.counts_dispatches:
             self.last_generate = decode_stats(self.llm.collective_rpc(vllm_hooks.take_dispatches)[0])
         completions = []
