@@ -61,9 +61,13 @@ def test_a_logprob_semantics_mismatch_fails_parity_naming_top_p_and_the_logprobs
     assert prof.sampling.spec.describe() in message  # what the profile declares
 
 
-@pytest.mark.parametrize("fault", [faults.untempered_trainer])
-def test_a_temperature_mismatch_is_not_called_a_top_p_one(fault):
-    """Untempered logprobs move the top tokens one way and the tail the other: not log(kept mass)."""
+@pytest.mark.parametrize("fault", [
+    faults.untempered_trainer, faults.untempered_generator_logprobs, faults.generator_rope_theta_one_percent_off,
+    faults.generator_norm_eps,
+])
+def test_other_mismatches_are_not_called_a_top_p_one(fault):
+    """Untempered logprobs or another model move the top tokens one way and the tail the other:
+    not log(kept mass); the message keeps the general hint."""
     prof = profile(steps=2)
     run, system = run_with(fault, prof)
     system.close()

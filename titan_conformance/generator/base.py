@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Protocol
 
 import torch
@@ -25,7 +25,7 @@ class GeneratorConfig:
     """As the profile asks; off CUDA the generator runs without graphs whatever it says."""
     capture_sizes: tuple[int, ...] = ()
     """The capture-size policy's sizes (captured only where `cudagraph_mode` captures on `device`)."""
-    sampling: SamplingSpec = SamplingSpec()
+    sampling: SamplingSpec = field(default_factory=SamplingSpec)
     """The profile's sampling: whether the decode step truncates (top-p/top-k) and which logprobs
     it reports are built into it (and its graphs); a call may change the values only."""
 
