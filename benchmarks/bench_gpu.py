@@ -123,11 +123,11 @@ def decode_ms(gen: NativeGenerator, batch: int, how: str, iters: int = 50) -> fl
         torch.zeros(batch, 1, dtype=torch.long, device=gen.device),
         torch.randint(8, gen.max_model_len, (batch, 1), generator=spread).to(gen.device),
         torch.zeros(batch, vocab, device=gen.device),
-        *sampling_tensors(1.0, gen.device),
+        *sampling_tensors(gen.config.sampling, gen.device),
     )
 
     if how == "replay":  # the graph alone, back to back: no input copies, no host sync per step
-        graph = gen.fill_graph_inputs(batch, *args).graph
+        graph = gen.fill_graph_inputs(batch, *args[:3], args[3:]).graph
         for _ in range(3):
             graph.replay()
         return 1000 * seconds(lambda: [graph.replay() for _ in range(iters)]) / iters
@@ -137,7 +137,7 @@ def decode_ms(gen: NativeGenerator, batch: int, how: str, iters: int = 50) -> fl
             with torch.compiler.set_stance("force_eager"):
                 gen.decode_step(*args)
         else:
-            gen.run_decode(*args, use_graph=how == "graph")
+            gen.run_decode(*args[:3], args[3:], use_graph=how == "graph")
 
     with torch.no_grad():
         for _ in range(3):

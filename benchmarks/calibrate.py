@@ -122,7 +122,7 @@ def warmup_grid(profile, device, lrs, max_steps, seeds) -> list[dict]:
                 if step % 10:
                     return
                 gen.load_weights((n, p.detach()) for n, p in model.named_parameters())
-                out = gen.generate([p.prompt_ids for p in problems], 1, 12, profile.sampling.temperature, 0, tok.eos_id)
+                out = gen.generate([p.prompt_ids for p in problems], 1, 12, profile.sampling.spec, 0, tok.eos_id)
                 rows.append({
                     "lr": lr, "seed": seed, "steps": step, "seconds": time.perf_counter() - start,
                     "reward": statistics.mean(task.reward(p, c.token_ids).total for p, c in zip(problems, out)),

@@ -23,6 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from titan_conformance.generator.sampling import sampling_tensors, torch_sample_tokens
+from titan_conformance.profile import SamplingSpec
 from titan_conformance.generator.sampling_kernel import launch_sample
 from titan_conformance.model.cache_attention import sdpa_cache_attention
 from titan_conformance.model.cache_attention_kernel import launch_cache_attention
@@ -209,7 +210,7 @@ def sampler_rows() -> None:
     vocab = 151936
     logits = torch.randn(B, vocab, device=DEVICE, dtype=DTYPE)
     noise = torch.rand(B, vocab, device=DEVICE).log().neg().log().neg()
-    divisor, scale = sampling_tensors(1.0, DEVICE)
+    divisor, scale = sampling_tensors(SamplingSpec(), DEVICE)[:2]
     expected = torch_sample_tokens(logits, noise, divisor, scale)
     variants = {
         "PyTorch ops": torch_sample_tokens,

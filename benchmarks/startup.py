@@ -75,11 +75,11 @@ def main() -> None:
         with timed(phases, "weight_load", device):  # seeded random: startup does not depend on values
             gen.model.init_weights(profile.seed)
         with timed(phases, "compile", device):  # prefill at the step's batch, then decode
-            gen.generate([[1] * 5] * s.num_prompts_per_step, s.n, 2, s.temperature, 0, eos_id=-1)
+            gen.generate([[1] * 5] * s.num_prompts_per_step, s.n, 2, s.spec, 0, eos_id=-1)
         with timed(phases, "capture", device):
             report = gen.capture()
         with timed(phases, "first_generate", device):
-            gen.generate([[1] * 9] * s.num_prompts_per_step, s.n, s.max_tokens, s.temperature, 1, eos_id=-1)
+            gen.generate([[1] * 9] * s.num_prompts_per_step, s.n, s.max_tokens, s.spec, 1, eos_id=-1)
     if opts.compile_cache:
         save_compile_cache(opts.compile_cache, cache_use)
         print(f"saved {cache_use.saved_bytes} bytes of compile cache")

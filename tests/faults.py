@@ -8,6 +8,8 @@ the undo (`benchmarks/calibrate.py` measures them on the GPU that way).
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
@@ -206,8 +208,8 @@ def sampler_ignores_noise(profile, **kw) -> GRPOSystem:
     system = build_system(profile, **kw)
     gen = system.generator
 
-    def greedy_step(tokens, positions, noise, divisor, noise_scale, slots=None):
-        return type(gen).decode_step(gen, tokens, positions, noise, divisor, noise_scale * 0, slots)
+    def greedy_step(tokens, positions, noise, divisor, noise_scale, *knobs):
+        return type(gen).decode_step(gen, tokens, positions, noise, divisor, noise_scale * 0, *knobs)
 
     gen.decode_step = greedy_step
     return recaptured(system)
@@ -371,9 +373,9 @@ def plant_untempered_generator(system):
     gen = system.generator
     real = gen.generate
 
-    def generate(prompts, n, max_tokens, temperature, seed, eos_id, **kw):
-        completions = real(prompts, n, max_tokens, temperature, seed, eos_id, **kw)
-        for c, logprobs in zip(completions, gen.score(completions, 1.0)):
+    def generate(prompts, n, max_tokens, sampling, seed, eos_id, **kw):
+        completions = real(prompts, n, max_tokens, sampling, seed, eos_id, **kw)
+        for c, logprobs in zip(completions, gen.score(completions, dataclasses.replace(sampling, temperature=1.0))):
             c.logprobs = logprobs.tolist()
         return completions
 
@@ -383,9 +385,35 @@ def plant_untempered_generator(system):
 
 def plant_untempered_trainer(system):
     """The trainer scores (and trains on) logprobs at temperature 1 whatever the sampling temperature."""
-    before = system.trainer.temperature
-    system.trainer.temperature = 1.0
-    return lambda: setattr(system.trainer, "temperature", before)
+    return plant_trainer_sampling(system, temperature=1.0)
+
+
+def plant_trainer_sampling(system, **changes):
+    """The trainer scores (and trains on) logprobs with `changes` to the profile's sampling spec
+    (`logprobs="raw"`: the full tempered softmax where the generator reports processed ones)."""
+    before = system.trainer.sampling
+    system.trainer.sampling = dataclasses.replace(before, **changes)
+    return lambda: setattr(system.trainer, "sampling", before)
+
+
+def plant_generator_sampling(system, **changes):
+    """The generator samples and reports logprobs with `changes` to the spec it is asked for, its
+    decode step built (and graphs captured) so: `logprobs="raw"` where the profile declares
+    processed, or a top_p the profile does not declare (vLLM's processed_logprobs then renormalize
+    over what it kept)."""
+    gen = system.generator
+    config, real = gen.config, gen.generate
+    gen.config = dataclasses.replace(config, sampling=dataclasses.replace(config.sampling, **changes))
+    gen.generate = lambda prompts, n, max_tokens, sampling, *args, **kw: real(
+        prompts, n, max_tokens, dataclasses.replace(sampling, **changes), *args, **kw)
+    _recapture_graphs(system)
+
+    def undo():
+        gen.config = config
+        del gen.generate
+        _recapture_graphs(system)
+
+    return undo
 
 
 def plant_slow_generate(system):
@@ -408,7 +436,7 @@ def _plant_logits(system, change):
     """The generator's logits [B, S, V] of every prefill and decode step passed through `change`
     (eager: a compiled step's graph has no Python to patch; CPU: no graph to recapture)."""
     gen = system.generator
-    gen.forward_step = lambda tokens, positions: change(type(gen).forward_step(gen, tokens, positions))
+    gen.forward_step = lambda tokens, positions, slots=None: change(type(gen).forward_step(gen, tokens, positions, slots))
     return lambda: delattr(gen, "forward_step")
 
 
@@ -449,10 +477,10 @@ def plant_step_counter(system, scale: float = 1e-4):
     return _plant_logits(system, change)
 
 
-def _planted(plant, *args):
+def _planted(plant, *args, **changes):
     def factory(profile, **kw) -> GRPOSystem:
         system = build_system(profile, **kw)
-        plant(system, *args)
+        plant(system, *args, **changes)
         return system
 
     factory.__doc__ = plant.__doc__
@@ -465,6 +493,11 @@ generator_norm_eps = _planted(plant_norm_eps)
 untempered_generator_logprobs = _planted(plant_untempered_generator)
 untempered_trainer = _planted(plant_untempered_trainer)
 weight_sync_skips_last_block = _planted(plant_sync_skips_last_block)
+# top-p/top-k and the logprobs each side reports (run on a profile with top_p < 1 and processed
+# logprobs, the last on one with top_p = 1):
+trainer_scores_raw = _planted(plant_trainer_sampling, logprobs="raw")
+generator_reports_raw = _planted(plant_generator_sampling, logprobs="raw")
+generator_truncates_top_p = _planted(plant_generator_sampling, top_p=0.95, logprobs="processed")
 slow_generate = _planted(plant_slow_generate)
 generator_mixes_rows = _planted(plant_rows_mixed)
 generator_split_k_by_batch = _planted(plant_split_k_by_batch)

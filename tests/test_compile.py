@@ -59,17 +59,18 @@ among them), and a view among
     from titan_conformance.generator.base import GeneratorConfig
     from titan_conformance.generator.qwen3 import qwen3_generator
     from titan_conformance.generator.sampling import sampling_tensors
+    from titan_conformance.profile import SamplingSpec
 
     with CompileLedger() as ledger:
         config = GeneratorConfig(max_num_seqs=4, max_model_len=16, device=torch.device("cpu"))
         gen = qwen3_generator(ARGS.replace(n_layers=2), config=config, compile_config=CompileConfig(), ledger=ledger,
                               dtype=torch.float32)
         gen.model.init_weights(0)
-        gen.generate([[1, 2, 3], [4, 5]], n=2, max_tokens=3, temperature=1.0, seed=0, eos_id=0)
+        gen.generate([[1, 2, 3], [4, 5]], n=2, max_tokens=3, sampling=SamplingSpec(), seed=0, eos_id=0)
         static = (torch.zeros(4, 1, dtype=torch.long), torch.full((4, 1), 5), torch.zeros(4, 16))
-        gen.decode_step(*static, *sampling_tensors(1.0, torch.device("cpu")), torch.full((1, 4), gen.scratch_slot))
-        done = gen.generate([[7]], n=1, max_tokens=4, temperature=1.0, seed=0, eos_id=-1)
-        gen.score(done, 1.0)
+        gen.decode_step(*static, *sampling_tensors(SamplingSpec(), torch.device("cpu")), torch.full((1, 4), gen.scratch_slot))
+        done = gen.generate([[7]], n=1, max_tokens=4, sampling=SamplingSpec(), seed=0, eos_id=-1)
+        gen.score(done, SamplingSpec())
     assert ledger.counts() == {"generator.TransformerBlock": 1}, ledger.format()
 
 

@@ -46,10 +46,11 @@ import json, sys, torch
 from pathlib import Path
 from titan_conformance.compilation.cache import restore_compile_cache, save_compile_cache
 from titan_conformance.generator.sampling import warm_up_sampler
+from titan_conformance.profile import SamplingSpec
 
 path = Path(sys.argv[1])
 use = restore_compile_cache(path)
-warm_up_sampler(64, torch.float32, torch.device("cuda"))
+warm_up_sampler(64, torch.float32, torch.device("cuda"), SamplingSpec())
 torch.cuda.synchronize()
 save_compile_cache(path, use)
 print(json.dumps({"restored": use.restored_kernels, "saved": use.saved_kernels, "problem": use.problem}))

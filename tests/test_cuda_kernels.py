@@ -145,6 +145,7 @@ def test_sampling_kernel_matches_pytorch(vocab, temperature, dtype, tmp_path):
     a NaN logit wins with a NaN logprob (as torch), so a broken generator stays visible; greedy
     (T = 0) is the plain argmax with the untempered logprob."""
     from titan_conformance.generator.sampling import sampling_tensors
+    from titan_conformance.profile import SamplingSpec
 
     torch.manual_seed(0)
     logits = torch.randn(6, vocab) * 4
@@ -153,11 +154,12 @@ def test_sampling_kernel_matches_pytorch(vocab, temperature, dtype, tmp_path):
     logits = logits.to(dtype)
     noise = gumbel_noise((6, vocab), torch.Generator().manual_seed(1))
     noise[0, vocab - 3] = noise[0, 7]
-    divisor, scale = sampling_tensors(temperature, torch.device("cpu"))
+    knobs = sampling_tensors(SamplingSpec(temperature=temperature), torch.device("cpu"))
+    divisor, scale = knobs[:2]
     tokens, logp = run_kernel(
         tmp_path, "titan_conformance.generator.sampling_kernel:launch_sample", logits, noise, divisor, scale
     )
-    expected_tokens, expected_logp = sample_tokens(logits, noise, divisor, scale)
+    expected_tokens, expected_logp = sample_tokens(logits, noise, knobs, SamplingSpec(temperature=temperature))
     assert tokens.dtype == torch.int64 and tokens.tolist() == expected_tokens.tolist()
     assert tokens[0] == 7 and tokens[1] == 3 and logp[1].isnan() and expected_logp[1].isnan()
     tokens, logp, expected_logp = tokens[2:], logp[2:], expected_logp[2:]

@@ -40,19 +40,21 @@ def test_sampler_errors_catch_a_sampler_that_drops_its_noise():
     from titan_conformance.checks.cudagraphs import SAMPLER_MAX_ABS, sampler_errors
     from titan_conformance.protocol import DecodeProbe
     from titan_conformance.generator.sampling import all_logprobs, gumbel_noise, sample_tokens, sampling_tensors
+    from titan_conformance.profile import SamplingSpec
 
     torch.manual_seed(0)
     logits = torch.randn(8, 500) * 3
     noise = gumbel_noise((8, 500), torch.Generator().manual_seed(0))
-    divisor, scale = sampling_tensors(1.0, torch.device("cpu"))
-    logp = all_logprobs(logits, divisor)
-    tokens, token_logp = sample_tokens(logits, noise, divisor, scale)
+    knobs = sampling_tensors(SamplingSpec(), torch.device("cpu"))
+    logp = all_logprobs(logits, knobs[0])
+    tokens, token_logp = sample_tokens(logits, noise, knobs, SamplingSpec())
     no_kv = torch.empty(0)  # the sampler's errors read only the logprobs, tokens and noise
     assert max(sampler_errors(DecodeProbe(logp, tokens, token_logp, noise, no_kv))) <= SAMPLER_MAX_ABS
     greedy = logits.argmax(-1)
     shortfall, _ = sampler_errors(DecodeProbe(logp, greedy, logp.gather(-1, greedy[:, None])[:, 0], noise, no_kv))
     assert shortfall > 100 * SAMPLER_MAX_ABS
-    _, logprob_err = sampler_errors(DecodeProbe(logp, tokens, sample_tokens(logits, noise, divisor * 2, scale)[1], noise, no_kv))
+    doubled = sample_tokens(logits, noise, (knobs[0] * 2, *knobs[1:]), SamplingSpec())[1]
+    _, logprob_err = sampler_errors(DecodeProbe(logp, tokens, doubled, noise, no_kv))
     assert logprob_err > 100 * SAMPLER_MAX_ABS
 
 
@@ -80,7 +82,7 @@ class RolloutsByGraphMode:
     def cudagraph_sizes(self):
         return CaptureSizes([1, 2, 4], [1, 2, 4])
 
-    def rollout(self, problems, seed, n=None, temperature=None, graphs=True):
+    def rollout(self, problems, seed, n=None, sampling=None, graphs=True):
         from titan_conformance.protocol import Completion, GenerateStats
 
         shift = 0.5 if graphs and self.fault == "graphs move logprobs" else 0.0

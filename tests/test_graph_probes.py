@@ -137,3 +137,39 @@ def test_a_size_captured_twice_fails_the_capture_set():
     assert not twice.passed and "size 2 2 times" in twice.message and twice.metrics["captures"] == {1: 1, 2: 2}
     uncounted = capture_set_verdict(CaptureSizes([1, 2], [1, 2]))
     assert uncounted.passed and uncounted.metrics["captures"] is None
+
+
+def test_a_truncating_sampler_runs_through_the_graphs_static_inputs():
+    """A generator built for top-p/top-k samples through its graphs' static inputs (top_p and top_k
+    among them) as without graphs: the same tokens and processed logprobs, every token kept; a call
+    asking for no truncation runs the same graphs with top_p 1 and samples the full distribution."""
+    from titan_conformance.profile import SamplingSpec
+    from titan_conformance.trainer.logprobs import logprobs_from_logits
+
+    spec = SamplingSpec(temperature=0.8, top_p=0.7, top_k=12)
+    with CompileLedger() as ledger:
+        config = GeneratorConfig(max_num_seqs=max(SIZES), max_model_len=24, device=torch.device("cpu"), sampling=spec)
+        gen = qwen3_generator(ARGS, config=config, compile_config=CompileConfig(), ledger=ledger, dtype=torch.float32)
+        gen.model.init_weights(0)
+        with torch.no_grad():
+            gen.capture_sizes = list(SIZES)
+            for size in SIZES:
+                step = StepReplay(gen, static_inputs(gen, size))
+                gen.graphs[size] = CapturedGraph(step, step.inputs, step.outputs, 0.0, 0)
+        prompts = [[1, 2, 3], [4, 5, 6], [6, 7, 8], [3, 3, 9]]
+        replayed = gen.generate(prompts, 1, 8, spec, seed=3, eos_id=-1)
+        assert gen.last_generate.graph_replays == 7
+        direct = gen.generate(prompts, 1, 8, spec, seed=3, eos_id=-1, graphs=False)
+        untruncated = gen.generate(prompts, 1, 8, SamplingSpec(temperature=0.8), seed=3, eos_id=-1)
+    assert [c.token_ids for c in replayed] == [c.token_ids for c in direct]
+    for c, d in zip(replayed, direct):
+        torch.testing.assert_close(torch.tensor(c.logprobs), torch.tensor(d.logprobs))
+    scored = gen.score(replayed, spec)
+    for c, s in zip(replayed, scored):
+        assert torch.isfinite(s).all()
+        torch.testing.assert_close(torch.tensor(c.logprobs), s, atol=1e-5, rtol=0)
+    tokens = torch.tensor([c.prompt_ids + c.token_ids for c in untruncated])
+    with torch.no_grad():
+        logits = gen.forward_step(tokens, torch.arange(tokens.shape[1]).repeat(len(prompts), 1))[:, :-1]
+    full = logprobs_from_logits(logits, tokens[:, 1:], SamplingSpec(temperature=0.8))[:, -8:]
+    torch.testing.assert_close(torch.tensor([c.logprobs for c in untruncated]), full, atol=1e-5, rtol=0)

@@ -25,12 +25,14 @@ seed = 1
 
 
 def test_default_suite_passes_under_xdist(suite):
-    """Collection is identical on every worker; the suite's one variant is built once, on one worker."""
+    """Collection is identical on every worker; each of the suite's two variants (base, topp) is
+    built once, on one worker."""
     result = suite("-n", "2", "--tc-device", "cpu")
     # CUDA-graph checks skip on CPU, TP checks on a TP=1 profile, decode timing on the vLLM generator (CI has vLLM).
-    result.assert_outcomes(passed=14, skipped=8)
-    result.stdout.fnmatch_lines(["*titan_conformance: suite=tiny-cpu variants=base system=reference*"])
-    assert result.stderr.str().count("built reference system, variant base") == 1
+    result.assert_outcomes(passed=27, skipped=17)  # topp leaves learning to base (run.expect_learning = false)
+    result.stdout.fnmatch_lines(["*titan_conformance: suite=tiny-cpu variants=base,topp system=reference*"])
+    for variant in ("base", "topp"):
+        assert result.stderr.str().count(f"built reference system, variant {variant} ") == 1
 
 
 def test_planted_fault_fails_the_suite_with_the_cause(suite, pytester):

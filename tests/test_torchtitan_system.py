@@ -79,7 +79,7 @@ def test_trainer_logprobs_are_torchtitans_compute_logprobs_of_the_eager_model(tt
     system = run.system
     tokens = torch.tensor([[1, 5, 9, 3, 12, 4, 2], [1, 7, 7, 8, 2, 0, 0]])
     with torch.no_grad(), torch.compiler.set_stance("force_eager"):
-        logits = system.trainer.model(tokens)[:, :-1].float() / prof.sampling.temperature
+        logits = system.trainer.model(tokens)[:, :-1].float() / prof.sampling.spec.divisor
     expected = system.stack.api.compute_logprobs(logits, tokens[:, 1:])
     torch.testing.assert_close(system.trainer.logprobs(tokens), expected, atol=1e-5, rtol=0)
 
@@ -223,3 +223,20 @@ def test_torch_without_data_parallel_mesh_dims_gets_a_stand_in_that_refuses_to_b
     with pytest.raises(NotImplementedError, match="torch >= 2.13"):
         stand_in(dp_shard="fsdp")
     assert shim_torch() == ()  # once
+
+
+def test_torchtitan_follows_top_p_and_the_logprobs_mode():
+    """torchtitan's trainer (compute_logprobs and GRPOLoss over the spec's scoring logits) and its
+    native generator sample at top_p 0.95 and report processed logprobs alike; a trainer that
+    scores raw ones fails with the cause named."""
+    base = tt_profile(steps=2)
+    prof = dataclasses.replace(base, sampling=dataclasses.replace(base.sampling, top_p=0.95, logprobs="processed"))
+    system = torchtitan_system(prof)
+    try:
+        result = check_logprob_parity(perform_run(system, 2), prof)
+        assert result.passed, result.message
+        faults.plant_trainer_sampling(system, logprobs="raw")
+        broken = check_logprob_parity(perform_run(system, 3), prof)
+    finally:
+        system.close()
+    assert not broken.passed and "log(kept mass)" in broken.message, broken.message

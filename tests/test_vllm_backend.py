@@ -108,3 +108,24 @@ def test_engine_start_splits_into_build_compile_and_capture():
     assert engine_phases(0.0, 51.0, marks) == {"build": 12.0, "compile": 34.0, "capture": 5.0}
     # vLLM's CPU platform captures nothing: no capture phase, everything after the first forward compiles
     assert engine_phases(0.0, 20.0, {"first_forward": 5.0}) == {"build": 5.0, "compile": 15.0, "capture": 0.0}
+
+
+@needs_vllm
+@pytest.mark.parametrize("logprobs", ["processed", "raw"])
+def test_vllm_samples_with_top_p_and_reports_the_declared_logprobs(logprobs):
+    """top_p 0.95 reaches vLLM's sampler, and its logprobs (processed_logprobs, or raw_logprobs of
+    logits the model tempers itself) match the trainer's in both modes, by decode and by prefill
+    (prompt logprobs, truncated by the model's compute_logits); weight sync too."""
+    from titan_conformance.checks.invariance import check_prefill_decode
+    from titan_conformance.providers.reference import build_system
+
+    prof = profile(steps=2, sampling={"top_p": 0.95, "logprobs": logprobs}, generator={"backend": "vllm"})
+    run, system = run_with(build_system, prof)
+    try:
+        assert system.generator.llm.llm_engine.model_config.logprobs_mode == f"{logprobs}_logprobs"
+        results = [check_logprob_parity(run, prof), check_prefill_decode(system, prof), check_weight_sync(system, prof)]
+    finally:
+        system.close()
+    for result in results:
+        assert result.passed, result.message
+    assert results[0].metrics["max_abs"] < 1e-4 and results[0].metrics["tokens"] >= 512

@@ -20,7 +20,7 @@ from titan_conformance.generator.qwen3 import qwen3_generator
 from titan_conformance.model import ModelArgs
 
 TINY = ModelArgs(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=16, hidden_dim=64, vocab_size=40)
-from titan_conformance.profile import CudagraphMode
+from titan_conformance.profile import CudagraphMode, SamplingSpec
 
 CPU_CONFIG = GeneratorConfig(max_num_seqs=2, max_model_len=16, device=torch.device("cpu"))
 
@@ -55,7 +55,7 @@ def cpu_generator(monkeypatch, warm_ups, **compile_changes) -> tuple[NativeGener
 def test_first_forward_waits_for_the_warm_start(monkeypatch):
     gen, order = cpu_generator(monkeypatch, lambda order: [lambda: (time.sleep(0.3), order.append("warm-up"))])
     gen.model.init_weights(0)
-    gen.generate([[1, 2, 3]], 2, 3, 1.0, 0, eos_id=-1)
+    gen.generate([[1, 2, 3]], 2, 3, SamplingSpec(), 0, eos_id=-1)
     assert order[:2] == ["warm-up", "forward"] and gen.warm_start is None
 
 
@@ -68,7 +68,7 @@ def test_failed_warm_up_warns_at_the_first_forward_and_generation_goes_on(monkey
     gen, _ = cpu_generator(monkeypatch, broken)
     gen.model.init_weights(0)
     with pytest.warns(UserWarning, match="sampler_warm_up: RuntimeError: out of resources"):
-        completions = gen.generate([[1, 2, 3]], 2, 3, 1.0, 0, eos_id=-1)
+        completions = gen.generate([[1, 2, 3]], 2, 3, SamplingSpec(), 0, eos_id=-1)
     assert [len(c.token_ids) for c in completions] == [3, 3]
 
 
@@ -118,7 +118,7 @@ def test_warm_start_compiles_the_variants_the_generator_launches():
     warmed = [_variants(k) for k in kernels]
     assert [w - b for w, b in zip(warmed, before)] == [2, 1, 1]  # attention: a token per program; tiles
     gen.model.init_weights(0)
-    gen.generate([[1, 2, 3], [4, 5]], 2, 4, 1.0, 0, eos_id=-1)
+    gen.generate([[1, 2, 3], [4, 5]], 2, 4, SamplingSpec(), 0, eos_id=-1)
     gen.capture()
-    gen.generate([[1, 2, 3]], 1, 4, 1.0, 1, eos_id=-1)
+    gen.generate([[1, 2, 3]], 1, 4, SamplingSpec(), 1, eos_id=-1)
     assert [_variants(k) for k in kernels] == warmed, "a launch compiled a variant the warm start did not"

@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 
 from titan_conformance.checks.localize import localized
+from titan_conformance.checks.logprob_semantics import sampling_hint
 from titan_conformance.checks.result import CheckResult
 from titan_conformance.profile import Tolerance
 
@@ -44,7 +45,8 @@ def diff_stats(diff: torch.Tensor, max_abs_tolerance: float) -> dict[str, float]
 
 SAME_MODEL_HINT = (
     "Trainer and generator do not compute the same model: look for a config that differs between "
-    "them (RoPE theta, norm eps, dtype, attention op, sampling temperature, compile settings) or "
+    "them (RoPE theta, norm eps, dtype, attention op, sampling temperature, top-p/top-k, logprobs mode, "
+    "compile settings) or "
     "weights that were not synced."
 )
 
@@ -148,9 +150,10 @@ def check_logprob_parity(run, profile) -> CheckResult:
     if run.error and not run.records:
         return CheckResult("logprob_parity", False, f"the GRPO run failed before any step: {run.error}")
     diff = flat([r.logprob_diff for r in run.records])
+    tol, bitwise = profile.tolerance, profile.tolerances.bitwise
     result = parity_verdict(
-        "logprob_parity", "trainer vs generator logprobs over the run's rollouts", diff,
-        profile.tolerance, profile.tolerances.bitwise,
+        "logprob_parity", "trainer vs generator logprobs over the run's rollouts", diff, tol, bitwise,
+        hint=sampling_hint(profile.sampling.spec, diff, 0.0 if bitwise else tol.max_abs, SAME_MODEL_HINT),
         locate=run_locator(run.records), min_tokens=profile.tolerances.min_tokens,
     )
     # The run's completions were sampled under weights the trainer has moved on from since: a fresh

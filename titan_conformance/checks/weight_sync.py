@@ -7,6 +7,10 @@ tracking error mean|d_generator - d_trainer| / mean|d_trainer|: about the roundi
 movement when the sync lands, exactly 1 when it does not, in between for a partial sync. Means, not
 maxima: one bf16 token's rounding can exceed a GRPO step's largest move (an H200 false alarm of
 the max-based test this replaced).
+
+Under processed logprobs (top-p/top-k) a fixed completion's token can leave the kept set when the
+weights move: both sides then score it -inf, which is agreement, not a failure; such tokens are
+counted (`left_kept_set`) and left out. A token -inf on one side only still fails.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ def check_weight_sync(system, profile) -> CheckResult:
     for steps in range(1, MAX_STEPS + 1):
         system.step()  # trains, then syncs
         trainer_after = flat(system.trainer_logprobs(completions))
-        moved = _mean_abs(trainer_after - trainer_before)
+        moved = _mean_abs((trainer_after - trainer_before)[torch.isfinite(trainer_after)])
         if moved > MOVE_OVER_NOISE * noise:
             break
     else:
@@ -63,14 +67,19 @@ def check_weight_sync(system, profile) -> CheckResult:
             {"trainer_moved_mean_abs": moved, "parity_noise_mean_abs": noise},
         )
     generator_after = flat(system.generator_logprobs(completions))
+    compared = ~(torch.isneginf(trainer_after) & torch.isneginf(generator_after))
+    index = compared.nonzero().flatten()
+    generator_before, generator_after, trainer_before, trainer_after = (
+        x[compared] for x in (generator_before, generator_after, trainer_before, trainer_after))
     result = parity_verdict(
         "weight_sync", "generator vs trainer logprobs after a trainer step and weight sync",
         generator_after - trainer_after, tol, profile.tolerances.bitwise,
         hint="The generator does not compute the trainer's new weights: a partial or mis-mapped sync.",
-        locate=locate, min_tokens=min_tokens,
+        locate=lambda i: locate(int(index[i])), min_tokens=min_tokens,
     )
     tracking = _mean_abs((generator_after - generator_before) - (trainer_after - trainer_before)) / moved
     result.metrics.update(
+        left_kept_set=int((~compared).sum()),
         parity_noise_mean_abs=noise, trainer_moved_mean_abs=moved, trainer_steps=steps,
         generator_moved_mean_abs=_mean_abs(generator_after - generator_before), tracking_error=tracking,
     )

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Protocol
 
 import torch
 
-from titan_conformance.profile import CudagraphMode, Profile
+from titan_conformance.errors import ConformanceError
+from titan_conformance.profile import CudagraphMode, Profile, SamplingSpec
 from titan_conformance.protocol import Completion, GenerateStats
 
 
@@ -24,13 +25,26 @@ class GeneratorConfig:
     """As the profile asks; off CUDA the generator runs without graphs whatever it says."""
     capture_sizes: tuple[int, ...] = ()
     """The capture-size policy's sizes (captured only where `cudagraph_mode` captures on `device`)."""
+    sampling: SamplingSpec = field(default_factory=SamplingSpec)
+    """The profile's sampling: whether the decode step truncates (top-p/top-k) and which logprobs
+    it reports are built into it (and its graphs); a call may change the values only."""
 
     @classmethod
     def from_profile(cls, profile: Profile, device: torch.device, capture_sizes: list[int] | None = None) -> "GeneratorConfig":
         """The profile's generator; `capture_sizes`: a provider's own policy instead of ours."""
         sizes = profile.capture_sizes if capture_sizes is None else capture_sizes
         return cls(max_num_seqs=profile.max_num_seqs, max_model_len=profile.generator.max_model_len, device=device,
-                   cudagraph_mode=profile.cudagraph.mode, capture_sizes=tuple(sorted(sizes)))
+                   cudagraph_mode=profile.cudagraph.mode, capture_sizes=tuple(sorted(sizes)),
+                   sampling=profile.sampling.spec)
+
+    def check_sampling(self, spec: SamplingSpec) -> None:
+        """Refuses a call to sample with truncation or logprobs the generator was not built for."""
+        if not spec.fits(self.sampling):
+            raise ConformanceError(
+                f"The generator was built to sample with {self.sampling.describe()} and was asked for "
+                f"{spec.describe()}: top-p/top-k truncation and the logprobs mode are fixed when it is built "
+                "(its decode graphs, vLLM's logprobs_mode); build it from the profile it samples with."
+            )
 
     @property
     def captured_sizes(self) -> tuple[int, ...]:
@@ -68,12 +82,14 @@ class Generator(Protocol):
     """Seconds of other startup phases (compile, capture) spent while it was built, where an engine
     compiles and captures as it starts; {} where they have phases of their own."""
 
-    def generate(self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float, seed: int,
+    def generate(self, prompts: list[list[int]], n: int, max_tokens: int, sampling: SamplingSpec, seed: int,
                  eos_id: int, graphs: bool = True, sequence_noise: bool = False) -> list[Completion]:
         """`graphs` False: the same generation with its captured graphs bypassed ("graph_bypass");
         `sequence_noise`: each row's sampling noise drawn from its own generator, seeded from the
-        seed, its prompt and its sample index, so a sequence samples the same wherever it sits."""
-    def score(self, completions: list[Completion], temperature: float) -> list[torch.Tensor]: ...
+        seed, its prompt and its sample index, so a sequence samples the same wherever it sits. Each
+        token's logprob in `sampling`'s semantics."""
+    def score(self, completions: list[Completion], sampling: SamplingSpec) -> list[torch.Tensor]:
+        """Each completion token's logprob from one prefill, in `sampling`'s semantics."""
     def captured_sizes(self) -> list[int]:
         """The batch sizes it holds a FULL graph for."""
     def capture_counts(self) -> dict[int, int]:

@@ -1,7 +1,7 @@
 """FULL CUDA graphs of the native generator's decode step: one per capture size.
 
 The decode step (every compiled block, the final norm, lm_head and sampling) is one shape-static
-function of (tokens, positions, noise, temperature, cache slots), captured at each size into one
+function of (tokens, positions, noise, sampling knobs, cache slots), captured at each size into one
 shared memory pool; a batch is padded up to the next size, its padded rows writing their keys and
 values to the scratch slot (`NativeGenerator.fill_graph_inputs`). Each size is captured once at
 startup; `NativeGenerator.captures` counts every capture, so a re-capture mid-run shows.
@@ -23,7 +23,8 @@ class CapturedGraph:
 
     graph: torch.cuda.CUDAGraph
     inputs: tuple[torch.Tensor, ...]
-    """tokens [N, 1], positions [N, 1], noise [N, V], divisor [], noise scale [], cache slots [1, N]."""
+    """tokens [N, 1], positions [N, 1], noise [N, V], then `sampling.sampling_tensors`' divisor,
+    noise scale, top_p and top_k [], cache slots [1, N]."""
     outputs: tuple[torch.Tensor, ...]
     """tokens [N], token logprobs [N], logits [N, V]."""
     seconds: float
@@ -44,7 +45,7 @@ def static_inputs(gen, size: int) -> tuple[torch.Tensor, ...]:
         torch.zeros(size, 1, dtype=torch.long, device=device),
         torch.zeros(size, 1, dtype=torch.long, device=device),
         torch.zeros(size, gen.vocab_size, dtype=torch.float32, device=device),
-        *sampling_tensors(1.0, device),
+        *sampling_tensors(gen.config.sampling, device),
         torch.full((1, size), gen.scratch_slot, dtype=torch.long, device=device),
     )
 

@@ -1,7 +1,7 @@
 """The native generator: a model over a static KV cache, batched prefill + decode, FULL graphs.
 
 The decode step (every compiled block, the final norm, lm_head and sampling) is one shape-static
-function of (tokens, positions, noise, temperature). On CUDA, in a FULL mode, it is captured as one
+function of (tokens, positions, noise, sampling knobs). On CUDA, in a FULL mode, it is captured as one
 CUDA graph per capture size (`capture.py`); a batch is padded up to the next size (its padded rows
 write their keys and values to a scratch row of the cache) and a batch above the largest runs
 without a graph. `qwen3.py` builds one over our Qwen3; the torchtitan provider
@@ -22,7 +22,7 @@ from titan_conformance.generator.base import GeneratorConfig
 from titan_conformance.generator.capture import CapturedGraph, CaptureReport, capture_graphs
 from titan_conformance.generator.sampling import all_logprobs, noise_stream, sample_tokens, sampling_tensors
 from titan_conformance.model.qwen3 import detached_from_stack
-from titan_conformance.profile import padded_size
+from titan_conformance.profile import SamplingSpec, padded_size
 from titan_conformance.protocol import Completion, GenerateStats
 from titan_conformance.trainer.logprobs import logprobs_from_logits
 
@@ -138,39 +138,38 @@ class NativeGenerator:
         forward); the graphs, cache and weights go with the object."""
         self.wait_warm_start()
 
-    def decode_step(self, tokens, positions, noise, divisor, noise_scale, slots=None):
+    def decode_step(self, tokens, positions, noise, divisor, noise_scale, top_p, top_k, slots=None):
         """The whole decode step; what a FULL graph captures: (tokens, their logprobs, logits).
-        The logits are lm_head's own output, so returning them costs the graph nothing. `slots`
+        (divisor, noise_scale, top_p, top_k): `sampling.sampling_tensors` of the call's spec, sampled
+        as the generator's spec is built to (`GeneratorConfig.sampling`). The logits are lm_head's
+        own output, so returning them costs the graph nothing. `slots`
         [1, B]: each row's cache slot (a graph's static buffer, the padded rows' the scratch slot);
         None: every row is real, at `cache_slots(positions)`."""
         logits = self.forward_step(tokens, positions, slots)[:, -1]
-        return *sample_tokens(logits, noise, divisor, noise_scale), logits
+        return *sample_tokens(logits, noise, (divisor, noise_scale, top_p, top_k), self.config.sampling), logits
 
     def capture(self) -> CaptureReport:
         """One FULL decode graph per capture size (`generator.capture`)."""
         return capture_graphs(self)
 
-    def run_decode(
-        self, tokens, positions, noise, divisor, noise_scale,
-        use_graph: bool = True, want_all: bool = False,
-    ):
+    def run_decode(self, tokens, positions, noise, knobs, use_graph: bool = True, want_all: bool = False):
         """One decode step for a batch of B rows: graph replay at the padded size when one was
         captured for it, else the step itself. Returns the B real rows: (tokens, their logprobs,
         all logprobs [B, V] when `want_all`, else None)."""
         bsz = tokens.shape[0]
         size = padded_size(bsz, self.capture_sizes) if use_graph and self.graphs else None
         if size is None:
-            tokens_out, logp, logits = self.decode_step(tokens, positions, noise, divisor, noise_scale)
-            return tokens_out, logp, all_logprobs(logits, divisor) if want_all else None
-        g = self.fill_graph_inputs(size, tokens, positions, noise, divisor, noise_scale)
+            tokens_out, logp, logits = self.decode_step(tokens, positions, noise, *knobs)
+            return tokens_out, logp, all_logprobs(logits, knobs[0]) if want_all else None
+        g = self.fill_graph_inputs(size, tokens, positions, noise, knobs)
         self.replays += 1
         g.graph.replay()
         # The outputs are the graph's static buffers, overwritten by the next replay: copy them out
         # ([B, V] logprobs only on request: a decode loop has no use for them).
         tokens_out, logp, logits = g.outputs
-        return tokens_out[:bsz].clone(), logp[:bsz].clone(), all_logprobs(logits[:bsz], divisor) if want_all else None
+        return tokens_out[:bsz].clone(), logp[:bsz].clone(), all_logprobs(logits[:bsz], knobs[0]) if want_all else None
 
-    def fill_graph_inputs(self, size, tokens, positions, noise, divisor, noise_scale) -> CapturedGraph:
+    def fill_graph_inputs(self, size, tokens, positions, noise, knobs) -> CapturedGraph:
         """Copies a batch of B <= size rows into the static inputs of the graph of `size`: the
         padded rows get token 0 at position 0 (deterministic, never read by a real row) and the
         scratch slot (`padded_slots`)."""
@@ -178,7 +177,7 @@ class NativeGenerator:
         for static, value in zip(g.inputs, (tokens, positions, noise)):
             static[:bsz].copy_(value)
             static[bsz:].zero_()
-        for static, value in zip(g.inputs[3:], (divisor, noise_scale, self.padded_slots(positions, size))):
+        for static, value in zip(g.inputs[3:], (*knobs, self.padded_slots(positions, size))):
             static.copy_(value)
         return g
 
@@ -210,7 +209,7 @@ class NativeGenerator:
         prompts: list[list[int]],
         n: int,
         max_tokens: int,
-        temperature: float,
+        sampling: SamplingSpec,
         seed: int,
         eos_id: int,
         graphs: bool = True,
@@ -233,10 +232,10 @@ class NativeGenerator:
             )
         sequences = [(p, j) for p in prompts for j in range(n)] if sequence_noise else None
         noise = noise_stream(seed, (bsz, self.vocab_size), self.device, sequences)
-        divisor, scale = sampling_tensors(temperature, self.device)
+        knobs = sampling_tensors(sampling, self.device)
         stats, replays_before = GenerateStats(bsz), self.replays
         logits, lengths = self.prefill(rows)
-        next_tok, logp = sample_tokens(logits, noise(), divisor, scale)
+        next_tok, logp = sample_tokens(logits, noise(), knobs, self.config.sampling)
         out_tokens, out_logprobs = [next_tok], [logp]
         done = next_tok == eos_id
         for step in range(max_tokens - 1):
@@ -248,7 +247,7 @@ class NativeGenerator:
                 break
             next_tok, logp, _ = self.run_decode(
                 next_tok.unsqueeze(1), lengths.unsqueeze(1) + step,  # a fresh tensor: a view would be a guard
-                noise(), divisor, scale, use_graph=graphs,
+                noise(), knobs, use_graph=graphs,
             )
             out_tokens.append(next_tok)
             out_logprobs.append(logp)
@@ -266,14 +265,14 @@ class NativeGenerator:
         return completions
 
     @torch.no_grad()
-    def score(self, completions: list[Completion], temperature: float) -> list[torch.Tensor]:
+    def score(self, completions: list[Completion], sampling: SamplingSpec) -> list[torch.Tensor]:
         """Logprobs of each completion's tokens from ONE prefill over prompt + completion (no
         decode): what the prefill-vs-decode check compares the sampled logprobs against."""
         out = []
         for start in range(0, len(completions), self.max_num_seqs):
             part = completions[start : start + self.max_num_seqs]
             tokens, positions = self._padded([c.prompt_ids + c.token_ids for c in part])
-            logp = logprobs_from_logits(self.forward_step(tokens, positions)[:, :-1], tokens[:, 1:], temperature)
+            logp = logprobs_from_logits(self.forward_step(tokens, positions)[:, :-1], tokens[:, 1:], sampling)
             for i, c in enumerate(part):
                 first = len(c.prompt_ids) - 1
                 out.append(logp[i, first : first + len(c.token_ids)].float().cpu())

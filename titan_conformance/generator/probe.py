@@ -12,6 +12,7 @@ import torch
 
 from titan_conformance.generator.sampling import all_logprobs, gumbel_noise, sampling_tensors
 from titan_conformance.model.attention import KVCacheAttention
+from titan_conformance.profile import SamplingSpec
 from titan_conformance.protocol import DecodeProbe
 from titan_conformance.timing import synchronize
 
@@ -27,12 +28,12 @@ def time_decode_step(gen, batch: int, position: int, repeats: int = 5) -> float:
     tokens = torch.zeros(batch, 1, dtype=torch.long, device=gen.device)
     positions = torch.full((batch, 1), position, dtype=torch.long, device=gen.device)
     noise = torch.zeros(batch, gen.vocab_size, device=gen.device)
-    divisor, scale = sampling_tensors(1.0, gen.device)
+    knobs = sampling_tensors(gen.config.sampling, gen.device)
     replays, seconds = gen.replays, []
     for _ in range(repeats + 1):
         synchronize(gen.device)
         start = time.perf_counter()
-        gen.run_decode(tokens, positions, noise, divisor, scale)
+        gen.run_decode(tokens, positions, noise, knobs)
         synchronize(gen.device)
         seconds.append(time.perf_counter() - start)
     gen.replays = replays  # a probe, not a decode step of the run
@@ -76,19 +77,19 @@ class CacheWatch:
         return out
 
 
-def _decode(gen, how: str, tokens, positions, noise, divisor, scale):
+def _decode(gen, how: str, tokens, positions, noise, knobs):
     """One decode step of the batch, `how`: (sampled tokens, their logprobs, all logprobs [B, V])."""
     batch = tokens.shape[0]
     if how == "graph" or how == "compiled" and batch not in gen.graphs:
-        return gen.run_decode(tokens, positions, noise, divisor, scale, use_graph=how == "graph", want_all=True)
-    args = (tokens, positions, noise, divisor, scale)
+        return gen.run_decode(tokens, positions, noise, knobs, use_graph=how == "graph", want_all=True)
+    args = (tokens, positions, noise, *knobs)
     if how == "compiled":
         # The same compiled step on the graph's own input buffers: same addresses and alignment,
         # so the same kernels are chosen; only the graph itself differs.
-        args = gen.fill_graph_inputs(batch, *args).inputs
+        args = gen.fill_graph_inputs(batch, tokens, positions, noise, knobs).inputs
     with torch.compiler.set_stance("force_eager") if how == "eager" else contextlib.nullcontext():
         sampled, logp, logits = gen.decode_step(*args)
-    return sampled, logp, all_logprobs(logits, divisor)
+    return sampled, logp, all_logprobs(logits, knobs[0])
 
 
 @torch.no_grad()
@@ -102,11 +103,11 @@ def probe_decode(gen, batch: int, how: str, steps: int = PROBE_STEPS, seed: int 
     gen.prefill([row[:n] for row, n in zip(drawn, lengths)])  # token 0 (padding's) never in a prompt
     fed = torch.randint(1, vocab, (steps, batch, 1), generator=rng, device=device)
     noise = torch.stack([gumbel_noise((batch, vocab), rng) for _ in range(steps)])
-    divisor, scale = sampling_tensors(1.0, device)
+    knobs = sampling_tensors(SamplingSpec(), device)  # temperature 1, nothing truncated
     caches = kv_caches(gen)
     watch = CacheWatch(caches, batch)
     start = torch.tensor(lengths, device=device)
-    out = [_decode(gen, how, fed[s], (start + s).unsqueeze(1), noise[s], divisor, scale) for s in range(steps)]
+    out = [_decode(gen, how, fed[s], (start + s).unsqueeze(1), noise[s], knobs) for s in range(steps)]
     sampled, logp, all_logp = (torch.stack(parts) for parts in zip(*out))
 
     written = watch.written()

@@ -50,6 +50,6 @@ def qwen3_generator(
         gen.warm_start = start_warm_start(
             device, compile_config.backend if compile_config.enable else None,
             [partial(model.layers[0].self_attn.inner_attention.warm_up, args.n_heads // tp),
-             partial(warm_up_sampler, args.vocab_size, dtype, device)],
+             partial(warm_up_sampler, args.vocab_size, dtype, device, config.sampling)],
         )
     return gen

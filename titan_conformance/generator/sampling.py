@@ -1,4 +1,4 @@
-"""Sampling as a pure tensor function of (logits, noise, temperature): capturable in a CUDA graph."""
+"""Sampling as a pure tensor function of (logits, noise, sampling knobs): capturable in a CUDA graph."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import hashlib
 from collections.abc import Callable
 
 import torch
+
+from titan_conformance.profile import SamplingSpec
+from titan_conformance.trainer.logprobs import truncated
 
 try:  # the CUDA sampler (two Triton kernels)
     from titan_conformance.generator import sampling_kernel
@@ -39,45 +42,65 @@ def noise_stream(
     return lambda: torch.stack([gumbel_noise(shape[1:], rng) for rng in rngs])
 
 
-def sampling_tensors(temperature: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(divisor, noise scale): temperature 0 is greedy, reporting the untempered logprob."""
-    greedy = temperature <= 0
+def sampling_tensors(spec: SamplingSpec, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """What a decode step (and its captured graph) takes of the spec, as 0-d tensors: (divisor,
+    noise scale, top_p, top_k). Temperature 0 is greedy, reporting the untempered logprob."""
     return (
-        torch.tensor(1.0 if greedy else temperature, device=device),
-        torch.tensor(0.0 if greedy else 1.0, device=device),
+        torch.tensor(spec.divisor, device=device),
+        torch.tensor(0.0 if spec.temperature <= 0 else 1.0, device=device),
+        torch.tensor(spec.top_p, device=device),
+        torch.tensor(spec.top_k, device=device),
     )
 
 
 def sample_tokens(
-    logits: torch.Tensor, noise: torch.Tensor, divisor: torch.Tensor, noise_scale: torch.Tensor
+    logits: torch.Tensor, noise: torch.Tensor, knobs: tuple[torch.Tensor, ...], built: SamplingSpec,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits [B, V] -> (token [B], its logprob [B]) under softmax(logits / divisor): the processed
-    logprob of the distribution actually sampled from. argmax(x + noise) = argmax(log_softmax(x) +
-    noise) row by row, so no [B, V] logprobs are formed; on CUDA two Triton kernels
-    (`sampling_kernel.py`)."""
+    """logits [B, V] -> (token [B], its logprob [B]) sampled from softmax(logits / divisor) truncated
+    by `knobs`' top-k/top-p, the logprob in the semantics `built` declares. `built` is the spec the
+    generator was built for: it fixes the shape of the step (whether it truncates at all, and
+    reports processed logprobs), `knobs` (`sampling_tensors`) the values. Without truncation:
+    argmax(x + noise) = argmax(log_softmax(x) + noise) row by row, so no [B, V] logprobs are formed;
+    on CUDA two Triton kernels (`sampling_kernel.py`). With it, a sort over the vocabulary
+    (`trainer.logprobs.truncated`) in PyTorch ops on every device."""
+    if built.truncates:
+        return truncated_sample_tokens(logits, noise, knobs, built.processed)
     if logits.is_cuda and sampling_kernel is not None:
-        return sampling_kernel.launch_sample(logits, noise, divisor, noise_scale)
-    return torch_sample_tokens(logits, noise, divisor, noise_scale)
+        return sampling_kernel.launch_sample(logits, noise, *knobs[:2])
+    return torch_sample_tokens(logits, noise, *knobs[:2])
+
+
+def truncated_sample_tokens(
+    logits: torch.Tensor, noise: torch.Tensor, knobs: tuple[torch.Tensor, ...], processed: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gumbel-max over the kept tokens; the token's logprob renormalized over them (`processed`) or
+    under the full tempered softmax."""
+    divisor, noise_scale, top_p, top_k = knobs
+    x = logits.float() / divisor
+    kept = truncated(x, top_p, top_k)
+    tokens = (kept + noise * noise_scale).argmax(dim=-1)
+    scored = kept if processed else x
+    return tokens, scored.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(scored, dim=-1)
 
 
 def torch_sample_tokens(
     logits: torch.Tensor, noise: torch.Tensor, divisor: torch.Tensor, noise_scale: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`sample_tokens` in PyTorch ops, on any device: the CPU path, and the baseline our kernels are
-    timed against."""
+    """Untruncated `sample_tokens` in PyTorch ops, on any device: the CPU path, and the baseline our
+    kernels are timed against."""
     x = logits.float() / divisor
     tokens = (x + noise * noise_scale).argmax(dim=-1)
     return tokens, x.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(x, dim=-1)
 
 
 def all_logprobs(logits: torch.Tensor, divisor: torch.Tensor) -> torch.Tensor:
-    """[B, V] fp32 logprobs of the distribution `sample_tokens` samples from."""
+    """[B, V] fp32 raw logprobs of the step: the full tempered log-softmax."""
     return torch.log_softmax(logits.float() / divisor, dim=-1)
 
 
-def warm_up_sampler(vocab: int, dtype: torch.dtype, device: torch.device) -> None:
-    """Compiles the sampler a generator of this vocabulary and logits dtype launches (one row)."""
+def warm_up_sampler(vocab: int, dtype: torch.dtype, device: torch.device, built: SamplingSpec) -> None:
+    """Compiles the sampler a generator of this vocabulary, logits dtype and spec launches (one row)."""
     sample_tokens(
         torch.zeros(1, vocab, dtype=dtype, device=device), torch.zeros(1, vocab, device=device),
-        *sampling_tensors(1.0, device),
+        sampling_tensors(built, device), built,
     )

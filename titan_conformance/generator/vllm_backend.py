@@ -24,6 +24,7 @@ from titan_conformance.generator import vllm_hooks
 from titan_conformance.generator.base import GeneratorConfig
 from titan_conformance.model.args import ModelArgs
 from titan_conformance.model.checkpoint import hf_name, read_model_args
+from titan_conformance.profile import SamplingSpec
 from titan_conformance.protocol import Completion, GenerateStats
 from titan_conformance.vllm_support import INSTALL_HINT, vllm_version
 
@@ -93,7 +94,7 @@ class VllmGenerator:
         vllm_model.register()
         self._ledger_key = uuid.uuid4().hex
         vllm_model.LEDGERS[self._ledger_key] = ledger
-        self.device, self.max_num_seqs = config.device, config.max_num_seqs
+        self.device, self.max_num_seqs, self.config = config.device, config.max_num_seqs, config
         self.compilation = compilation_config(config)
         start = time.perf_counter()
         try:
@@ -109,7 +110,7 @@ class VllmGenerator:
                 seed=seed,
                 max_model_len=config.max_model_len,
                 max_num_seqs=config.max_num_seqs,
-                logprobs_mode="processed_logprobs",
+                logprobs_mode=f"{config.sampling.logprobs}_logprobs",
                 # Weight sync changes what a cached prompt prefix would compute.
                 enable_prefix_caching=False,
                 compilation_config=self.compilation,
@@ -161,13 +162,20 @@ class VllmGenerator:
         return self.llm.generate(prompts, SamplingParams(**params), use_tqdm=False)
 
     def generate(
-        self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float, seed: int, eos_id: int,
+        self, prompts: list[list[int]], n: int, max_tokens: int, sampling: SamplingSpec, seed: int, eos_id: int,
         graphs: bool = True,
         sequence_noise: bool = False,
     ) -> list[Completion]:
         """n samples of every prompt; `graphs` False dispatches every forward to no graph.
         `sequence_noise` is how vLLM always samples a seeded request: from a generator of the
-        request's own, seeded by `seed` + its sample index, whatever its neighbours."""
+        request's own, seeded by `seed` + its sample index, whatever its neighbours.
+
+        vLLM applies temperature, then top-k and top-p; its processed_logprobs are after all three,
+        its raw_logprobs before any, untempered. So under `processed` the engine samples at the
+        temperature and reports processed logprobs as they are; under `raw` the model's logits come
+        out already tempered (`vllm_hooks.set_logits_spec`) and vLLM samples them at temperature 1,
+        the same distribution, whose raw_logprobs are then the full tempered softmax."""
+        self.config.check_sampling(sampling)
         if len(prompts) * n > self.max_num_seqs:
             raise ConformanceError(
                 f"{len(prompts)} prompts x n={n} exceed the generator's max_num_seqs={self.max_num_seqs}."
@@ -175,14 +183,20 @@ class VllmGenerator:
         self.llm.collective_rpc(vllm_hooks.take_dispatches)  # drop what earlier requests ran
         if not graphs:
             self.llm.collective_rpc(vllm_hooks.set_eager_dispatch, args=(True,))
+        temperature, tempers = sampling.temperature, self.config.sampling.logprobs == "raw"
+        if tempers:
+            self.llm.collective_rpc(vllm_hooks.set_logits_spec, args=(dataclasses.replace(sampling, top_p=1.0, top_k=0),))
+            temperature = 1.0 if temperature > 0 else 0.0  # the logits come tempered; 0 stays greedy
         try:
             outputs = self._run(
-                prompts, n=n, temperature=temperature, max_tokens=max_tokens, seed=seed, logprobs=0,
-                stop_token_ids=[eos_id],
+                prompts, n=n, temperature=temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+                max_tokens=max_tokens, seed=seed, logprobs=0, stop_token_ids=[eos_id],
             )
         finally:
             if not graphs:
                 self.llm.collective_rpc(vllm_hooks.set_eager_dispatch, args=(False,))
+            if tempers:
+                self.llm.collective_rpc(vllm_hooks.set_logits_spec, args=(None,))
         if self.counts_dispatches:
             self.last_generate = decode_stats(self.llm.collective_rpc(vllm_hooks.take_dispatches)[0])
         completions = []
@@ -193,16 +207,16 @@ class VllmGenerator:
                 completions.append(Completion(list(prompt), tokens, logprobs, eos_id in tokens))
         return completions
 
-    def score(self, completions: list[Completion], temperature: float) -> list[torch.Tensor]:
-        """Logprobs of each completion's tokens at `temperature` from one vLLM prefill (no decode):
-        vLLM's prompt logprobs, with the model's logits tempered as the sampler tempers them (its
-        prompt logprobs skip the sampling processors)."""
+    def score(self, completions: list[Completion], sampling: SamplingSpec) -> list[torch.Tensor]:
+        """Logprobs of each completion's tokens in `sampling`'s semantics from one vLLM prefill (no
+        decode): vLLM's prompt logprobs, with the model's logits tempered (and truncated, where
+        processed) as the sampler treats them (its prompt logprobs skip the sampling processors)."""
         rows = [c.prompt_ids + c.token_ids for c in completions]
-        self.llm.collective_rpc(vllm_hooks.set_score_temperature, args=(temperature if temperature > 0 else 1.0,))
+        self.llm.collective_rpc(vllm_hooks.set_logits_spec, args=(sampling,))
         try:
             outputs = self._run(rows, temperature=1.0, max_tokens=1, prompt_logprobs=0, seed=0)
         finally:
-            self.llm.collective_rpc(vllm_hooks.set_score_temperature, args=(None,))
+            self.llm.collective_rpc(vllm_hooks.set_logits_spec, args=(None,))
         scored = []
         for c, row, out in zip(completions, rows, outputs):
             # prompt_logprobs[i] scores row[i]; entry 0 is None

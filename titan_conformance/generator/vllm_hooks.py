@@ -80,10 +80,12 @@ def take_dispatches(worker) -> list[tuple[int, int | None, str]]:
     return out
 
 
-def set_score_temperature(worker, temperature: float | None) -> None:
-    """Makes the model's `compute_logits` return logits / temperature in fp32 (None: as sampled),
-    so that vLLM's prompt logprobs, which skip the sampling processors, come out tempered."""
-    worker.model_runner.get_model().score_temperature = temperature
+def set_logits_spec(worker, spec) -> None:
+    """Makes the model's `compute_logits` return the logits of a `SamplingSpec`'s semantics (tempered
+    in fp32, and truncated by top-k/top-p where it reports processed logprobs; None: as the model
+    computes them), so that vLLM's prompt logprobs, which skip the sampling processors, and its
+    raw_logprobs, which are untempered, follow the profile."""
+    worker.model_runner.get_model().logits_spec = spec
 
 
 def time_graph_replay(worker, batch: int, repeats: int) -> float | None:

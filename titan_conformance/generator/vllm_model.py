@@ -22,6 +22,8 @@ from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 from titan_conformance.compilation import CompileConfig, CompileLedger, apply_regional_compile
 from titan_conformance.model.args import ModelArgs
 from titan_conformance.model.qwen3 import Qwen3Model
+from titan_conformance.profile import SamplingSpec
+from titan_conformance.trainer.logprobs import scoring_logits
 
 ARCHITECTURE = "TitanConformanceQwen3ForCausalLM"
 # In-process engines hand their model's compile events to the backend's ledger (by key).
@@ -101,9 +103,9 @@ class TitanQwen3ForCausalLM(nn.Module):
         compile_config = CompileConfig(**cfg.get("titan_compile", {"enable": False}))
         ledger = LEDGERS.get(cfg.get("titan_ledger", ""), CompileLedger())
         self.region = apply_regional_compile(self.model, compile_config, ledger, role="vllm")
-        self.score_temperature: float | None = None
-        """While the backend scores (`vllm_hooks.set_score_temperature`): logits come out divided by
-        it, as the sampler tempers them; vLLM's prompt logprobs are otherwise untempered."""
+        self.logits_spec: SamplingSpec | None = None
+        """While set (`vllm_hooks.set_logits_spec`): logits come out as that spec scores them
+        (`trainer.logprobs.scoring_logits`); vLLM's prompt and raw logprobs are otherwise untempered."""
         self.startup_marks: dict[str, float] = {}
         """perf_counter() at vLLM's first forward ("first_forward": its profile run, where our blocks
         compile), at the warm-up forward it runs before its first graph capture ("capture") and at the
@@ -140,7 +142,7 @@ class TitanQwen3ForCausalLM(nn.Module):
         (on an H100, vLLM 0.26: trainer vs generator 1.02x the bf16 floor's mean where the native
         generator measures 0.43-0.54x, and decode vs prefill past its tolerance)."""
         logits = self.model.logits(hidden_states).float()
-        return logits if self.score_temperature is None else logits / self.score_temperature
+        return logits if self.logits_spec is None else scoring_logits(logits, self.logits_spec)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """HF tensor names (`model.<ours>`, `lm_head.weight`), at load and at reload_weights. The

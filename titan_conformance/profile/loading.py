@@ -109,6 +109,9 @@ def _check(profile: Profile) -> None:
         (s.num_prompts_per_step >= 1, "sampling.num_prompts_per_step", ">= 1"),
         (s.n >= 2, "sampling.n", ">= 2 (GRPO normalizes advantages within a group)"),
         (s.temperature >= 0, "sampling.temperature", ">= 0"),
+        (0 < s.top_p <= 1, "sampling.top_p", "in (0, 1] (1: off; top-p keeps the smallest set of tokens whose "
+         "probability reaches it)"),
+        (s.top_k >= 0, "sampling.top_k", "0 (off) or >= 1 (the number of most probable tokens kept)"),
         (s.max_tokens >= 1, "sampling.max_tokens", ">= 1"),
         (profile.cudagraph.max_capture_size >= 0, "cudagraph.max_capture_size", ">= 0 (0: max_num_seqs)"),
         (profile.cudagraph.replay_max_abs >= 0, "cudagraph.replay_max_abs", ">= 0 (0: exact)"),

@@ -7,12 +7,14 @@ capture sizes, the tolerance of the profile's dtype) are computed here, once, an
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Literal
 
 from titan_conformance.profile.compile_config import CompileConfig
 from titan_conformance.profile.cudagraph import CudagraphMode, policy_capture_sizes
+from titan_conformance.profile.sampling import LogprobSemantics, SamplingSpec
 
 Dtype = Literal["float32", "bfloat16"]
 Backend = Literal["native", "vllm"]
@@ -68,8 +70,20 @@ class SamplingSection:
     """Samples per prompt (the GRPO group size)."""
     temperature: float = 1.0
     """Sampling temperature; logprobs are compared at this temperature. 0 is greedy."""
+    top_p: float = 1.0
+    """Nucleus sampling: 0 < top_p <= 1 (1: off); see `SamplingSpec.top_p`."""
+    top_k: int = 0
+    """Top-k sampling: 0 (off) or >= 1; see `SamplingSpec.top_k`."""
+    logprobs: LogprobSemantics = "processed"
+    """The logprob semantics trainer and generator must both report under top-p/top-k: `raw` (full
+    tempered softmax) or `processed` (renormalized over the kept tokens)."""
     max_tokens: int = 12
     """Most tokens generated per completion."""
+
+    @property
+    def spec(self) -> SamplingSpec:
+        """What both sides sample and score with."""
+        return SamplingSpec(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, logprobs=self.logprobs)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -285,6 +299,11 @@ class Profile:
         """What our capture-size policy yields for this profile ([] in mode NONE), on any device."""
         g = self.cudagraph
         return policy_capture_sizes(self.max_num_seqs, g.max_capture_size, g.sizes) if g.mode.captures else []
+
+    @property
+    def validation_sampling(self) -> SamplingSpec:
+        """The run's sampling at the validation temperature."""
+        return dataclasses.replace(self.sampling.spec, temperature=self.validation.temperature)
 
     @property
     def tolerance(self) -> Tolerance:

@@ -18,6 +18,7 @@ import torch
 
 from titan_conformance.compilation.ledger import CompileLedger
 from titan_conformance.errors import ConformanceError
+from titan_conformance.profile import SamplingSpec
 from titan_conformance.protocol.probe_points import Activations
 from titan_conformance.protocol.records import (
     CaptureSizes, Completion, DecodeProbe, GenerateStats, Problem, Reward, StepRecord, Task,
@@ -79,7 +80,7 @@ class ConformanceSystem(Protocol):
     def step(self) -> StepRecord: ...
     def validate(self) -> Reward: ...
     def rollout(self, problems: list[Problem], seed: int, n: int | None = None,
-                temperature: float | None = None, graphs: bool = True, sequence_noise: bool = False,
+                sampling: SamplingSpec | None = None, graphs: bool = True, sequence_noise: bool = False,
                 ) -> list[Completion]: ...
     def trainer_logprobs(self, completions: list[Completion]) -> list[torch.Tensor]: ...
     def generator_logprobs(self, completions: list[Completion]) -> list[torch.Tensor]: ...

@@ -25,7 +25,7 @@ from titan_conformance.generator.base import Generator
 from titan_conformance.generator.native import NativeGenerator
 from titan_conformance.providers.activations import ProbeSites, probing, recorded, token_index
 from titan_conformance.gpus import resolve_device
-from titan_conformance.profile import Profile
+from titan_conformance.profile import Profile, SamplingSpec
 from titan_conformance.protocol import (
     Activations, CaptureSizes, Completion, DecodeProbe, GenerateStats, Problem, Reward, StepRecord,
 )
@@ -77,8 +77,8 @@ class ModelStack(Protocol):
     def eager_copy(self, trainer: Trainer, dtype: torch.dtype) -> nn.Module:
         """An uncompiled, unsharded copy of the trainer's model at `dtype`, with its current weights."""
 
-    def score(self, model: nn.Module, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
-        """[B, S] tokens -> [B, S-1] logprobs of each next token under `model` at `temperature`."""
+    def score(self, model: nn.Module, tokens: torch.Tensor, sampling: SamplingSpec) -> torch.Tensor:
+        """[B, S] tokens -> [B, S-1] logprobs of each next token under `model`, in `sampling`'s semantics."""
 
     def vocab_size(self) -> int: ...
 
@@ -223,9 +223,9 @@ class GRPOSystem:
         self.trainer.model(tokens).float().sum().backward()
         self.trainer.optimizer.zero_grad(set_to_none=True)
         prompt = [self.tokenizer.bos_id] * 5
-        self.generator.generate([prompt] * s.num_prompts_per_step, s.n, 2, s.temperature, 0, self.tokenizer.eos_id)
+        self.generator.generate([prompt] * s.num_prompts_per_step, s.n, 2, s.spec, 0, self.tokenizer.eos_id)
         if not isinstance(self.generator, NativeGenerator):
-            self.generator.generate([prompt], 1, 2, s.temperature, 0, self.tokenizer.eos_id)
+            self.generator.generate([prompt], 1, 2, s.spec, 0, self.tokenizer.eos_id)
 
     # --- the run -----------------------------------------------------------------------------
 
@@ -240,11 +240,12 @@ class GRPOSystem:
         self.generator.load_weights(self.trainer.named_weights())
 
     def rollout(self, problems: list[Problem], seed: int, n: int | None = None,
-                temperature: float | None = None, graphs: bool = True, sequence_noise: bool = False) -> list[Completion]:
+                sampling: SamplingSpec | None = None, graphs: bool = True, sequence_noise: bool = False,
+                ) -> list[Completion]:
         s = self.profile.sampling
         return self.generator.generate(
             [p.prompt_ids for p in problems], s.n if n is None else n, s.max_tokens,
-            s.temperature if temperature is None else temperature, seed, self.tokenizer.eos_id,
+            sampling or s.spec, seed, self.tokenizer.eos_id,
             graphs=graphs, sequence_noise=sequence_noise,
         )
 
@@ -284,11 +285,11 @@ class GRPOSystem:
 
     def validate(self) -> Reward:
         """Mean reward over the fixed validation set (chunked to max_num_seqs)."""
-        v, problems, rewards = self.profile.validation, self.task.validation_set(self.profile.validation.size), []
+        problems, rewards = self.task.validation_set(self.profile.validation.size), []
         chunk = self.profile.max_num_seqs
         for i in range(0, len(problems), chunk):
             part = problems[i : i + chunk]
-            completions = self.rollout(part, seed=self.profile.seed, n=1, temperature=v.temperature)
+            completions = self.rollout(part, seed=self.profile.seed, n=1, sampling=self.profile.validation_sampling)
             rewards += [self.task.reward(p, c.token_ids) for p, c in zip(part, completions)]
         return mean_reward(rewards)
 
@@ -317,12 +318,14 @@ class GRPOSystem:
 
     def generator_logprobs(self, completions: list[Completion]) -> list[torch.Tensor]:
         """The generator's logprob of every completion token from one prefill (no decode)."""
-        return self.generator.score(completions, self.profile.sampling.temperature)
+        return self.generator.score(completions, self.profile.sampling.spec)
 
     def reference_logprobs(self, completions: list[Completion], dtype: torch.dtype) -> list[torch.Tensor]:
         """The trainer's current weights in a fresh eager copy of the model at `dtype`, scoring every
-        completion token at the sampling temperature: float64 is the oracle, the profile's dtype the
-        precision floor that trainer and generator are held to."""
+        completion token in the profile's sampling semantics: float64 is the oracle, the profile's dtype the
+        precision floor that trainer and generator are held to. Scored a few sequences at a time,
+        so that no [batch, length, vocab] float64 logits are ever whole, and only as wide as the
+        longest (an eager copy has no compiled graph to keep at the trainer's fixed width)."""
         model = self.stack.eager_copy(self.trainer, dtype)
         try:
             return self._eager_logprobs(model, completions)
@@ -337,9 +340,9 @@ class GRPOSystem:
         only as wide as the longest (an eager copy has no compiled graph to keep at the trainer's fixed width)."""
         batch = rollout_batch(completions, torch.zeros(len(completions)), self.tokenizer.pad_id, self.device)
         chunk = chunk or max(1, (1 << 30) // (batch.tokens.shape[1] * self.stack.vocab_size() * 8))
-        temperature = self.profile.sampling.temperature
+        spec = self.profile.sampling.spec
         with torch.no_grad():
-            logp = torch.cat([self.stack.score(model, batch.tokens[i : i + chunk], temperature).double().cpu()
+            logp = torch.cat([self.stack.score(model, batch.tokens[i : i + chunk], spec).double().cpu()
                               for i in range(0, len(completions), chunk)])
         return [row[m] for row, m in zip(logp, batch.completion_mask.cpu())]
 

@@ -95,6 +95,8 @@ def environment(options: dict[str, Any], runs: dict[str, dict[str, Any]]) -> dic
         "device": first.get("device") or options.get("device"),
         "device_class": first.get("device_class"),
         "dtype": system.get("dtype"),
+        # Each variant's sampling spec and the logprob semantics both sides report under it.
+        "sampling": {variant: run["sampling"] for variant, run in runs.items() if run.get("sampling")},
         "backend": {
             "provider": system.get("provider") or options.get("system") or "reference",
             "generator": system.get("generator") or options.get("generator"),
@@ -194,6 +196,7 @@ def run_record(run: Any, profile: Any) -> dict[str, Any]:
     return jsonable({
         "profile": profile.name,
         "profile_description": profile.description,
+        "sampling": profile.sampling.spec.describe(),
         "system": described,
         "device": str(system.device),
         "device_class": device_class(system.device),
@@ -224,6 +227,7 @@ def failed_build_record(profile: Any, device: Any, error: str) -> dict[str, Any]
     return jsonable({
         "profile": profile.name,
         "profile_description": profile.description,
+        "sampling": profile.sampling.spec.describe(),
         "system": {},
         "device": str(device),
         "device_class": device_class(device),

@@ -47,6 +47,7 @@ def _environment(env: dict[str, Any]) -> str:
         ("GPU", env.get("gpu")), ("torch", env.get("torch")), ("CUDA", env.get("cuda")),
         ("driver", env.get("driver")), ("vLLM", env.get("vllm")),
         ("backend", ", ".join(f"{k}={v}" for k, v in backend.items() if v)),
+        *((f"sampling ({variant})", spec) for variant, spec in (env.get("sampling") or {}).items()),
         ("titan_conformance", env.get("titan_conformance")),
         *(env.get("system_details") or {}).items(),
     ]

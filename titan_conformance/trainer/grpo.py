@@ -48,7 +48,12 @@ def grpo_loss(
     config: GRPOConfig,
     ref_logp: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Clipped surrogate against the generator's logprobs, averaged per sequence, then over the batch."""
+    """Clipped surrogate against the generator's logprobs, averaged per sequence, then over the batch.
+    Positions outside the completions are zeroed first: under processed logprobs a prompt or padding
+    token the truncation drops scores -inf, which the KL term would turn into NaN through the mask."""
+    mask = batch.completion_mask
+    logp = logp.masked_fill(~mask, 0.0)
+    ref_logp = None if ref_logp is None else ref_logp.masked_fill(~mask, 0.0)
     ratio = torch.exp(logp - batch.generator_logprobs)
     adv = batch.advantages.unsqueeze(-1)
     surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - config.clip_eps, 1 + config.clip_eps) * adv)

@@ -9,6 +9,7 @@ from torch.distributed.tensor import DTensor
 
 from titan_conformance.model.qwen3 import Qwen3Model
 from titan_conformance.parallel.grads import clip_grad_norm_
+from titan_conformance.profile import SamplingSpec
 from titan_conformance.profile.sections import GRPOConfig
 from titan_conformance.trainer.grpo import RolloutBatch, grpo_loss
 from titan_conformance.trainer.logprobs import token_logprobs
@@ -27,11 +28,13 @@ class Trainer:
         self,
         model: Qwen3Model,
         config: GRPOConfig,
-        temperature: float,
+        sampling: SamplingSpec,
         reference: Qwen3Model | None = None,
     ) -> None:
-        """`reference`: the frozen initial policy for the KL term (needed when kl_coef > 0)."""
-        self.model, self.config, self.temperature = model, config, temperature
+        """`sampling`: what the generator samples with, so the logprobs the trainer scores (and trains
+        on) follow its semantics; `reference`: the frozen initial policy for the KL term (needed when
+        kl_coef > 0)."""
+        self.model, self.config, self.sampling = model, config, sampling
         self.reference = reference
         self.reset_optimizer()
 
@@ -56,15 +59,15 @@ class Trainer:
         """Scored by the training forward (grad mode, graph dropped), as a GRPO step scores: the
         logprobs a check compares are the ones the trainer trains on, and its blocks compile one
         graph (under no_grad Dynamo's grad-mode guard would compile a second: +1 compile at startup)."""
-        return token_logprobs(self.model, tokens, self.temperature).detach()
+        return token_logprobs(self.model, tokens, self.sampling).detach()
 
     def step(self, batch: RolloutBatch) -> TrainStepResult:
         self.model.train()
-        logp = token_logprobs(self.model, batch.tokens, self.temperature)
+        logp = token_logprobs(self.model, batch.tokens, self.sampling)
         ref_logp = None
         if self.reference is not None:
             with torch.no_grad():
-                ref_logp = token_logprobs(self.reference, batch.tokens, self.temperature)
+                ref_logp = token_logprobs(self.reference, batch.tokens, self.sampling)
         loss = grpo_loss(logp, batch, self.config, ref_logp)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -13,7 +13,7 @@ from titan_conformance.generator.base import Generator, GeneratorConfig
 from titan_conformance.generator.qwen3 import qwen3_generator
 from titan_conformance.model import ModelArgs, Qwen3Model
 from titan_conformance.model.checkpoint import load_checkpoint, read_model_args, save_checkpoint
-from titan_conformance.profile import check_tp
+from titan_conformance.profile import SamplingSpec, check_tp
 from titan_conformance.providers.activations import ProbeSites
 from titan_conformance.providers.grpo import BuildContext
 from titan_conformance.task.sort_letters import VOCAB_SIZE
@@ -47,7 +47,7 @@ class ReferenceStack:
         args = self.model_args = self._model_args(profile, ckpt)
         self.dtype = ctx.dtype
         reference = self._new_model(args, ctx).requires_grad_(False) if profile.grpo.kl_coef > 0 else None
-        trainer = Trainer(self._new_model(args, ctx), profile.grpo, profile.sampling.temperature, reference)
+        trainer = Trainer(self._new_model(args, ctx), profile.grpo, profile.sampling.spec, reference)
         if profile.parallel.tp > 1:
             from titan_conformance.parallel import tp_mesh
 
@@ -95,8 +95,8 @@ class ReferenceStack:
         model.load_state_dict({name: weights[name] for name in expected})
         return model.requires_grad_(False).eval()
 
-    def score(self, model, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
-        return token_logprobs(model, tokens, temperature)
+    def score(self, model, tokens: torch.Tensor, sampling: SamplingSpec) -> torch.Tensor:
+        return token_logprobs(model, tokens, sampling)
 
     def vocab_size(self) -> int:
         return self.model_args.vocab_size

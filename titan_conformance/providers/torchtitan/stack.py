@@ -34,7 +34,8 @@ from titan_conformance.providers.torchtitan.trainer import TorchtitanTrainer
 from titan_conformance.providers.torchtitan.vllm_path import CUDA_ONLY, vllm_registration_status
 from titan_conformance.task.sort_letters import VOCAB_SIZE
 from titan_conformance.trainer import Trainer
-from titan_conformance.trainer.logprobs import tempered
+from titan_conformance.profile import SamplingSpec
+from titan_conformance.trainer.logprobs import scoring_logits
 
 
 def check_profile(p) -> None:
@@ -87,7 +88,7 @@ class TorchtitanStack:
             require_process_group(p.parallel.tp, f"profile {p.name!r}")
             attach_tp_plan(self.api, self.spec, p.parallel.tp)
             self.dims = tp_dims(self.api, p.parallel.tp, ctx.device)
-        trainer = TorchtitanTrainer(build_model(self.spec, ctx.device, ctx.dtype, p.seed), self.api, p.grpo, p.sampling.temperature)
+        trainer = TorchtitanTrainer(build_model(self.spec, ctx.device, ctx.dtype, p.seed), self.api, p.grpo, p.sampling.spec)
         self._policy = self._capture_policy()
         config = GeneratorConfig.from_profile(p, ctx.device, self._policy)
         gen_model = build_generator_model(self.api, self.spec, ctx.device, ctx.dtype, config.cache_rows, config.max_model_len, self.dims)
@@ -142,8 +143,8 @@ class TorchtitanStack:
         model.load_state_dict({n: gathered(t) for n, t in trainer.model.state_dict().items()})
         return model.requires_grad_(False).eval()
 
-    def score(self, model, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
-        return self.api.compute_logprobs(tempered(model(tokens)[:, :-1], temperature), tokens[:, 1:])
+    def score(self, model, tokens: torch.Tensor, sampling: SamplingSpec) -> torch.Tensor:
+        return self.api.compute_logprobs(scoring_logits(model(tokens)[:, :-1], sampling), tokens[:, 1:])
 
     def vocab_size(self) -> int:
         return self.spec.model.vocab_size

@@ -7,22 +7,24 @@ import torch
 from titan_conformance.parallel.grads import clip_grad_norm_
 from titan_conformance.providers.torchtitan.compat import TorchtitanAPI
 from titan_conformance.trainer import GRPOConfig, RolloutBatch, Trainer
-from titan_conformance.trainer.logprobs import tempered
+from titan_conformance.profile import SamplingSpec
+from titan_conformance.trainer.logprobs import scoring_logits
 from titan_conformance.trainer.trainer import TrainStepResult
 
 
 class TorchtitanTrainer(Trainer):
-    """AdamW over a torchtitan model; logprobs by `compute_logprobs` on logits / temperature (the
-    generator samples from that distribution), the loss by torchtitan's `GRPOLoss` (per-token clipped
+    """AdamW over a torchtitan model; logprobs by `compute_logprobs` on the logits of the sampling
+    spec (tempered, truncated where it reports processed logprobs: what the generator samples from
+    and reports), the loss by torchtitan's `GRPOLoss` (per-token clipped
     ratio, summed over completion tokens and divided by their count; it has no KL term)."""
 
-    def __init__(self, model: torch.nn.Module, api: TorchtitanAPI, config: GRPOConfig, temperature: float) -> None:
-        super().__init__(model, config, temperature)
+    def __init__(self, model: torch.nn.Module, api: TorchtitanAPI, config: GRPOConfig, sampling: SamplingSpec) -> None:
+        super().__init__(model, config, sampling)
         self.api = api
         self.loss_fn = api.GRPOLoss.Config(clip_eps=config.clip_eps).build()
 
     def _scaled_logits(self, tokens: torch.Tensor) -> torch.Tensor:
-        return tempered(self.model(tokens)[:, :-1], self.temperature)
+        return scoring_logits(self.model(tokens)[:, :-1], self.sampling)
 
     def logprobs(self, tokens: torch.Tensor) -> torch.Tensor:
         """By the training forward, as `Trainer.logprobs` says why."""
