@@ -137,10 +137,10 @@ def plant_rows_not_flattened(system, decode_only: bool = False) -> None:
     gen = system.generator
     real = gen.forward_step
 
-    def forward_step(tokens, positions):
+    def forward_step(tokens, positions, slots=None):
         if decode_only and tokens.shape[1] > 1:
-            return real(tokens, positions)
-        slots = gen.cache_slots(positions).view(tokens.shape)
+            return real(tokens, positions, slots)
+        slots = (gen.cache_slots(positions) if slots is None else slots).view(tokens.shape)
         return gen.model(tokens, positions, cache_slots=slots)
 
     gen.forward_step = forward_step
