@@ -52,7 +52,7 @@ def test_workers_merge_and_a_crashed_worker_is_recorded(pytester, run_pytest, mo
     monkeypatch.setenv("STAND_IN", "crash")
     step_summary = pytester.path / "step_summary.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step_summary))
-    result = run_pytest("-n", "2", "--tc-report-dir", "out", "--junitxml", "pj.xml", "conformance")
+    result = run_pytest("-n", "2", "--tc-variant", "base", "--tc-report-dir", "out", "--junitxml", "pj.xml", "conformance")
     report = load_report(pytester.path / "out" / "report.json")
     tests = {t["nodeid"].split("::")[-1]: t for t in report["tests"]}
     assert tests["test_parity_passes"]["checks"][0]["metrics"] == {"max_abs": 1e-7, "tokens": 10}

@@ -30,7 +30,7 @@ def test_default_suite_passes_under_xdist(suite):
     result = suite("-n", "2", "--tc-device", "cpu")
     # CUDA-graph checks skip on CPU, TP checks on a TP=1 profile, decode timing on the vLLM generator (CI has vLLM).
     result.assert_outcomes(passed=27, skipped=17)  # topp leaves learning to base (run.expect_learning = false)
-    result.stdout.fnmatch_lines(["*titan_conformance: suite=tiny-cpu variants=base,topp system=reference*"])
+    result.stdout.fnmatch_lines(["*titan_conformance: suite=tiny-cpu variants=base, topp system=reference*"])
     for variant in ("base", "topp"):
         assert result.stderr.str().count(f"built reference system, variant {variant} ") == 1
 

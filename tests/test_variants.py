@@ -13,7 +13,7 @@ from titan_conformance.profile import load_profile
 
 def test_the_gpu_suite_declares_its_variants():
     variants = {v.name: v for v in suite_variants(SuiteOptions(suite="qwen3-0.6b", generator="native"))}
-    assert list(variants) == ["base", "fp32", "vllm", "torchtitan", "tp2"]
+    assert list(variants) == ["base", "fp32", "topp", "vllm", "torchtitan", "tp2"]
     assert variants["fp32"].profile.model.dtype == "float32" and variants["fp32"].profile.budgets["h200"].train == 0.4
     assert variants["base"].profile.budgets["h200"].train == 0.2  # a variant's budgets do not leak into the base
     assert variants["torchtitan"].system == "torchtitan" and variants["torchtitan"].profile.name == "qwen3-0.6b[torchtitan]"

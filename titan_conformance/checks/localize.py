@@ -203,12 +203,15 @@ def localized(result: CheckResult, system, profile, hint: str | None, completion
     """A failed parity verdict with where the two sides part (`localize`) said after it, in place of
     its list of suspects `hint` once a point is named (None: the message keeps all it says);
     `result` unchanged when it passed or the system cannot be probed (`activations`)."""
-    if result.passed or system is None or "activations" not in system.capabilities:
+    if result.passed or system is None:
         return result
     try:
+        if "activations" not in system.capabilities:
+            return result
         loc = localize(system, profile, completions)
-    except ConformanceError as e:  # the verdict stands; a provider's broken probe only costs its diagnosis
-        result.message += f" (Where the two sides part could not be measured: {e}.)"
+    except Exception as e:  # the verdict stands: a broken probe or a closed system costs only its diagnosis
+        detail = str(e) if isinstance(e, ConformanceError) else f"{type(e).__name__}: {e}"
+        result.message += f" (Where the two sides part could not be measured: {detail}.)"
         return result
     result.metrics["localization"] = loc.metrics()
     message = result.message.replace(hint, "").rstrip() if hint and loc.first is not None else result.message
