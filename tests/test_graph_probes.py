@@ -51,19 +51,24 @@ class ProbedGenerator:
         return probe_decode(self.generator, batch, how)
 
 
+def emulated_graphs_generator(ledger, **config):
+    """A CPU generator whose "graphs" replay the compiled step on each size's static buffers."""
+    config = GeneratorConfig(max_num_seqs=max(SIZES), max_model_len=24, device=torch.device("cpu"), **config)
+    gen = qwen3_generator(ARGS, config=config, compile_config=CompileConfig(), ledger=ledger, dtype=torch.float32)
+    gen.model.init_weights(0)
+    with torch.no_grad():
+        gen.capture_sizes = list(SIZES)
+        for size in SIZES:
+            step = StepReplay(gen, static_inputs(gen, size))
+            gen.graphs[size] = CapturedGraph(step, step.inputs, step.outputs, 0.0, 0)
+            gen.captures[size] += 1
+    return gen
+
+
 @pytest.fixture(scope="module")
 def gen():
     with CompileLedger() as ledger:
-        config = GeneratorConfig(max_num_seqs=max(SIZES), max_model_len=24, device=torch.device("cpu"))
-        gen = qwen3_generator(ARGS, config=config, compile_config=CompileConfig(), ledger=ledger, dtype=torch.float32)
-        gen.model.init_weights(0)
-        with torch.no_grad():
-            gen.capture_sizes = list(SIZES)
-            for size in SIZES:
-                step = StepReplay(gen, static_inputs(gen, size))
-                gen.graphs[size] = CapturedGraph(step, step.inputs, step.outputs, 0.0, 0)
-                gen.captures[size] += 1
-        yield gen
+        yield emulated_graphs_generator(ledger)
 
 
 def test_a_probe_decodes_several_steps_of_prompts_of_different_lengths(gen):
@@ -148,14 +153,7 @@ def test_a_truncating_sampler_runs_through_the_graphs_static_inputs():
 
     spec = SamplingSpec(temperature=0.8, top_p=0.7, top_k=12)
     with CompileLedger() as ledger:
-        config = GeneratorConfig(max_num_seqs=max(SIZES), max_model_len=24, device=torch.device("cpu"), sampling=spec)
-        gen = qwen3_generator(ARGS, config=config, compile_config=CompileConfig(), ledger=ledger, dtype=torch.float32)
-        gen.model.init_weights(0)
-        with torch.no_grad():
-            gen.capture_sizes = list(SIZES)
-            for size in SIZES:
-                step = StepReplay(gen, static_inputs(gen, size))
-                gen.graphs[size] = CapturedGraph(step, step.inputs, step.outputs, 0.0, 0)
+        gen = emulated_graphs_generator(ledger, sampling=spec)
         prompts = [[1, 2, 3], [4, 5, 6], [6, 7, 8], [3, 3, 9]]
         replayed = gen.generate(prompts, 1, 8, spec, seed=3, eos_id=-1)
         assert gen.last_generate.graph_replays == 7
