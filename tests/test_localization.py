@@ -185,3 +185,15 @@ def test_a_provider_whose_probe_lacks_points_keeps_the_verdict_and_says_why(tiny
     failed = CheckResult("logprob_parity", False, f"differ. {SAME_MODEL_HINT}")
     message = localized(failed, system, profile, SAME_MODEL_HINT).message
     assert message.startswith(f"differ. {SAME_MODEL_HINT}") and "lack blocks.0.q_rope" in message
+
+
+def test_a_decode_that_forgets_its_cache_names_the_sampled_logprobs_with_every_block_agreeing():
+    """Decode steps that leave nothing in the KV cache: the generator's prefill (which the probes
+    run) still computes the trainer's model at every point, and only the logprobs it reported while
+    decoding part, so decode vs prefill names that stage, not a block."""
+    profile = load_profile("tiny-cpu")
+    with faults.stale_decode_cache(profile) as system:
+        result = check_prefill_decode(system, profile)
+    assert named(result) == "sampled_logprobs", result.message
+    loc = result.metrics["localization"]
+    assert max(loc["per_block"]) <= loc["factor"]
