@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import faults
-from titan_conformance.checks.cudagraphs import capture_set_verdict, sampler_errors
-from titan_conformance.checks.graph_probes import check_graph_equivalence, padded_batch, probe_order
+from titan_conformance.checks.cudagraphs import capture_set_verdict, padded_batch, sampler_errors
+from titan_conformance.checks.graph_probes import check_graph_equivalence, probe_order
 from titan_conformance.compilation import CompileConfig, CompileLedger
 from titan_conformance.generator.base import GeneratorConfig
 from titan_conformance.generator.capture import CapturedGraph, static_inputs

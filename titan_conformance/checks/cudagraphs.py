@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from titan_conformance.checks.result import CheckResult
 from titan_conformance.profile import Profile
 from titan_conformance.protocol import CaptureSizes, Completion, ConformanceSystem, DecodeProbe, StepRecord
@@ -114,9 +112,11 @@ def sampler_errors(probe: DecodeProbe) -> tuple[float, float]:
     return float(shortfall), float(logprob_err)
 
 
-def _between(sizes: list[int]) -> list[int]:
-    """One batch size strictly between each pair of neighbouring capture sizes."""
-    return [(a + b) // 2 for a, b in zip(sizes, sizes[1:]) if b - a > 1]
+def padded_batch(size: int, sizes: list[int]) -> int | None:
+    """A batch that pads up to capture size `size`: halfway from the next smaller capture size (or
+    0); None where no batch lies between them."""
+    below = max((s for s in sizes if s < size), default=0)
+    return (below + size) // 2 if size - below > 1 else None
 
 
 ROLLOUT_SEED = 7
@@ -145,7 +145,8 @@ def check_rollout_graph_equivalence(system: ConformanceSystem, profile: Profile)
     tol = profile.tolerance.max_abs
     captured = system.cudagraph_sizes().captured
     per_batch, causes = {}, []
-    for batch in sorted(set(captured) | set(_between(captured))):
+    padded = [pad for size in captured[1:] if (pad := padded_batch(size, captured))]  # between neighbouring sizes
+    for batch in sorted(set(captured) | set(padded)):
         problems = system.task.validation_set(batch)
         runs = {}
         for graphs in (True, False):

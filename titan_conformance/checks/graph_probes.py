@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from titan_conformance.checks.cudagraphs import SAMPLER_MAX_ABS, recapture_cause, sampler_errors
+from titan_conformance.checks.cudagraphs import SAMPLER_MAX_ABS, padded_batch, recapture_cause, sampler_errors
 from titan_conformance.checks.result import CheckResult
 from titan_conformance.profile import Profile
 from titan_conformance.protocol import ConformanceSystem, DecodeProbe
@@ -61,12 +61,6 @@ def probe_order(sizes: list[int], seed: int) -> list[int]:
     rest = sorted(sizes)[:-1]
     random.Random(seed).shuffle(rest)
     return sorted(sizes)[-1:] + rest
-
-
-def padded_batch(size: int, sizes: list[int]) -> int | None:
-    """A batch that pads up to `size`: halfway from the next smaller capture size (or 0)."""
-    below = max((s for s in sizes if s < size), default=0)
-    return (below + size) // 2 if size - below > 1 else None
 
 
 def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
