@@ -323,21 +323,28 @@ class GRPOSystem:
     def reference_logprobs(self, completions: list[Completion], dtype: torch.dtype) -> list[torch.Tensor]:
         """The trainer's current weights in a fresh eager copy of the model at `dtype`, scoring every
         completion token in the profile's sampling semantics: float64 is the oracle, the profile's dtype the
-        precision floor that trainer and generator are held to. Scored a few sequences at a time,
-        so that no [batch, length, vocab] float64 logits are ever whole, and only as wide as the
-        longest (an eager copy has no compiled graph to keep at the trainer's fixed width)."""
+        precision floor that trainer and generator are held to (`_eager_logprobs`)."""
+        with self._eager_copy(dtype) as model:
+            return self._eager_logprobs(model, completions)
+
+    @contextlib.contextmanager
+    def _eager_copy(self, dtype: torch.dtype):
+        """`stack.eager_copy` of the trainer at `dtype`, its memory handed back to the device after
+        (a float64 copy of a 0.6B model is 4.8 GB, which workers sharing the GPU need): its tensors
+        go to the meta device, freed whoever still holds the module."""
         model = self.stack.eager_copy(self.trainer, dtype)
         try:
-            return self._eager_logprobs(model, completions)
+            yield model
         finally:
-            del model
+            model.to(device="meta")
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
     def _eager_logprobs(self, model: nn.Module, completions: list[Completion], chunk: int | None = None) -> list[torch.Tensor]:
-        """`model`'s logprobs of the completion tokens at the sampling temperature, `chunk` sequences a
-        forward (None: a few, so that no [batch, length, vocab] float64 logits over 1 GiB are ever whole),
-        only as wide as the longest (an eager copy has no compiled graph to keep at the trainer's fixed width)."""
+        """`model`'s logprobs of the completion tokens in the profile's sampling semantics, `chunk`
+        sequences a forward (None: a few, so that no [batch, length, vocab] float64 logits over 1 GiB
+        are ever whole), only as wide as the longest (an eager copy has no compiled graph to keep at
+        the trainer's fixed width)."""
         batch = rollout_batch(completions, torch.zeros(len(completions)), self.tokenizer.pad_id, self.device)
         chunk = chunk or max(1, (1 << 30) // (batch.tokens.shape[1] * self.stack.vocab_size() * 8))
         spec = self.profile.sampling.spec
@@ -356,17 +363,18 @@ class GRPOSystem:
         lengths = [len(c.prompt_ids) + len(c.token_ids) for c in completions]
         if len(completions) > min(self.profile.rollouts_per_step, self.profile.max_num_seqs):
             raise ValueError(f"{len(completions)} completions are more than one forward of each side holds.")
-        if side == "trainer":
-            model, width, score = self.trainer.model, self.profile.generator.max_model_len, self.trainer_logprobs
-        elif side == "generator":
-            model, width, score = self.generator.model, max(lengths), self.generator_logprobs
-        elif side == "reference":
-            model, width = self.stack.eager_copy(self.trainer, dtype), max(lengths)
-            score = partial(self._eager_logprobs, model, chunk=len(completions))  # the probes see one forward
-        else:
-            raise ValueError(f"side {side!r}: trainer, generator or reference")
-        with probing(model, self.stack.probe_sites, token_index(lengths, width, self.device)) as recorder:
-            logprobs = torch.cat([lp.double() for lp in score(completions)])
+        with contextlib.ExitStack() as scope:
+            if side == "trainer":
+                model, width, score = self.trainer.model, self.profile.generator.max_model_len, self.trainer_logprobs
+            elif side == "generator":
+                model, width, score = self.generator.model, max(lengths), self.generator_logprobs
+            elif side == "reference":
+                model, width = scope.enter_context(self._eager_copy(dtype)), max(lengths)
+                score = partial(self._eager_logprobs, model, chunk=len(completions))  # the probes see one forward
+            else:
+                raise ValueError(f"side {side!r}: trainer, generator or reference")
+            with probing(model, self.stack.probe_sites, token_index(lengths, width, self.device)) as recorder:
+                logprobs = torch.cat([lp.double() for lp in score(completions)])
         sampled = torch.tensor([x for c in completions for x in c.logprobs], dtype=torch.float64)
         return recorded(recorder, logprobs, sampled if side == "generator" else logprobs)
 
