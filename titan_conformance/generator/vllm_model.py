@@ -125,14 +125,15 @@ class TitanQwen3ForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """Flat [N] tokens (or their embeddings) at [N] positions -> final-norm hidden states [N, dim]."""
         now = time.perf_counter()
+        capturing = positions.is_cuda and torch.cuda.is_current_stream_capturing()
         self.startup_marks.setdefault("first_forward", now)
-        if "capture" not in self.startup_marks and positions.is_cuda and torch.cuda.is_current_stream_capturing():
-            self.startup_marks["capture"] = self._last_forward
+        if capturing:
+            self.startup_marks.setdefault("capture", self._last_forward)
         self._last_forward = now
         embeddings = None if inputs_embeds is None else inputs_embeds.unsqueeze(0)
         tokens = positions.unsqueeze(0) if input_ids is None else input_ids.unsqueeze(0)  # shape only
         hidden = self.model.hidden_states(tokens, positions.unsqueeze(0), embeddings).squeeze(0)
-        if positions.is_cuda and torch.cuda.is_current_stream_capturing():
+        if capturing:
             self.startup_marks["captured"] = time.perf_counter()
         return hidden
 
